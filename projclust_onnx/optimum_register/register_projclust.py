@@ -1,0 +1,5 @@
+"""Registers `optimum-cli projclust ...`; optimum-cli imports this at every start, so it stays light."""
+
+from projclust_onnx.commands import ProjClustCommand
+
+REGISTER_COMMANDS = [ProjClustCommand]

