@@ -1,0 +1,25 @@
+"""Graph rewrites as onnx-ir passes (installed as projclust_onnx.passes).
+
+One pass per rewrite; compose them with onnx-ir's PassManager, e.g. through
+`factorize_embedding_pipeline`, which adds the common clean-ups after ours.
+"""
+
+from projclust_onnx.passes.factorize_embedding import DEFAULT_LAYOUT, LAYOUTS, FactorizeEmbeddingPass
+from projclust_onnx.passes.pipeline import factorize_embedding_pipeline
+from projclust_onnx.passes.word_embedding import (
+    EmbeddingMatch,
+    EmbeddingSearch,
+    find_word_embedding,
+    search_word_embedding,
+)
+
+__all__ = [
+    "DEFAULT_LAYOUT",
+    "LAYOUTS",
+    "EmbeddingMatch",
+    "EmbeddingSearch",
+    "FactorizeEmbeddingPass",
+    "factorize_embedding_pipeline",
+    "find_word_embedding",
+    "search_word_embedding",
+]

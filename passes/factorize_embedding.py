@@ -1,0 +1,185 @@
+"""Rewrite the word-embedding lookup into the k-branch subgraph of a factorized table.
+
+Row t of the table becomes U[t] @ V[c(t)]: the model stores U (n x j), one cluster
+id per row (uint8 up to 256 clusters) and k branch matrices V_c (j x d). Both
+layouts share the front and the back; only the middle differs.
+
+Common front and back::
+
+    ids (any shape) -> Reshape[-1] -> flat (T,)
+    flat -> Gather(U)           -> u   (T, j)
+    flat -> Gather(cluster_ids) -> Cast(int64) -> cid (T,)
+    ...middle...                -> y   (T, d)
+    y -> Reshape[shape(ids) + [d]] -> embeddings (*ids.shape, d)
+
+"grouped" middle (j*d multiply-adds per token; the default, fastest on CPU)::
+
+    zeros (T, d) = ConstantOfShape
+    for c in 0..k-1:
+        rows_c = Transpose(NonZero(Equal(cid, c)))       (m_c, 1)
+        y_c    = MatMul(GatherND(u, rows_c), V_c)         (m_c, d)
+        out    = ScatterND(out, rows_c, y_c)
+
+"onehot" middle (the paper's one fully-connected layer over the branch outputs;
+k*j*d multiply-adds per token, fewer and more regular ops)::
+
+    mask  = Cast(Equal(Unsqueeze(cid, 1), [0..k-1]))      (T, k)
+    block = Reshape(Unsqueeze(mask, 2) * Unsqueeze(u, 1)) (T, k*j)
+    y     = MatMul(block, V_stacked)                      (k*j, d)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+
+from projclust_onnx.passes.word_embedding import EmbeddingMatch, search_word_embedding
+
+if TYPE_CHECKING:
+    from projclust_onnx.factorization import EmbeddingFactorization
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LAYOUTS", "DEFAULT_LAYOUT", "FactorizeEmbeddingPass"]
+
+LAYOUTS = ("grouped", "onehot")
+DEFAULT_LAYOUT = "grouped"
+PREFIX = "projclust"
+_MIN_OPSET = 13  # Unsqueeze and Squeeze take axes as an input
+
+
+class FactorizeEmbeddingPass(ir.passes.InPlacePass):
+    """Replace the word-embedding Gather with the k-branch subgraph of `factorization`.
+
+    Attributes:
+        factorization: the fitted EmbeddingFactorization (labels, U, V); its shape must
+            match the table's. The pass never clusters anything itself.
+        layout: "grouped" or "onehot" (see the module docstring).
+        ids_input: name of the token-id graph input.
+
+    A model whose lookup is already factorized is left alone and reported as
+    unmodified; a table with other consumers (a tied LM head) is refused.
+    """
+
+    def __init__(self, factorization: EmbeddingFactorization, layout: str = DEFAULT_LAYOUT,
+                 ids_input: str = "input_ids") -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r} must be one of {LAYOUTS}")
+        self.factorization = factorization
+        self.layout = layout
+        self.ids_input = ids_input
+
+    def requires(self, model: ir.Model) -> None:
+        opset = model.opset_imports.get("", 0)
+        if opset < _MIN_OPSET:
+            raise ir.passes.PreconditionError(
+                f"the model's default opset is {opset}; the rewrite needs opset >= {_MIN_OPSET}. "
+                "Re-export with a newer opset (optimum-cli export onnx --opset 14 ...)")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        try:
+            search = search_word_embedding(model.graph, self.ids_input)
+        except ValueError as err:
+            raise ir.passes.PreconditionError(str(err)) from err
+        if not search.matches and search.factorized:
+            logger.info("word embedding already factorized; nothing to do")
+            return ir.passes.PassResult(model, modified=False)
+        try:
+            match = search.single()
+        except ValueError as err:
+            raise ir.passes.PreconditionError(str(err)) from err
+        self._check(match)
+        self._rewrite(model.graph, match)
+        return ir.passes.PassResult(model, modified=True)
+
+    def _check(self, match: EmbeddingMatch) -> None:
+        others = match.other_consumers()
+        if others:
+            users = ", ".join(f"{n.op_type} {n.name!r}" for n in others)
+            raise ir.passes.PreconditionError(
+                f"the word-embedding table {match.table.name!r} is also read by {users} "
+                "(a tied LM head); tied tables are not supported yet. Export with untied "
+                "weights, or compress an encoder-only model")
+        f = self.factorization
+        if match.shape != (f.n_rows, f.dim):
+            raise ir.passes.PreconditionError(
+                f"the factorization is {f.n_rows} x {f.dim} but the table {match.table.name!r} is "
+                f"{match.shape[0]} x {match.shape[1]}; fit it on this model's table")
+
+    def _rewrite(self, graph: ir.Graph, match: EmbeddingMatch) -> None:
+        f = self.factorization
+        np_dtype = match.table.const_value.numpy().dtype
+        builder = _Builder(graph, match.gather)
+        ids = match.gather.inputs[1]
+        flat = builder.op("Reshape", [ids, builder.const("flat_shape", np.array([-1], np.int64))], "flat_ids")
+        u = builder.op("Gather", [builder.const("U", f.U.astype(np_dtype)), flat], "u")
+        cid8 = builder.op("Gather", [builder.const("cluster_ids", f.labels), flat], "cluster_id")
+        cid = builder.op("Cast", [cid8], "cluster_id_int64", to=ir.DataType.INT64)
+        if self.layout == "onehot":
+            y = _onehot_middle(builder, u, cid, f, np_dtype)
+        else:
+            y = _grouped_middle(builder, u, cid, flat, f, np_dtype)
+        out_shape = builder.op("Concat", [builder.op("Shape", [ids], "ids_shape"),
+                                          builder.const("dim", np.array([f.dim], np.int64))], "out_shape", axis=0)
+        out = builder.op("Reshape", [y, out_shape], "embeddings")
+
+        old = match.gather.outputs[0]
+        old_name = old.name
+        out.shape, out.type = old.shape, old.type
+        ir.convenience.replace_all_uses_with(old, out, replace_graph_outputs=True)
+        graph.remove(match.gather, safe=True)
+        out.name = old_name  # downstream readers (and Netron users) see the same value name
+
+
+def _onehot_middle(b: _Builder, u: ir.Value, cid: ir.Value, f: EmbeddingFactorization, np_dtype) -> ir.Value:
+    k, j, d = f.n_clusters, f.rank, f.dim
+    mask = b.op("Equal", [b.op("Unsqueeze", [cid, b.const("axis1", np.array([1], np.int64))], "cid_col"),
+                          b.const("branch_index", np.arange(k, dtype=np.int64))], "branch_mask")
+    weights = b.op("Cast", [mask], "branch_weight", to=ir.DataType.from_numpy(np_dtype))
+    block = b.op("Mul", [b.op("Unsqueeze", [weights, b.const("axis2", np.array([2], np.int64))], "weight_col"),
+                         b.op("Unsqueeze", [u, b.const("axis1_u", np.array([1], np.int64))], "u_row")],
+                 "branch_inputs")
+    block = b.op("Reshape", [block, b.const("block_shape", np.array([-1, k * j], np.int64))], "block")
+    return b.op("MatMul", [block, b.const("V", f.V.reshape(k * j, d).astype(np_dtype))], "recombined")
+
+
+def _grouped_middle(b: _Builder, u: ir.Value, cid: ir.Value, flat: ir.Value, f: EmbeddingFactorization,
+                    np_dtype) -> ir.Value:
+    zeros_shape = b.op("Concat", [b.op("Shape", [flat], "n_tokens"),
+                                  b.const("dim_", np.array([f.dim], np.int64))], "zeros_shape", axis=0)
+    out = b.op("ConstantOfShape", [zeros_shape], "zeros",
+               value=ir.tensor(np.zeros(1, dtype=np_dtype)))
+    for c in range(f.n_clusters):
+        hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"branch{c}/hit")
+        rows = b.op("Transpose", [b.op("NonZero", [hit], f"branch{c}/nonzero")], f"branch{c}/rows")
+        u_c = b.op("GatherND", [u, rows], f"branch{c}/u")
+        y_c = b.op("MatMul", [u_c, b.const(f"branch{c}/V", f.V[c].astype(np_dtype))], f"branch{c}/y")
+        out = b.op("ScatterND", [out, rows, y_c], f"branch{c}/out")
+    return out
+
+
+class _Builder:
+    """Inserts named nodes before `anchor` and registers initializers, all under projclust/."""
+
+    def __init__(self, graph: ir.Graph, anchor: ir.Node) -> None:
+        self.graph = graph
+        self.anchor = anchor
+
+    def const(self, name: str, array: np.ndarray) -> ir.Value:
+        full = f"{PREFIX}/{name}"
+        array = np.require(array, requirements="C")  # ascontiguousarray would make 0-d arrays 1-d
+        tensor = ir.tensor(array, name=full)
+        value = ir.Value(name=full, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
+                         const_value=tensor)
+        self.graph.register_initializer(value)
+        return value
+
+    def op(self, op_type: str, inputs: list[ir.Value], name: str, **attributes) -> ir.Value:
+        node = ir.node(op_type, inputs, attributes or None, name=f"{PREFIX}/{name}")
+        node.outputs[0].name = f"{PREFIX}/{name}"
+        self.graph.insert_before(self.anchor, node)
+        return node.outputs[0]
