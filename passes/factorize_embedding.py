@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
-
 from projclust_onnx.passes.word_embedding import EmbeddingMatch, search_word_embedding
 
 if TYPE_CHECKING:
@@ -97,13 +96,10 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=True)
 
     def _check(self, match: EmbeddingMatch) -> None:
-        others = match.other_consumers()
-        if others:
-            users = ", ".join(f"{n.op_type} {n.name!r}" for n in others)
-            raise ir.passes.PreconditionError(
-                f"the word-embedding table {match.table.name!r} is also read by {users} "
-                "(a tied LM head); tied tables are not supported yet. Export with untied "
-                "weights, or compress an encoder-only model")
+        try:
+            match.check_untied()
+        except ValueError as err:
+            raise ir.passes.PreconditionError(str(err)) from err
         f = self.factorization
         if match.shape != (f.n_rows, f.dim):
             raise ir.passes.PreconditionError(

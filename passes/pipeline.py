@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import onnx_ir as ir
 from onnx_ir.passes.common import CheckerPass, RemoveUnusedNodesPass, TopologicalSortPass
-
 from projclust_onnx.passes.factorize_embedding import DEFAULT_LAYOUT, FactorizeEmbeddingPass
 
 

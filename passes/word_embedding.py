@@ -47,6 +47,16 @@ class EmbeddingMatch:
         """Nodes besides the lookup that read the table (a tied LM head, typically)."""
         return [node for node, _ in self.table.uses() if node is not self.gather]
 
+    def check_untied(self) -> None:
+        """ValueError when another node reads the table: rewriting it would break that reader."""
+        others = self.other_consumers()
+        if others:
+            users = ", ".join(f"{n.op_type} {n.name!r}" for n in others)
+            raise ValueError(
+                f"the word-embedding table {self.table.name!r} is also read by {users} "
+                "(a tied LM head); tied tables are not supported yet. Export with untied "
+                "weights, or compress an encoder-only model")
+
 
 @dataclass
 class EmbeddingSearch:

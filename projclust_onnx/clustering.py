@@ -124,7 +124,7 @@ class ProjectiveClustering:
         self.verbose = verbose
 
     # ------------------------------------------------------------------ public API
-    def fit(self, X, sample_weight=None) -> "ProjectiveClustering":
+    def fit(self, X, sample_weight=None) -> ProjectiveClustering:
         """Fit the k subspaces to X of shape (n_samples, n_features)."""
         device = resolve_device(self.device)
         Xt = _as_matrix(X, device)
@@ -461,7 +461,8 @@ def _lloyd(X, w, labels, k, rank, z, max_iter, tol, progress) -> _Run:
     history = [cost]
     converged = False
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    while n_iter < max_iter:
+        n_iter += 1
         if not _reseed_small(labels, dist2, k, rank):
             warnings.warn(
                 f"could not keep {k} clusters of at least rank={rank} rows each; "

@@ -37,7 +37,7 @@ class EmbeddingFactorization:
             raise ValueError(f"labels reach {int(self.labels.max())} but only n_clusters={k} branches exist")
 
     @classmethod
-    def from_estimator(cls, estimator: ProjectiveClustering, X, dtype=np.float32) -> "EmbeddingFactorization":
+    def from_estimator(cls, estimator: ProjectiveClustering, X, dtype=np.float32) -> EmbeddingFactorization:
         """Project X onto the fitted subspaces: U[t] = x_t @ B_c, V[c] = B_c^T."""
         X = np.asarray(X)
         labels = estimator.predict(X)
@@ -99,7 +99,7 @@ class EmbeddingFactorization:
                    "V": np.ascontiguousarray(self.V)}, str(path), metadata=meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "EmbeddingFactorization":
+    def load(cls, path: str | Path) -> EmbeddingFactorization:
         from safetensors.numpy import load_file
 
         try:

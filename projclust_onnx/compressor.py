@@ -1,0 +1,256 @@
+"""ProjClustCompressor: the Optimum-style front door.
+
+    compressor = ProjClustCompressor.from_pretrained("path/to/onnx-or-hf-model")
+    report = compressor.compress("out/", ProjClustConfig(compression=0.4, n_clusters=5))
+
+The output directory is a complete model directory (model.onnx, config.json,
+tokenizer files, projclust_config.json, projclust_report.json) that Optimum's
+ORTModel classes and a plain onnxruntime.InferenceSession load as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from projclust_onnx.config import ProjClustConfig
+from projclust_onnx.model_files import (
+    check_output_dir,
+    copy_companions,
+    load_model,
+    model_bytes,
+    resolve_onnx_file,
+    save_model,
+    staged_directory,
+)
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "projclust_report.json"
+TASKS = ("feature-extraction", "text-classification")
+
+
+@dataclass
+class CompressionReport:
+    """What one compression did; saved as projclust_report.json beside the model."""
+
+    source: str
+    output: str
+    method: str
+    n_clusters: int
+    rank: int
+    layout: str
+    table: str
+    n_rows: int
+    dim: int
+    dtype: str
+    embedding_params_before: int
+    embedding_params_after: int
+    cluster_id_bytes: int
+    embedding_bytes_before: int
+    embedding_bytes_after: int
+    file_bytes_before: int
+    file_bytes_after: int
+    relative_error: float
+    parity_max_abs_diff: float
+    parity_tolerance: float
+    calibration_tokens: int = 0
+    special_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def embedding_compression(self) -> float:
+        """Fraction of embedding parameters removed (cluster ids aside)."""
+        return 1.0 - self.embedding_params_after / self.embedding_params_before
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "embedding_compression": self.embedding_compression}
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / REPORT_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        mib = 2**20
+        return [
+            ("model", self.source),
+            ("output", self.output),
+            ("method", f"{self.method}, k={self.n_clusters}, j={self.rank}, layout={self.layout}"),
+            ("embedding table", f"{self.table} ({self.n_rows} x {self.dim}, {self.dtype})"),
+            ("embedding parameters", f"{self.embedding_params_before:,} -> {self.embedding_params_after:,} "
+                                     f"({self.embedding_compression:.1%} fewer; ids {self.cluster_id_bytes:,} B)"),
+            ("model file", f"{self.file_bytes_before / mib:.1f} MiB -> {self.file_bytes_after / mib:.1f} MiB"),
+            ("relative error", f"{self.relative_error:.4f}  (||E - E'||^2 / ||E||^2)"),
+            ("parity (max abs diff)", f"{self.parity_max_abs_diff:.2e} <= {self.parity_tolerance:g}"),
+            ("calibration tokens", f"{self.calibration_tokens:,}" if self.calibration_tokens else "none (unweighted)"),
+            ("special tokens", f"{self.special_tokens} fitted (nearly) exactly" if self.special_tokens else "none"),
+            ("time", ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())),
+        ]
+
+
+class ProjClustCompressor:
+    """Compresses the word embedding of one ONNX model; build it with from_pretrained."""
+
+    def __init__(self, onnx_path: Path, source: str, export_dir: tempfile.TemporaryDirectory | None = None) -> None:
+        self.onnx_path = Path(onnx_path)
+        self.source = source
+        self._export_dir = export_dir  # keeps an exported model alive as long as the compressor
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path: str | Path, file_name: str | None = None,
+                        task: str = "feature-extraction") -> ProjClustCompressor:
+        """From an ONNX file or model directory, or a Hugging Face model (local directory or hub id),
+        which is exported first with optimum (library_name="transformers") for `task`."""
+        path = Path(model_name_or_path)
+        if path.is_file() or (path.is_dir() and any(path.glob("*.onnx"))):
+            return cls(resolve_onnx_file(path, file_name), str(model_name_or_path))
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ValueError(f"{path} holds neither a .onnx file nor a Hugging Face config.json; "
+                             "give an ONNX model directory, a Hugging Face model directory or a hub id")
+        if not path.exists() and (path.suffix == ".onnx" or str(model_name_or_path).startswith((".", "/"))):
+            raise ValueError(f"{path} does not exist")
+        export_dir = tempfile.TemporaryDirectory(prefix="projclust-export-")
+        export_onnx(str(model_name_or_path), Path(export_dir.name), task)
+        return cls(resolve_onnx_file(Path(export_dir.name)), str(model_name_or_path), export_dir)
+
+    @property
+    def source_dir(self) -> Path:
+        return self.onnx_path.parent
+
+    def compress(self, save_dir: str | Path, config: ProjClustConfig | None = None, overwrite: bool = False,
+                 verbose: bool = False) -> CompressionReport:
+        """Cluster the table, rewrite the graph, check it under ONNX Runtime, then write save_dir.
+
+        Nothing is written unless every check passes; the input is only read.
+        """
+        from projclust_onnx.clustering import ProjectiveClustering
+        from projclust_onnx.factorization import EmbeddingFactorization
+        from projclust_onnx.parity import check_parity
+        from projclust_onnx.passes import factorize_embedding_pipeline, find_word_embedding
+
+        config = config or ProjClustConfig()
+        save_dir = Path(save_dir)
+        check_output_dir(save_dir, overwrite, [self.onnx_path, self.source_dir])
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        model = load_model(self.onnx_path)
+        match = find_word_embedding(model.graph, config.ids_input)
+        match.check_untied()
+        table = match.table.const_value.numpy()
+        n, d = table.shape
+        rank = config.rank_for(n, d, table.dtype.itemsize)
+        if config.n_clusters > n:
+            raise ValueError(f"n_clusters={config.n_clusters} must be <= the table's {n} rows")
+        timings["load"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        weights, n_tokens, n_special = self._sample_weights(config, n)
+        timings["weights"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        table32 = table.astype(np.float32)
+        estimator = ProjectiveClustering(
+            config.n_clusters, rank, init=config.init, n_init=config.n_init, anneal_steps=config.anneal_steps,
+            max_iter=config.max_iter, tol=config.tol, z=config.z, device=config.device,
+            random_state=config.seed, verbose=verbose).fit(table32, sample_weight=weights)
+        factorization = EmbeddingFactorization.from_estimator(estimator, table32, dtype=table.dtype)
+        timings["clustering"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        reference = load_model(self.onnx_path)
+        dense = factorization.reconstruct().astype(table.dtype)
+        ref_table = find_word_embedding(reference.graph, config.ids_input).table
+        ref_table.const_value = ir.tensor(dense, name=ref_table.name)
+        factorize_embedding_pipeline(factorization, config.layout, config.ids_input)(model)
+        timings["rewrite"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=n, dtype=match.dtype,
+                              seed=config.seed)
+        del reference
+        timings["parity"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        report = CompressionReport(
+            source=self.source, output=str(save_dir), method=config.method, n_clusters=config.n_clusters,
+            rank=rank, layout=config.layout, table=str(match.table.name), n_rows=n, dim=d,
+            dtype=str(table.dtype), embedding_params_before=n * d,
+            embedding_params_after=factorization.n_params,
+            cluster_id_bytes=factorization.nbytes - factorization.U.nbytes - factorization.V.nbytes,
+            embedding_bytes_before=table.nbytes, embedding_bytes_after=factorization.nbytes,
+            file_bytes_before=model_bytes(self.onnx_path), file_bytes_after=0,
+            relative_error=factorization.relative_error(table32),
+            parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
+            calibration_tokens=n_tokens, special_tokens=n_special, timings=timings)
+        with staged_directory(save_dir) as stage:
+            out_path = stage / self.onnx_path.name
+            save_model(model, out_path)
+            _check_saved(out_path)
+            copy_companions(self.source_dir, stage, skip={REPORT_NAME})
+            config.save_pretrained(stage)
+            report.file_bytes_after = model_bytes(out_path)
+            timings["save"] = time.perf_counter() - clock
+            report.save(stage)
+        return report
+
+    def _sample_weights(self, config: ProjClustConfig, n_rows: int) -> tuple[np.ndarray | None, int, int]:
+        """Row weights from calibration counts and special tokens; (None, 0, 0) when unweighted."""
+        from projclust_onnx.calibration import calibration_texts, count_tokens, token_weights, with_special_tokens
+
+        if not config.uses_calibration and config.special_token_weight == 0:
+            return None, 0, 0
+        tokenizer = self._tokenizer(required=config.uses_calibration)
+        weights, n_tokens = np.ones(n_rows), 0
+        if config.uses_calibration:
+            counts = count_tokens(tokenizer, calibration_texts(config), n_rows)
+            weights, n_tokens = token_weights(counts, config.calibration_smoothing), int(counts.sum())
+        special = [i for i in tokenizer.all_special_ids if i < n_rows] if tokenizer is not None else []
+        if not special and not config.uses_calibration:
+            return None, 0, 0
+        return with_special_tokens(weights, special, config.special_token_weight), n_tokens, len(set(special))
+
+    def _tokenizer(self, required: bool):
+        """The model directory's tokenizer; None (with a warning) when absent and not required."""
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(self.source_dir)
+        except Exception as err:
+            if required:
+                raise ValueError(f"calibration needs the model's tokenizer, but {self.source_dir} has none "
+                                 f"loadable ({err}); copy the tokenizer files beside the model") from err
+            logger.warning("no tokenizer in %s: special tokens are weighted like any row", self.source_dir)
+            return None
+
+
+def _check_saved(path: Path) -> None:
+    """onnx.checker on the written file (by path, so external data over 2 GB works)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as err:
+        raise ValueError(f"the rewritten model fails onnx.checker ({err}); nothing was written") from err
+
+
+def export_onnx(model_name_or_path: str, output: Path, task: str = "feature-extraction") -> None:
+    """Export a Hugging Face model to ONNX with optimum, as `optimum-cli export onnx` would."""
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} must be one of {TASKS}")
+    from optimum.exporters.onnx import main_export
+
+    try:
+        # library_name="transformers": with sentence-transformers installed the exporter
+        # would otherwise pick its pooled graph for a sentence-transformers checkpoint.
+        main_export(model_name_or_path, output=output, task=task, library_name="transformers")
+    except Exception as err:
+        raise ValueError(f"could not export {model_name_or_path!r} to ONNX for task={task!r}: {err}") from err

@@ -1,0 +1,156 @@
+"""Reading ONNX model directories and writing them atomically.
+
+Nothing here ever writes into the input: outputs are staged in a temporary
+directory beside the destination and renamed into place once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx_ir as ir
+
+# Above this, ONNX's 2 GB protobuf limit is near: tensors go to an external-data file.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+EXTERNAL_DATA_SUFFIX = "_data"
+
+
+def onnx_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.onnx") if p.is_file())
+
+
+def resolve_onnx_file(path: Path, file_name: str | None = None) -> Path:
+    """The .onnx file meant by a file path, or by a directory plus an optional file name."""
+    if path.is_file():
+        return path
+    if file_name is not None:
+        candidate = path / file_name
+        if not candidate.is_file():
+            held = [p.name for p in onnx_files(path)]
+            raise ValueError(f"file_name={file_name!r} not found in {path}; it holds {held}")
+        return candidate
+    found = onnx_files(path)
+    if not found:
+        raise ValueError(f"{path} holds no .onnx file; export one first (optimum-cli export onnx ...) "
+                         "or pass a Hugging Face model directory or hub id")
+    if len(found) > 1:
+        preferred = [p for p in found if p.name == "model.onnx"]
+        if preferred:
+            return preferred[0]
+        raise ValueError(f"{path} holds several .onnx files {[p.name for p in found]}; choose one with file_name=")
+    return found[0]
+
+
+def load_model(path: Path) -> ir.Model:
+    """Load an ONNX model with its external data, or raise ValueError saying what is wrong."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError, onnx raises several others
+        raise ValueError(f"{path} is not a readable ONNX model ({type(err).__name__}: {err}); "
+                         "the file may be truncated or not ONNX at all: re-export it") from err
+    if not proto.graph.node:
+        raise ValueError(f"{path} parsed as ONNX but holds no graph nodes; "
+                         "the file is truncated or empty: re-export it")
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+            if location is None or not (path.parent / location).is_file():
+                raise ValueError(f"{path} keeps tensor {tensor.name!r} in external file {location!r}, which is "
+                                 f"missing from {path.parent}; copy it beside the model")
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except Exception as err:
+        raise ValueError(f"could not read the external data of {path}: {err}") from err
+    return ir.from_proto(proto)
+
+
+def model_bytes(path: Path) -> int:
+    """Bytes of a model file plus the external-data files it refers to."""
+    import onnx
+
+    total = path.stat().st_size
+    proto = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    return total + sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file())
+
+
+def initializer_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def save_model(model: ir.Model, path: Path) -> None:
+    """Save, moving tensors to `<name>_data` when the model nears the 2 GB protobuf limit."""
+    if initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        ir.save(model, path, external_data=path.name + EXTERNAL_DATA_SUFFIX, size_threshold_bytes=1024)
+    else:
+        ir.save(model, path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path]) -> None:
+    """Refuse an occupied output directory without overwrite, and any output that is an input."""
+    save_dir = save_dir.resolve()
+    for source in inputs:
+        source = source.resolve()
+        if save_dir == source or save_dir in source.parents:
+            raise ValueError(f"output {save_dir} would hold or replace the input {source}; choose another directory")
+    if save_dir.exists() and not save_dir.is_dir():
+        raise ValueError(f"output {save_dir} exists and is not a directory")
+    if save_dir.is_dir() and any(save_dir.iterdir()) and not overwrite:
+        raise ValueError(f"output directory {save_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
+
+
+@contextlib.contextmanager
+def staged_directory(save_dir: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside save_dir; on success it replaces save_dir whole.
+
+    On any error the staging directory is removed and save_dir is untouched.
+    """
+    save_dir = save_dir.resolve()
+    save_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from a server's user
+    try:
+        yield stage
+        if save_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.old-", dir=save_dir.parent))
+            os.replace(save_dir, old / "previous")
+            os.replace(stage, save_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, save_dir)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def copy_companions(source_dir: Path, dest_dir: Path, skip: set[str]) -> list[str]:
+    """Copy config, tokenizer and other non-model files so the output is a complete model directory."""
+    copied = []
+    for item in sorted(source_dir.iterdir()):
+        if item.name in skip or item.suffix == ".onnx" or item.name.endswith(".onnx_data") or item.name.startswith("."):
+            continue
+        if item.is_file():
+            shutil.copy2(item, dest_dir / item.name)
+            copied.append(item.name)
+        elif item.is_dir():
+            shutil.copytree(item, dest_dir / item.name)
+            copied.append(item.name + "/")
+    return copied

@@ -1,0 +1,63 @@
+"""Token-frequency weights: counting with the model's tokenizer, smoothing, special tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from projclust_onnx.calibration import count_tokens, read_lines, token_weights, with_special_tokens
+from projclust_onnx.data import column, load_records
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+def test_counts_match_the_tokenizer(tokenizer):
+    texts = ["the cat sat on the mat", "The dog."]
+    counts = count_tokens(tokenizer, texts, tokenizer.vocab_size)
+    the = tokenizer.convert_tokens_to_ids("the")
+    assert counts[the] == 3  # uncased: "The" too
+    assert counts[tokenizer.cls_token_id] == 2 and counts[tokenizer.sep_token_id] == 2
+    assert counts.sum() == sum(len(tokenizer(t)["input_ids"]) for t in texts)
+
+
+def test_counts_refuse_a_foreign_tokenizer(tokenizer):
+    with pytest.raises(ValueError, match="use the model's own tokenizer"):
+        count_tokens(tokenizer, ["hello world"], 100)
+
+
+def test_smoothing_keeps_unseen_tokens():
+    weights = token_weights(np.array([0, 3, 0]), smoothing=0.5)
+    np.testing.assert_array_equal(weights, [0.5, 3.5, 0.5])
+    with pytest.raises(ValueError, match="every weight is zero"):
+        token_weights(np.zeros(3, int), smoothing=0)
+
+
+def test_special_tokens_outweigh_the_rest():
+    weights = with_special_tokens(np.ones(10), [0, 3, 99], multiple=30)
+    assert weights[0] == weights[3] == 30 * 8
+    assert weights[1] == 1
+    np.testing.assert_array_equal(with_special_tokens(np.ones(4), [0], multiple=0), np.ones(4))
+
+
+def test_read_lines_skips_blanks_and_names_a_missing_file(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\n  \ntwo\n")
+    assert list(read_lines([tmp_path / "a.txt"])) == ["one", "two"]
+    with pytest.raises(ValueError, match="missing.txt not found"):
+        list(read_lines([tmp_path / "missing.txt"]))
+
+
+def test_local_csv_and_json_load_and_missing_column(tmp_path):
+    (tmp_path / "d.csv").write_text('text,label\n"good tea",1\n"bad tea",0\n')
+    (tmp_path / "d.jsonl").write_text('{"text": "good", "label": 1}\n')
+    records = load_records(tmp_path / "d.csv")
+    assert column(records, "text") == ["good tea", "bad tea"] and column(records, "label") == [1, 0]
+    assert column(load_records(tmp_path / "d.jsonl"), "label") == [1]
+    with pytest.raises(ValueError, match="column 'sentence' not found; the data has columns"):
+        column(records, "sentence")
+    with pytest.raises(ValueError, match="data files not found"):
+        load_records([tmp_path / "nope.csv", tmp_path / "d.csv"])

@@ -1,0 +1,142 @@
+"""ProjClustCompressor on tiny models: outputs, reports, and every refusal leaving no trace."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from tiny_models import embedding_model, write_model_dir
+
+from projclust_onnx import EmbeddingFactorization, ProjClustCompressor, ProjClustConfig
+from projclust_onnx.model_files import file_sha256
+from projclust_onnx.parity import ParityError
+
+SMALL = dict(n_clusters=2, rank=3, n_init=2, anneal_steps=2)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    path = write_model_dir(tmp_path / "tiny", embedding_model(60, 8, token_type=True)[0])
+    return path.parent
+
+
+def test_compress_writes_a_complete_model_directory(model_dir, tmp_path):
+    digest = file_sha256(model_dir / "model.onnx")
+    out = tmp_path / "out"
+    report = ProjClustCompressor.from_pretrained(model_dir).compress(out, ProjClustConfig(**SMALL))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "projclust_config.json",
+                                                     "projclust_report.json"]
+    assert file_sha256(model_dir / "model.onnx") == digest  # the input is only read
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    assert ProjClustConfig.from_pretrained(out) == ProjClustConfig(**SMALL)
+    saved = json.loads((out / "projclust_report.json").read_text())
+    assert saved["n_clusters"] == 2 and saved["rank"] == 3 and saved["n_rows"] == 60 and saved["dim"] == 8
+    assert saved["embedding_params_after"] == 60 * 3 + 2 * 3 * 8
+    assert saved["parity_max_abs_diff"] <= saved["parity_tolerance"] == 1e-4
+    assert 0 < report.relative_error < 1
+    assert report.file_bytes_after == (out / "model.onnx").stat().st_size
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "token_type_ids"]
+
+
+def test_svd_method_is_one_cluster(model_dir, tmp_path):
+    report = ProjClustCompressor.from_pretrained(model_dir).compress(
+        tmp_path / "svd", ProjClustConfig(method="svd", compression=0.5))
+    assert report.n_clusters == 1 and report.cluster_id_bytes == 0
+    assert report.embedding_params_after <= 0.5 * 60 * 8
+
+
+def test_occupied_output_is_refused_unless_overwrite(model_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    compressor = ProjClustCompressor.from_pretrained(model_dir)
+    with pytest.raises(ValueError, match="is not empty; pass overwrite=True"):
+        compressor.compress(out, ProjClustConfig(**SMALL))
+    assert (out / "keep.txt").read_text() == "precious"
+    compressor.compress(out, ProjClustConfig(**SMALL), overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model.onnx").exists()
+
+
+def test_output_inside_the_input_is_refused(model_dir):
+    with pytest.raises(ValueError, match="would hold or replace the input"):
+        ProjClustCompressor.from_pretrained(model_dir).compress(model_dir, ProjClustConfig(**SMALL), overwrite=True)
+
+
+def test_parity_failure_writes_nothing(model_dir, tmp_path, monkeypatch):
+    real = EmbeddingFactorization.reconstruct
+    monkeypatch.setattr(EmbeddingFactorization, "reconstruct", lambda self: real(self) + 1e-2)
+    with pytest.raises(ParityError, match="differs from the dense reconstruction"):
+        ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no staging directory left behind
+
+
+def test_external_data_input_is_read(tmp_path):
+    src = write_model_dir(tmp_path / "ext", embedding_model(60, 8)[0], external=True).parent
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert report.file_bytes_before > (src / "model.onnx").stat().st_size  # the data file counted
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda d: (d / "model.onnx").write_bytes(b"\x08\x07garbage-that-is-not-protobuf\xff\xff"),
+         "not a readable ONNX model"),
+        (lambda d: (d / "model.onnx").write_bytes(embedding_model(60, 8)[0].SerializeToString()[:300]),
+         "not a readable ONNX model|truncated"),
+        (lambda d: (d / "model.onnx_data").unlink(), "external file 'model.onnx_data', which is missing"),
+    ],
+    ids=["corrupt", "truncated", "missing-external-data"],
+)
+def test_unreadable_models_are_refused(tmp_path, make, match):
+    src = write_model_dir(tmp_path / "src", embedding_model(60, 8)[0], external=True).parent
+    make(src)
+    with pytest.raises(ValueError, match=match):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("model_kwargs", "config", "match"),
+    [
+        ({"ids_from_computation": True}, ProjClustConfig(**SMALL), "no word-embedding lookup found"),
+        ({"second_lookup": True}, ProjClustConfig(**SMALL), "2 word-embedding candidates"),
+        ({"tied": True}, ProjClustConfig(**SMALL), "tied LM head"),
+        ({}, ProjClustConfig(n_clusters=61, rank=2), "n_clusters=61 must be <= the table's 60 rows"),
+        ({}, ProjClustConfig(n_clusters=2, rank=8), "rank=8 must be < the table's dim=8"),
+    ],
+    ids=["no-embedding", "two-candidates", "tied", "k>n", "rank>=d"],
+)
+def test_bad_models_and_settings_are_refused_before_any_write(tmp_path, model_kwargs, config, match):
+    src = write_model_dir(tmp_path / "src", embedding_model(60, 8, **model_kwargs)[0]).parent
+    with pytest.raises(ValueError, match=match):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_directory_without_a_model_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither a .onnx file nor a Hugging Face config.json"):
+        ProjClustCompressor.from_pretrained(tmp_path / "empty")
+    with pytest.raises(ValueError, match="does not exist"):
+        ProjClustCompressor.from_pretrained(tmp_path / "missing.onnx")
+
+
+def test_several_onnx_files_need_a_file_name(tmp_path):
+    src = write_model_dir(tmp_path / "src", embedding_model(60, 8)[0]).parent
+    (src / "model.onnx").rename(src / "encoder.onnx")
+    onnx.save(embedding_model(60, 8, seed=1)[0], str(src / "decoder.onnx"))
+    with pytest.raises(ValueError, match="several .onnx files"):
+        ProjClustCompressor.from_pretrained(src)
+    assert ProjClustCompressor.from_pretrained(src, file_name="decoder.onnx").onnx_path.name == "decoder.onnx"
+
+
+def test_fp16_model_round_trip(tmp_path):
+    src = write_model_dir(tmp_path / "src", embedding_model(60, 8, dtype=np.float16)[0]).parent
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert report.dtype == "float16" and report.parity_tolerance == 2e-2
+    assert report.embedding_bytes_after == 2 * (60 * 3 + 2 * 3 * 8) + 60
