@@ -64,6 +64,12 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     add_budget_arguments(parser)
 
 
+def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    from projclust_onnx.benchmark.cli_args import add_arguments
+
+    add_arguments(parser)
+
+
 # ---------------------------------------------------------------------- run functions
 def _model_source(args: argparse.Namespace) -> str:
     if args.model:
@@ -142,6 +148,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_benchmark(args: argparse.Namespace) -> int:
+    from projclust_onnx.benchmark.runner import run_from_args
+
+    return run_from_args(args)
+
+
 def format_table(title: str, rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     line = "-" * (width + 2 + max(len(v) for _, v in rows))
@@ -153,6 +165,8 @@ COMMANDS = {
     "compress": ("compress the word embedding of a model", add_compress_arguments, run_compress),
     "inspect": ("show the word embedding the pass finds and the budget arithmetic", add_inspect_arguments,
                 run_inspect),
+    "benchmark": ("compare an original model with compressed ones under ONNX Runtime", add_benchmark_arguments,
+                  run_benchmark),
 }
 
 

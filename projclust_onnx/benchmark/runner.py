@@ -1,0 +1,344 @@
+"""Run an original model and compressed ones side by side under ONNX Runtime.
+
+report.json schema (schema_version 1)::
+
+    {"schema_version": 1, "date": str, "machine": str, "provider": str,
+     "grid": {"batch_sizes": [int], "sequence_lengths": [int], "warmup": int, "repeats": int},
+     "data": {"source": str, "samples": int, "metrics": [str]} | null,
+     "models": {NAME: {
+         "directory": str, "file_bytes": int, "parameters": int, "embedding_parameters": int | null,
+         "compression": {projclust_config.json fields} | null,
+         "latency": {"b{B}_s{S}": {"batch_size", "sequence_length", "p50_ms", "p90_ms", "p99_ms",
+                                   "mean_ms", "throughput_seq_per_s", "runs"}},
+         "latency_ratio": {"b{B}_s{S}": p50 / the original's p50},
+         "memory": {"kind": "cpu_rss" | "cuda_device", "peak_mb": float, "grid_point": "b{B}_s{S}"} | null,
+         "accuracy": {metric: float} | null,
+         "fidelity_cosine": mean cosine of outputs against the original's | null}}}
+
+Latency runs are interleaved (each repeat visits every model, in a rotating order)
+so that drift on a shared machine hits all models alike.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from projclust_onnx.benchmark.stats import latency_stats
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class LabeledData:
+    source: str
+    texts: list[tuple[str, ...]]
+    labels: list
+    metrics: tuple[str, ...]
+
+
+def resolve_providers(provider: str = "auto") -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if provider == "cuda" and not has_cuda:
+        raise ValueError(f"--provider cuda asked for, but onnxruntime offers {available}; "
+                         "install the gpu extra (onnxruntime-gpu) instead of onnxruntime")
+    if provider == "cuda" or (provider == "auto" and has_cuda):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if provider not in ("auto", "cpu"):
+        raise ValueError(f"provider={provider!r} must be auto, cpu or cuda")
+    return ["CPUExecutionProvider"]
+
+
+def open_session(onnx_path: Path, providers: list[str], threads: int = 0):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), options, providers=providers)
+
+
+def grid_key(batch: int, seq: int) -> str:
+    return f"b{batch}_s{seq}"
+
+
+def model_sizes(directory: Path, onnx_path: Path) -> dict:
+    """File bytes, all parameters, and embedding parameters (from projclust_report.json when compressed)."""
+    import onnx
+
+    from projclust_onnx.model_files import model_bytes
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    report_path = directory / "projclust_report.json"
+    embedding, compression = None, None
+    if report_path.is_file():
+        embedding = json.loads(report_path.read_text())["embedding_params_after"]
+    config_path = directory / "projclust_config.json"
+    if config_path.is_file():
+        compression = json.loads(config_path.read_text())
+    if embedding is None:
+        from projclust_onnx.model_files import load_model
+        from projclust_onnx.passes import search_word_embedding
+
+        matches = search_word_embedding(load_model(onnx_path).graph).matches
+        embedding = int(np.prod(matches[0].shape)) if len(matches) == 1 else None
+    return {"file_bytes": model_bytes(onnx_path), "parameters": params, "embedding_parameters": embedding,
+            "compression": compression}
+
+
+def measure_latency(sessions: dict, grid: list[tuple[int, int]], n_rows: int, warmup: int, repeats: int,
+                    use_iobinding: bool, progress: bool = False) -> dict[str, dict[str, dict]]:
+    """Per model and grid point, latency statistics of interleaved runs on identical inputs."""
+    from projclust_onnx.parity import random_feeds
+
+    names = list(sessions)
+    results: dict[str, dict[str, dict]] = {name: {} for name in names}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(grid) * repeats * len(names), desc="latency", unit="run")
+    for batch, seq in grid:
+        feeds = {name: random_feeds(s.get_inputs(), "input_ids", n_rows, batch, seq, np.random.default_rng(0))
+                 for name, s in sessions.items()}
+        runners = {name: _runner(sessions[name], feeds[name], use_iobinding) for name in names}
+        for name in names:
+            for _ in range(warmup):
+                runners[name]()
+        timings: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter()
+                runners[name]()
+                timings[name].append(time.perf_counter() - start)
+                if bar is not None:
+                    bar.update(1)
+        for name in names:
+            results[name][grid_key(batch, seq)] = {"batch_size": batch, "sequence_length": seq,
+                                                    **latency_stats(timings[name], batch)}
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def _runner(session, feeds: dict, use_iobinding: bool):
+    if not use_iobinding:
+        return lambda: session.run(None, feeds)
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    for name, array in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+    for output in session.get_outputs():
+        binding.bind_output(output.name, "cuda")
+
+    def run() -> None:
+        binding.synchronize_inputs()
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
+def measure_memory(onnx_path: Path, providers: list[str], batch: int, seq: int, n_rows: int) -> dict:
+    """Peak memory of creating a session and running it once, in a fresh process."""
+    code = ("import json,sys; from projclust_onnx.benchmark.memory import measure; "
+            "print(json.dumps(measure(*json.loads(sys.argv[1]))))")
+    args = json.dumps([str(onnx_path), providers, batch, seq, n_rows])
+    done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "grid_point": grid_key(batch, seq)}
+
+
+def evaluate(sessions: dict, tokenizer, data: LabeledData | None, fidelity_texts: list[tuple[str, ...]],
+             max_length: int, progress: bool = False) -> tuple[dict, dict]:
+    """Metrics per model on the labeled data, and the mean cosine of each model's outputs
+    against the first (original) model's on the same texts."""
+    from projclust_onnx.benchmark.metrics import score
+
+    texts = data.texts if data is not None else fidelity_texts
+    outputs = {name: _outputs(s, tokenizer, texts, max_length, progress, name) for name, s in sessions.items()}
+    reference = outputs[next(iter(outputs))][0]
+    fidelity = {name: _mean_cosine(reference, out) for name, (out, _) in outputs.items()}
+    # Hidden states (a feature-extraction model) have no labels to score: accuracy stays None.
+    accuracy = {name: (score(data.metrics, data.labels, out) if data is not None and is_logits else None)
+                for name, (out, is_logits) in outputs.items()}
+    return accuracy, fidelity
+
+
+def _outputs(session, tokenizer, texts, max_length: int, progress: bool, name: str) -> tuple[np.ndarray, bool]:
+    """First output per text: logits as they are (True), hidden states mean-pooled over the mask (False)."""
+    out, is_logits = [], True
+    starts = range(0, len(texts), 32)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"evaluate {name}", unit="batch")
+    wanted = {i.name for i in session.get_inputs()}
+    for start in starts:
+        columns = list(zip(*texts[start:start + 32]))
+        batch = tokenizer(*[list(c) for c in columns], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="np")
+        feeds = {k: v for k, v in batch.items() if k in wanted}
+        first = session.run(None, feeds)[0]
+        if first.ndim == 3:
+            mask = batch["attention_mask"][..., None]
+            first, is_logits = (first * mask).sum(1) / np.maximum(mask.sum(1), 1), False
+        out.append(first)
+    return np.concatenate(out), is_logits
+
+
+def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).mean())
+
+
+def machine_description() -> str:
+    import onnxruntime as ort
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, onnxruntime {ort.__version__} ({ort.get_device()})"
+
+
+def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider: str = "auto",
+                  batch_sizes=(1, 8), sequence_lengths=(32, 128), warmup: int = 3, repeats: int = 20,
+                  threads: int = 0, data: LabeledData | None = None, fidelity_texts=None, max_length: int = 128,
+                  memory: bool = True, plots: bool = True, progress: bool = True) -> dict:
+    """Benchmark `models` (the first is the original) and write report.json, report.md and plots."""
+    from projclust_onnx.model_files import resolve_onnx_file
+
+    if len(models) < 1:
+        raise ValueError("give at least one model directory")
+    names = [name for name, _ in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be distinct: {names}")
+    providers = resolve_providers(provider)
+    paths = {name: resolve_onnx_file(Path(directory)) for name, directory in models}
+    sessions = {name: open_session(path, providers, threads) for name, path in paths.items()}
+    n_rows = _table_rows(paths[names[0]])
+    grid = [(b, s) for b in batch_sizes for s in sequence_lengths]
+    use_iobinding = providers[0] == "CUDAExecutionProvider"
+    latency = measure_latency(sessions, grid, n_rows, warmup, repeats, use_iobinding, progress)
+
+    report = {"schema_version": SCHEMA_VERSION, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine_description(), "provider": providers[0],
+              "grid": {"batch_sizes": list(batch_sizes), "sequence_lengths": list(sequence_lengths),
+                       "warmup": warmup, "repeats": repeats},
+              "data": None, "models": {}}
+    accuracy, fidelity = {n: None for n in names}, {n: None for n in names}
+    if data is not None or fidelity_texts:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(paths[names[0]].parent)
+        accuracy, fidelity = evaluate(sessions, tokenizer, data, fidelity_texts or [], max_length, progress)
+        if data is not None:
+            report["data"] = {"source": data.source, "samples": len(data.labels), "metrics": list(data.metrics)}
+    del sessions
+    biggest = (max(batch_sizes), max(sequence_lengths))
+    for name, directory in models:
+        base = latency[names[0]]
+        report["models"][name] = {
+            "directory": str(directory), **model_sizes(Path(directory), paths[name]),
+            "latency": latency[name],
+            "latency_ratio": {k: v["p50_ms"] / base[k]["p50_ms"] for k, v in latency[name].items()},
+            "memory": measure_memory(paths[name], providers, *biggest, n_rows) if memory else None,
+            "accuracy": accuracy[name], "fidelity_cosine": fidelity[name],
+        }
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output_dir / "report.md").write_text(markdown_report(report))
+    if plots:
+        from projclust_onnx.benchmark.plots import plot_latency
+
+        plot_latency(report, output_dir / "latency.png")
+    return report
+
+
+def _table_rows(onnx_path: Path) -> int:
+    from projclust_onnx.model_files import load_model
+    from projclust_onnx.passes import search_word_embedding
+
+    matches = search_word_embedding(load_model(onnx_path).graph).matches
+    if len(matches) != 1:
+        raise ValueError(f"the first model ({onnx_path}) must be the original with one word-embedding table")
+    return matches[0].shape[0]
+
+
+def markdown_report(report: dict) -> str:
+    """Size, accuracy and fidelity per model, then latency per grid point."""
+    lines = [f"# Benchmark ({report['provider']}, {report['machine']}, {report['date']})", "",
+             "| model | file MiB | embedding params | accuracy | fidelity (cos) | peak memory MiB |", "|---|---|---|---|---|---|"]
+    for name, m in report["models"].items():
+        acc = ", ".join(f"{k} {v:.4f}" for k, v in (m["accuracy"] or {}).items()) or "-"
+        fid = f"{m['fidelity_cosine']:.4f}" if m["fidelity_cosine"] is not None else "-"
+        mem = f"{m['memory']['peak_mb']:.0f}" if m["memory"] and "peak_mb" in m["memory"] else "-"
+        emb = f"{m['embedding_parameters']:,}" if m["embedding_parameters"] else "-"
+        lines.append(f"| {name} | {m['file_bytes'] / 2**20:.1f} | {emb} | {acc} | {fid} | {mem} |")
+    lines += ["", "| model | batch | seq | p50 ms | p90 ms | p99 ms | seq/s | p50 vs original |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, m in report["models"].items():
+        for key, s in m["latency"].items():
+            lines.append(f"| {name} | {s['batch_size']} | {s['sequence_length']} | {s['p50_ms']:.2f} | "
+                         f"{s['p90_ms']:.2f} | {s['p99_ms']:.2f} | {s['throughput_seq_per_s']:.1f} | "
+                         f"{m['latency_ratio'][key]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_labeled_data(args) -> LabeledData | None:
+    """Labeled texts from --glue-task or --data-files with --text-column/--label-column."""
+    from projclust_onnx.data import column, load_records
+
+    if args.glue_task:
+        from projclust_onnx.benchmark.metrics import glue_task
+
+        text_columns, metrics, _ = glue_task(args.glue_task)
+        split = args.split or ("validation_matched" if args.glue_task == "mnli" else "validation")
+        records = load_records(f"glue:{args.glue_task}@{split}")
+        source = f"glue/{args.glue_task}/{split}"
+    elif args.data_files:
+        if not args.text_column:
+            raise ValueError("--data-files needs --text-column (one or two column names)")
+        text_columns, metrics = tuple(args.text_column), ("accuracy",)
+        records = load_records(args.data_files)
+        source = ", ".join(args.data_files)
+    else:
+        return None
+    if len(text_columns) > 2:
+        raise ValueError(f"--text-column takes one or two columns, got {list(text_columns)}")
+    texts = list(zip(*[[str(t) for t in column(records, c)] for c in text_columns]))
+    labels = column(records, args.label_column)
+    if args.max_samples:
+        texts, labels = texts[:args.max_samples], labels[:args.max_samples]
+    return LabeledData(source, texts, labels, metrics)
+
+
+def run_from_args(args) -> int:
+    models = []
+    for i, spec in enumerate(args.models):
+        name, sep, directory = spec.partition("=")
+        if not sep:
+            name, directory = ("original" if i == 0 else Path(spec).name), spec
+        if not Path(directory).exists():
+            raise ValueError(f"model directory {directory} does not exist")
+        models.append((name, Path(directory)))
+    report = run_benchmark(models, Path(args.output), provider=args.provider, batch_sizes=args.batch_sizes,
+                           sequence_lengths=args.sequence_lengths, warmup=args.warmup, repeats=args.repeats,
+                           threads=args.threads, data=load_labeled_data(args), max_length=args.max_length,
+                           memory=not args.no_memory, plots=not args.no_plots, progress=not args.quiet)
+    print(markdown_report(report))
+    print(f"wrote {Path(args.output) / 'report.json'}")
+    return 0

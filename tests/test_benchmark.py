@@ -1,0 +1,134 @@
+"""The benchmark harness: statistics, metrics, data loading and the report schema on tiny models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from tiny_models import embedding_model, write_model_dir
+
+from projclust_onnx import ProjClustCompressor, ProjClustConfig
+from projclust_onnx.benchmark.metrics import (
+    accuracy,
+    f1,
+    glue_task,
+    matthews_correlation,
+    pearson,
+    score,
+    spearman,
+)
+from projclust_onnx.benchmark.runner import load_labeled_data, run_benchmark
+from projclust_onnx.benchmark.stats import latency_stats
+
+
+def test_latency_statistics_from_given_timings():
+    stats = latency_stats([0.010, 0.020, 0.030, 0.040, 0.100], batch_size=4)
+    assert stats["p50_ms"] == pytest.approx(30.0)
+    assert stats["p90_ms"] == pytest.approx(40 + 0.6 * 60)  # linear between the 4th and 5th order statistics
+    assert stats["p99_ms"] == pytest.approx(40 + 0.96 * 60)
+    assert stats["mean_ms"] == pytest.approx(40.0)
+    assert stats["throughput_seq_per_s"] == pytest.approx(4 / 0.030)
+    assert stats["runs"] == 5
+    with pytest.raises(ValueError, match="no timings"):
+        latency_stats([], 1)
+
+
+def test_classification_metrics_against_hand_computed_values():
+    labels = [1, 0, 1, 1, 0, 0]
+    preds = [1, 0, 0, 1, 1, 0]  # tp=2 tn=2 fp=1 fn=1
+    assert accuracy(labels, preds) == pytest.approx(4 / 6)
+    assert f1(labels, preds) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert matthews_correlation(labels, preds) == pytest.approx((2 * 2 - 1 * 1) / np.sqrt(3 * 3 * 3 * 3))
+    assert matthews_correlation([1, 1], [1, 1]) == 0.0  # undefined: reported as 0 as GLUE does
+
+
+def test_regression_metrics_against_hand_computed_values():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # Ranks of [1, 2, 2, 4] are [0, 1.5, 1.5, 3]; of [10, 30, 20, 40] are [0, 2, 1, 3].
+    a, b = np.array([0, 1.5, 1.5, 3]), np.array([0, 2, 1, 3])
+    assert spearman([1, 2, 2, 4], [10, 30, 20, 40]) == pytest.approx(np.corrcoef(a, b)[0, 1])
+
+
+def test_score_uses_argmax_or_the_regression_column():
+    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert score(("accuracy", "f1"), [1, 0, 0], logits) == {"accuracy": pytest.approx(2 / 3), "f1": pytest.approx(2 / 3)}
+    assert score(("pearson",), [1.0, 2.0, 3.0], np.array([[1.0], [2.0], [3.5]]))["pearson"] > 0.99
+
+
+def test_glue_tasks_and_unknown_task():
+    assert glue_task("cola")[1] == ("matthews_correlation",)
+    assert glue_task("stsb")[1] == ("pearson", "spearman")
+    assert glue_task("mrpc")[0] == ("sentence1", "sentence2")
+    with pytest.raises(ValueError, match="unknown GLUE task 'sst3'"):
+        glue_task("sst3")
+
+
+def args_for(**kw):
+    base = dict(glue_task=None, data_files=None, split=None, text_column=None, label_column="label", max_samples=None)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_labeled_csv_and_json_and_their_errors(tmp_path):
+    (tmp_path / "d.csv").write_text('review,stars\n"good",1\n"bad",0\n"fine",1\n')
+    (tmp_path / "p.json").write_text('[{"a": "x", "b": "y", "label": 1}]')
+    data = load_labeled_data(args_for(data_files=[str(tmp_path / "d.csv")], text_column=["review"],
+                                      label_column="stars", max_samples=2))
+    assert data.texts == [("good",), ("bad",)] and data.labels == [1, 0]
+    pairs = load_labeled_data(args_for(data_files=[str(tmp_path / "p.json")], text_column=["a", "b"]))
+    assert pairs.texts == [("x", "y")]
+    with pytest.raises(ValueError, match="column 'label' not found"):
+        load_labeled_data(args_for(data_files=[str(tmp_path / "d.csv")], text_column=["review"]))
+    with pytest.raises(ValueError, match="needs --text-column"):
+        load_labeled_data(args_for(data_files=[str(tmp_path / "d.csv")]))
+    with pytest.raises(ValueError, match="unknown GLUE task"):
+        load_labeled_data(args_for(glue_task="nope"))
+
+
+@pytest.fixture
+def two_models(tmp_path):
+    original = write_model_dir(tmp_path / "original", embedding_model(60, 8)[0]).parent
+    ProjClustCompressor.from_pretrained(original).compress(tmp_path / "pc", ProjClustConfig(n_clusters=2, rank=3,
+                                                                                           n_init=2))
+    return original, tmp_path / "pc"
+
+
+def test_report_schema_on_a_tiny_model(two_models, tmp_path):
+    original, compressed = two_models
+    out = tmp_path / "bench"
+    report = run_benchmark([("original", original), ("pc", compressed)], out, batch_sizes=[1, 2],
+                           sequence_lengths=[4, 8], warmup=1, repeats=3, progress=False)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["schema_version"] == 1 and saved["provider"] == "CPUExecutionProvider"
+    assert saved["grid"] == {"batch_sizes": [1, 2], "sequence_lengths": [4, 8], "warmup": 1, "repeats": 3}
+    for name, model in saved["models"].items():
+        assert set(model["latency"]) == {"b1_s4", "b1_s8", "b2_s4", "b2_s8"}
+        for point in model["latency"].values():
+            assert point["runs"] == 3 and 0 < point["p50_ms"] <= point["p90_ms"] <= point["p99_ms"]
+        assert model["file_bytes"] > 0 and model["parameters"] > 0
+        assert model["memory"]["kind"] == "cpu_rss" and model["memory"]["peak_mb"] >= 0
+        assert model["accuracy"] is None and model["fidelity_cosine"] is None
+    assert saved["models"]["original"]["latency_ratio"]["b2_s8"] == 1.0
+    assert saved["models"]["original"]["embedding_parameters"] == 60 * 8
+    assert saved["models"]["pc"]["embedding_parameters"] == 60 * 3 + 2 * 3 * 8
+    assert saved["models"]["pc"]["compression"]["n_clusters"] == 2
+    assert (out / "report.md").read_text().count("| pc |") == 5  # size row + four latency rows
+    assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_benchmark_command_line(two_models, tmp_path):
+    original, compressed = two_models
+    done = subprocess.run([sys.executable, "-m", "projclust_onnx.cli", "benchmark", str(original), f"pc={compressed}",
+                           "--batch-sizes", "1", "--sequence-lengths", "4", "--repeats", "2", "--warmup", "1",
+                           "--no-memory", "--no-plots", "-q", "-o", str(tmp_path / "b")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| original | 1 | 4 |" in done.stdout and "| pc | 1 | 4 |" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "projclust_onnx.cli", "benchmark", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -1,0 +1,93 @@
+"""The command lines, through subprocess as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from tiny_models import embedding_model, write_model_dir
+
+CLI = [sys.executable, "-m", "projclust_onnx.cli"]
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    return write_model_dir(tmp_path / "tiny", embedding_model(60, 8)[0]).parent
+
+
+def test_help_of_every_command():
+    top = run(*CLI, "--help")
+    assert top.returncode == 0 and "compress" in top.stdout and "inspect" in top.stdout
+    compress = run(*CLI, "compress", "--help")
+    for flag in ("--model", "--output", "--compression", "--rank", "--clusters", "--method", "--runtime", "--device",
+                 "--seed", "--task", "--overwrite", "--calibration-text", "--calibration-dataset"):
+        assert flag in compress.stdout
+
+
+def test_console_script_and_optimum_cli_registration():
+    for exe in ("projclust-onnx", "optimum-cli"):
+        if shutil.which(exe) is None:
+            pytest.fail(f"{exe} is not on PATH; is the package installed?")
+    assert run("projclust-onnx", "--help").returncode == 0
+    optimum = run("optimum-cli", "projclust", "--help")
+    assert optimum.returncode == 0, optimum.stderr
+    assert "compress" in optimum.stdout and "inspect" in optimum.stdout
+    assert "--clusters" in run("optimum-cli", "projclust", "compress", "--help").stdout
+
+
+def test_compress_prints_a_summary_and_writes_the_directory(model_dir, tmp_path):
+    out = tmp_path / "out"
+    done = run(*CLI, "compress", "--model", str(model_dir), "--output", str(out), "--rank", "3", "--clusters", "2",
+               "--runtime", "onehot", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "k=2, j=3, layout=onehot" in done.stdout and "parity (max abs diff)" in done.stdout
+    assert json.loads((out / "projclust_config.json").read_text())["layout"] == "onehot"
+
+
+def test_inspect_shows_the_match_and_the_budget(model_dir):
+    done = run(*CLI, "inspect", "--model", str(model_dir), "--compression", "0.5", "--clusters", "2")
+    assert done.returncode == 0, done.stderr
+    assert "word_lookup: table bert.embeddings.word_embeddings.weight (60 x 8, FLOAT)" in done.stdout
+    assert "rejected Gather" in done.stdout and "position_lookup" in done.stdout
+    assert "n*j + k*j*d + ids" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--compression", "1.5"], "compression=1.5 must lie in (0, 1)"),
+        (["--method", "svd", "--clusters", "3"], "n_clusters=3 must be 1"),
+        (["--rank", "8"], "rank=8 must be < the table's dim=8"),
+        (["--clusters", "100", "--rank", "2"], "n_clusters=100 must be <= the table's 60 rows"),
+    ],
+)
+def test_bad_settings_give_one_line_and_exit_code_2(model_dir, tmp_path, args, message):
+    done = run(*CLI, "compress", "--model", str(model_dir), "--output", str(tmp_path / "out"), "--quiet", *args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("projclust-onnx: error: ") and message in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_occupied_output_and_missing_model(model_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x").write_text("x")
+    done = run(*CLI, "compress", "--model", str(model_dir), "--output", str(out), "--rank", "2", "--quiet")
+    assert done.returncode == 2 and "--overwrite" in done.stderr
+    missing = run(*CLI, "inspect", "--model", str(tmp_path / "nowhere.onnx"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_optimum_cli_reports_errors_the_same_way(model_dir, tmp_path):
+    done = run("optimum-cli", "projclust", "compress", "--model", str(model_dir), "--output", str(tmp_path / "o"),
+               "--compression", "2")
+    assert done.returncode == 2
+    assert "compression=2.0 must lie in (0, 1)" in done.stderr
