@@ -20,7 +20,8 @@ def plot_latency(report: dict, path: Path) -> Path:
     seq = max(report["grid"]["sequence_lengths"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, model in report["models"].items():
-        points = sorted((s["batch_size"], s["p50_ms"]) for s in model["latency"].values() if s["sequence_length"] == seq)
+        points = sorted((s["batch_size"], s["p50_ms"]) for s in model["latency"].values()
+                        if s["sequence_length"] == seq)
         ax.plot(*zip(*points), marker="o", label=name)
     ax.set_xlabel("batch size")
     ax.set_ylabel(f"p50 latency (ms), sequence {seq}")

@@ -281,7 +281,8 @@ def _table_rows(onnx_path: Path) -> int:
 def markdown_report(report: dict) -> str:
     """Size, accuracy and fidelity per model, then latency per grid point."""
     lines = [f"# Benchmark ({report['provider']}, {report['machine']}, {report['date']})", "",
-             "| model | file MiB | embedding params | accuracy | fidelity (cos) | peak memory MiB |", "|---|---|---|---|---|---|"]
+             "| model | file MiB | embedding params | accuracy | fidelity (cos) | peak memory MiB |",
+             "|---|---|---|---|---|---|"]
     for name, m in report["models"].items():
         acc = ", ".join(f"{k} {v:.4f}" for k, v in (m["accuracy"] or {}).items()) or "-"
         fid = f"{m['fidelity_cosine']:.4f}" if m["fidelity_cosine"] is not None else "-"
