@@ -87,3 +87,21 @@ def calibration_texts(config) -> Iterator[str]:
         for text in column(load_records(config.calibration_dataset), config.calibration_column):
             if text:
                 yield str(text)
+
+
+def sample_weights(config, n_rows: int, tokenizer) -> tuple[np.ndarray | None, int, int]:
+    """Row weights a ProjClustConfig asks for: calibration counts (+ smoothing), then special tokens.
+
+    Returns (weights or None when unweighted, tokens counted, special tokens weighted).
+    """
+    if not config.uses_calibration and (config.special_token_weight == 0 or tokenizer is None):
+        return None, 0, 0
+    weights, n_tokens = np.ones(n_rows), 0
+    if config.uses_calibration:
+        counts = count_tokens(tokenizer, calibration_texts(config), n_rows)
+        weights, n_tokens = token_weights(counts, config.calibration_smoothing), int(counts.sum())
+    special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < n_rows}) if tokenizer is not None else []
+    if not special and not config.uses_calibration:
+        return None, 0, 0
+    n_special = len(special) if config.special_token_weight > 0 else 0
+    return with_special_tokens(weights, special, config.special_token_weight), n_tokens, n_special

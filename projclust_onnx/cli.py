@@ -41,9 +41,19 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_output_arguments(parser)
+    add_budget_arguments(parser)
+    add_clustering_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", default=DEFAULT_OUTPUT,
                         help=f"output model directory (default: ./{DEFAULT_OUTPUT})")
-    add_budget_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", "--layout", dest="layout", choices=["grouped", "onehot"], default="grouped",
                         help="runtime layout of the k-branch subgraph (default: grouped, fastest on CPU)")
     parser.add_argument("--device", default="auto", help="where clustering runs: auto, cpu or cuda (default: auto)")
@@ -55,8 +65,26 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-column", default="text", help="text column of --calibration-dataset")
     parser.add_argument("--calibration-smoothing", type=float, default=1.0,
                         help="pseudo-count added to every token's frequency (default: 1.0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None,
+                        help="Hugging Face model directory or hub id (default: the bundled all-MiniLM-L6-v2)")
+    add_output_arguments(parser)
+    add_budget_arguments(parser)
+    add_clustering_arguments(parser)
+    data = parser.add_argument_group("training data")
+    data.add_argument("--glue-task", default=None, help="train on a GLUE task (datasets.load_dataset('glue', task))")
+    data.add_argument("--data-files", nargs="+", default=None, help="local CSV/JSON training files")
+    data.add_argument("--eval-files", nargs="+", default=None, help="local CSV/JSON files to report accuracy on")
+    data.add_argument("--text-column", nargs="+", default=None, help="one or two text columns")
+    data.add_argument("--label-column", default="label")
+    data.add_argument("--max-samples", type=int, default=None, help="use at most this many training examples")
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=float, default=1.0)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=5e-5)
+    train.add_argument("--max-length", type=int, default=128)
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +182,45 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def run_finetune(args: argparse.Namespace) -> int:
+    from projclust_onnx.benchmark.metrics import glue_task
+    from projclust_onnx.data import load_records
+    from projclust_onnx.finetune import finetune, labeled_texts, num_labels_of
+
+    metrics: tuple[str, ...] = ("accuracy",)
+    if args.glue_task:
+        columns, metrics, n_labels = glue_task(args.glue_task)
+        train = load_records(f"glue:{args.glue_task}@train")
+        evaluation = load_records(f"glue:{args.glue_task}@validation")
+    elif args.data_files:
+        if not args.text_column:
+            raise CLIError("--data-files needs --text-column (one or two column names)")
+        columns, n_labels = args.text_column, None
+        train = load_records(args.data_files)
+        evaluation = load_records(args.eval_files) if args.eval_files else None
+    else:
+        raise CLIError("give training data: --glue-task TASK or --data-files FILE... --text-column COL")
+    texts, labels = labeled_texts(train, list(columns), args.label_column)
+    if args.max_samples:
+        texts, labels = texts[:args.max_samples], labels[:args.max_samples]
+    eval_texts, eval_labels = labeled_texts(evaluation, list(columns), args.label_column) if evaluation else (None,
+                                                                                                            None)
+    report = finetune(_model_source(args), args.output, texts, labels, _config(args),
+                      num_labels=n_labels or num_labels_of(labels), epochs=args.epochs, batch_size=args.batch_size,
+                      learning_rate=args.learning_rate, max_length=args.max_length, eval_texts=eval_texts,
+                      eval_labels=eval_labels, metrics=metrics, overwrite=args.overwrite, verbose=not args.quiet)
+    rows = [("output", args.output), ("training", f"{report.epochs:.2f} epochs, {report.steps} steps, "
+                                                  f"{report.train_seconds:.0f}s, final loss {report.final_loss:.4f}")]
+    if report.eval_metrics:
+        rows.append(("evaluation", ", ".join(f"{k} {v:.4f}" for k, v in report.eval_metrics.items())))
+    c = report.compression
+    rows += [("compression", f"{c['method']}, k={c['n_clusters']}, j={c['rank']}: "
+                             f"{c['embedding_compression']:.1%} fewer embedding parameters"),
+             ("parity (max abs diff)", f"{c['parity_max_abs_diff']:.2e} <= {c['parity_tolerance']:g}")]
+    print(format_table("projclust-onnx finetune", rows))
+    return 0
+
+
 def format_table(title: str, rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     line = "-" * (width + 2 + max(len(v) for _, v in rows))
@@ -165,6 +232,8 @@ COMMANDS = {
     "compress": ("compress the word embedding of a model", add_compress_arguments, run_compress),
     "inspect": ("show the word embedding the pass finds and the budget arithmetic", add_inspect_arguments,
                 run_inspect),
+    "finetune": ("compress a classifier's embedding, fine-tune it, and export it compressed", add_finetune_arguments,
+                 run_finetune),
     "benchmark": ("compare an original model with compressed ones under ONNX Runtime", add_benchmark_arguments,
                   run_benchmark),
 }

@@ -126,13 +126,13 @@ class ProjClustCompressor:
         return self.onnx_path.parent
 
     def compress(self, save_dir: str | Path, config: ProjClustConfig | None = None, overwrite: bool = False,
-                 verbose: bool = False) -> CompressionReport:
+                 verbose: bool = False, factorization=None) -> CompressionReport:
         """Cluster the table, rewrite the graph, check it under ONNX Runtime, then write save_dir.
 
-        Nothing is written unless every check passes; the input is only read.
+        `factorization` (an EmbeddingFactorization, e.g. fine-tuned factors) skips the
+        clustering and is applied as it is. Nothing is written unless every check
+        passes; the input is only read.
         """
-        from projclust_onnx.clustering import ProjectiveClustering
-        from projclust_onnx.factorization import EmbeddingFactorization
         from projclust_onnx.parity import check_parity
         from projclust_onnx.passes import factorize_embedding_pipeline, find_word_embedding
 
@@ -152,18 +152,23 @@ class ProjClustCompressor:
             raise ValueError(f"n_clusters={config.n_clusters} must be <= the table's {n} rows")
         timings["load"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        weights, n_tokens, n_special = self._sample_weights(config, n)
-        timings["weights"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
         table32 = table.astype(np.float32)
-        estimator = ProjectiveClustering(
-            config.n_clusters, rank, init=config.init, n_init=config.n_init, anneal_steps=config.anneal_steps,
-            max_iter=config.max_iter, tol=config.tol, z=config.z, device=config.device,
-            random_state=config.seed, verbose=verbose).fit(table32, sample_weight=weights)
-        factorization = EmbeddingFactorization.from_estimator(estimator, table32, dtype=table.dtype)
-        timings["clustering"] = time.perf_counter() - clock
+        n_tokens = n_special = 0
+        if factorization is None:
+            from projclust_onnx.calibration import sample_weights
+
+            clock = time.perf_counter()
+            tokenizer = self._tokenizer(required=config.uses_calibration)
+            weights, n_tokens, n_special = sample_weights(config, n, tokenizer)
+            timings["weights"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            factorization = fit_factorization(table32, config, rank, weights, verbose, dtype=table.dtype)
+            timings["clustering"] = time.perf_counter() - clock
+        elif (factorization.n_rows, factorization.dim) != (n, d):
+            raise ValueError(f"the factorization is {factorization.n_rows} x {factorization.dim} but the table "
+                             f"is {n} x {d}")
+        else:
+            rank = factorization.rank
 
         clock = time.perf_counter()
         reference = load_model(self.onnx_path)
@@ -202,22 +207,6 @@ class ProjClustCompressor:
             report.save(stage)
         return report
 
-    def _sample_weights(self, config: ProjClustConfig, n_rows: int) -> tuple[np.ndarray | None, int, int]:
-        """Row weights from calibration counts and special tokens; (None, 0, 0) when unweighted."""
-        from projclust_onnx.calibration import calibration_texts, count_tokens, token_weights, with_special_tokens
-
-        if not config.uses_calibration and config.special_token_weight == 0:
-            return None, 0, 0
-        tokenizer = self._tokenizer(required=config.uses_calibration)
-        weights, n_tokens = np.ones(n_rows), 0
-        if config.uses_calibration:
-            counts = count_tokens(tokenizer, calibration_texts(config), n_rows)
-            weights, n_tokens = token_weights(counts, config.calibration_smoothing), int(counts.sum())
-        special = [i for i in tokenizer.all_special_ids if i < n_rows] if tokenizer is not None else []
-        if not special and not config.uses_calibration:
-            return None, 0, 0
-        return with_special_tokens(weights, special, config.special_token_weight), n_tokens, len(set(special))
-
     def _tokenizer(self, required: bool):
         """The model directory's tokenizer; None (with a warning) when absent and not required."""
         from transformers import AutoTokenizer
@@ -230,6 +219,20 @@ class ProjClustCompressor:
                                  f"loadable ({err}); copy the tokenizer files beside the model") from err
             logger.warning("no tokenizer in %s: special tokens are weighted like any row", self.source_dir)
             return None
+
+
+def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sample_weight=None,
+                      verbose: bool = False, dtype=np.float32):
+    """Cluster `table` as `config` says and factorize it: the one place settings meet the estimator."""
+    from projclust_onnx.clustering import ProjectiveClustering
+    from projclust_onnx.factorization import EmbeddingFactorization
+
+    table32 = np.asarray(table, dtype=np.float32)
+    estimator = ProjectiveClustering(
+        config.n_clusters, rank, init=config.init, n_init=config.n_init, anneal_steps=config.anneal_steps,
+        max_iter=config.max_iter, tol=config.tol, z=config.z, device=config.device,
+        random_state=config.seed, verbose=verbose).fit(table32, sample_weight=sample_weight)
+    return EmbeddingFactorization.from_estimator(estimator, table32, dtype=dtype)
 
 
 def _check_saved(path: Path) -> None:

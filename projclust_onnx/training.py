@@ -32,8 +32,11 @@ def batches(n: int, batch_size: int, generator: torch.Generator):
 def train_classifier(model, tokenizer, texts: list[tuple[str, ...]], labels: list, *, epochs: float = 1.0,
                      batch_size: int = 32, learning_rate: float = 5e-5, max_length: int = 128, seed: int = 0,
                      device: str | torch.device = "cpu", max_steps: int | None = None,
-                     progress: bool = True) -> TrainingResult:
-    """Fine-tune `model` (a transformers sequence classifier) in place with AdamW and linear decay."""
+                     progress: bool = True, on_epoch_end=None) -> TrainingResult:
+    """Fine-tune `model` (a transformers sequence classifier) in place with AdamW and linear decay.
+
+    `on_epoch_end(epoch)` is called after each full epoch (1, 2, ...), e.g. to evaluate.
+    """
     if len(texts) != len(labels) or not texts:
         raise ValueError(f"{len(texts)} texts and {len(labels)} labels: give as many of each, at least one")
     if epochs <= 0:
@@ -66,6 +69,9 @@ def train_classifier(model, tokenizer, texts: list[tuple[str, ...]], labels: lis
             optimizer.zero_grad(set_to_none=True)
             step += 1
             loss_value = float(loss.detach())
+            if on_epoch_end is not None and step % steps_per_epoch == 0:
+                on_epoch_end(step // steps_per_epoch)
+                model.train()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")

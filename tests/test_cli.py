@@ -91,3 +91,11 @@ def test_optimum_cli_reports_errors_the_same_way(model_dir, tmp_path):
                "--compression", "2")
     assert done.returncode == 2
     assert "compression=2.0 must lie in (0, 1)" in done.stderr
+
+
+def test_finetune_needs_training_data(tmp_path):
+    done = run(*CLI, "finetune", "--output", str(tmp_path / "o"))
+    assert done.returncode == 2 and "give training data" in done.stderr
+    (tmp_path / "t.csv").write_text('text,label\n"a",1\n')
+    done = run(*CLI, "finetune", "--data-files", str(tmp_path / "t.csv"), "--output", str(tmp_path / "o"))
+    assert done.returncode == 2 and "needs --text-column" in done.stderr

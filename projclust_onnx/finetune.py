@@ -1,0 +1,96 @@
+"""Compress, fine-tune, export: recover accuracy with a short training run after compression.
+
+The word embedding of a Hugging Face classifier is factorized by the core, swapped for a
+trainable ProjClustEmbedding, and the model is fine-tuned (all weights, U and V included).
+For export, the trained factors are put back as their exact dense table, Optimum exports
+the model, and the graph pass rewrites that table into the k-branch subgraph with the
+trained factors; its numeric check compares against the dense export.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from projclust_onnx.config import ProjClustConfig
+
+
+@dataclass
+class FinetuneReport:
+    epochs: float
+    steps: int
+    train_seconds: float
+    final_loss: float
+    eval_metrics: dict | None
+    compression: dict
+    model: object = field(default=None, repr=False)  # the trained PyTorch model (dense table), not saved
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "model"}
+
+
+def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tuple[str, ...]], train_labels: list,
+             config: ProjClustConfig | None = None, *, num_labels: int = 2, epochs: float = 1.0,
+             batch_size: int = 32, learning_rate: float = 5e-5, max_length: int = 128,
+             eval_texts: list[tuple[str, ...]] | None = None, eval_labels: list | None = None,
+             metrics: tuple[str, ...] = ("accuracy",), overwrite: bool = False, verbose: bool = True,
+             device: str = "cpu") -> FinetuneReport:
+    """Compress the embedding of a sequence classifier, fine-tune it, export it compressed to save_dir."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from projclust_onnx.benchmark.metrics import score
+    from projclust_onnx.calibration import sample_weights
+    from projclust_onnx.compressor import ProjClustCompressor, export_onnx, fit_factorization
+    from projclust_onnx.model_files import check_output_dir
+    from projclust_onnx.nn import check_untied, densify_word_embeddings, replace_word_embeddings
+    from projclust_onnx.training import predict_logits, train_classifier
+
+    config = config or ProjClustConfig()
+    check_output_dir(Path(save_dir), overwrite, [])
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, num_labels=num_labels)
+    check_untied(model)
+    table = model.get_input_embeddings().weight.detach().cpu().numpy()
+    n, d = table.shape
+    weights, _, _ = sample_weights(config, n, tokenizer)
+    clock = time.perf_counter()
+    factorization = fit_factorization(table, config, config.rank_for(n, d), weights, verbose)
+    clustering_seconds = time.perf_counter() - clock
+    replace_word_embeddings(model, factorization, config.layout)
+    result = train_classifier(model, tokenizer, train_texts, train_labels, epochs=epochs, batch_size=batch_size,
+                              learning_rate=learning_rate, max_length=max_length, seed=config.seed, device=device,
+                              progress=verbose)
+    eval_metrics = None
+    if eval_texts is not None:
+        logits = predict_logits(model, tokenizer, eval_texts, max_length=max_length, device=device)
+        eval_metrics = score(metrics, eval_labels, logits)
+    trained = densify_word_embeddings(model)
+    with tempfile.TemporaryDirectory(prefix="projclust-finetune-") as tmp:
+        model.to("cpu").save_pretrained(Path(tmp) / "hf")
+        tokenizer.save_pretrained(Path(tmp) / "hf")
+        export_onnx(str(Path(tmp) / "hf"), Path(tmp) / "onnx", task="text-classification")
+        report = ProjClustCompressor(Path(tmp) / "onnx" / "model.onnx", model_name_or_path).compress(
+            save_dir, config, overwrite=overwrite, factorization=trained)
+    report.timings["clustering"] = clustering_seconds
+    out = FinetuneReport(epochs=result.epochs, steps=result.steps, train_seconds=result.seconds,
+                         final_loss=result.final_loss, eval_metrics=eval_metrics, compression=report.to_dict(),
+                         model=model)
+    (Path(save_dir) / "projclust_finetune.json").write_text(json.dumps(out.to_dict(), indent=2) + "\n")
+    return out
+
+
+def labeled_texts(records, text_columns: list[str], label_column: str) -> tuple[list[tuple[str, ...]], list]:
+    from projclust_onnx.data import column
+
+    texts = list(zip(*[[str(t) for t in column(records, c)] for c in text_columns]))
+    return texts, list(column(records, label_column))
+
+
+def num_labels_of(labels: list) -> int:
+    values = np.unique(np.asarray(labels))
+    return 1 if values.dtype.kind == "f" else int(values.max()) + 1
