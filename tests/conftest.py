@@ -35,3 +35,19 @@ def minilm_embedding(minilm_path) -> np.ndarray:
 
     tensors = load_file(str(minilm_path / "model.safetensors"))
     return tensors["embeddings.word_embeddings.weight"].astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def exported(minilm_path, tmp_path_factory):
+    """MiniLM exported by optimum (through ProjClustCompressor.from_pretrained on the Hugging Face folder)."""
+    import shutil
+
+    from projclust_onnx import ProjClustCompressor
+
+    out = {}
+    for task in ("feature-extraction", "text-classification"):
+        compressor = ProjClustCompressor.from_pretrained(minilm_path, task=task)
+        dest = tmp_path_factory.mktemp(task)
+        shutil.copytree(compressor.source_dir, dest, dirs_exist_ok=True)
+        out[task] = dest
+    return out

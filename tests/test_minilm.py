@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 import subprocess
 import sys
 
@@ -20,18 +19,6 @@ from projclust_onnx.model_files import file_sha256, load_model
 
 pytestmark = pytest.mark.slow
 FAST = dict(n_init=2, anneal_steps=2, max_iter=5)
-
-
-@pytest.fixture(scope="session")
-def exported(minilm_path, tmp_path_factory):
-    """MiniLM exported by optimum (through from_pretrained on the Hugging Face folder), per task."""
-    out = {}
-    for task in ("feature-extraction", "text-classification"):
-        compressor = ProjClustCompressor.from_pretrained(minilm_path, task=task)
-        dest = tmp_path_factory.mktemp(task)
-        shutil.copytree(compressor.source_dir, dest, dirs_exist_ok=True)
-        out[task] = dest
-    return out
 
 
 def dense_reference_session(onnx_dir, compressed_dir, tmp_path):
