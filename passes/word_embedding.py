@@ -66,9 +66,15 @@ class EmbeddingSearch:
     matches: list[EmbeddingMatch] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     factorized: list[ir.Node] = field(default_factory=list)
+    fused: list[ir.Node] = field(default_factory=list)
 
     def single(self) -> EmbeddingMatch:
         """The one match; ValueError naming the rejections when there is none, or the candidates."""
+        if not self.matches and self.fused:
+            raise ValueError(
+                f"the embeddings are fused into {self.fused[0].op_type} {self.fused[0].name!r} (ONNX Runtime's "
+                "transformers optimizer); compress before that fusion, or optimize with Optimum's default "
+                "disable_embed_layer_norm_fusion=True")
         if not self.matches:
             detail = "; ".join(f"{name}: {why}" for name, why in self.rejected) or "no Gather at all"
             raise ValueError("no word-embedding lookup found (a Gather of a 2-D initializer indexed by "
@@ -111,6 +117,8 @@ def search_word_embedding(graph: ir.Graph, ids_input: str = "input_ids") -> Embe
                          "pass the token-id input's name as ids_input")
     ids_value = id_inputs[0]
     for node in graph:
+        if node.op_type == "EmbedLayerNormalization":
+            search.fused.append(node)
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
             continue
         table = _table_of(node)

@@ -122,6 +122,16 @@ def test_no_embedding_is_a_clear_error():
         FactorizeEmbeddingPass(random_factorization(20, 4, 2, 2))(model)
 
 
+def test_fused_embed_layer_norm_is_named_in_the_refusal():
+    graph = ir.from_proto(embedding_model(20, 4)[0]).graph
+    ids = graph.inputs[0]
+    fused = ir.node("EmbedLayerNormalization", [ids], domain="com.microsoft", name="EmbedLayerNormalization_0")
+    graph.insert_before(graph.node(0), fused)
+    graph.remove(graph.node("word_lookup"), safe=False)
+    with pytest.raises(ValueError, match="fused into EmbedLayerNormalization 'EmbedLayerNormalization_0'"):
+        find_word_embedding(graph)
+
+
 def test_two_candidates_are_refused():
     model = ir.from_proto(embedding_model(20, 4, second_lookup=True)[0])
     with pytest.raises(ir.passes.PreconditionError, match="2 word-embedding candidates found"):
