@@ -79,6 +79,12 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
                 f"the model's default opset is {opset}; the rewrite needs opset >= {_MIN_OPSET}. "
                 "Re-export with a newer opset (optimum-cli export onnx --opset 14 ...)")
 
+    def ensures(self, model: ir.Model) -> None:
+        search = search_word_embedding(model.graph, self.ids_input)
+        if search.matches or not search.factorized:
+            raise ir.passes.PostconditionError(
+                "after the rewrite the token ids should reach a cluster-id lookup and no dense word table")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         try:
             search = search_word_embedding(model.graph, self.ids_input)

@@ -35,7 +35,8 @@ def count_tokens(tokenizer, texts: Iterable[str], n_rows: int) -> np.ndarray:
     batch: list[str] = []
 
     def flush() -> None:
-        for ids in tokenizer(batch, add_special_tokens=True, truncation=False)["input_ids"]:
+        # Whole texts are counted on purpose: no truncation, and no warning about length.
+        for ids in tokenizer(batch, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]:
             ids = np.asarray(ids, dtype=np.int64)
             if ids.size and ids.max() >= n_rows:
                 raise ValueError(f"the tokenizer produced id {int(ids.max())} but the table has {n_rows} rows; "

@@ -135,6 +135,19 @@ def test_several_onnx_files_need_a_file_name(tmp_path):
     assert ProjClustCompressor.from_pretrained(src, file_name="decoder.onnx").onnx_path.name == "decoder.onnx"
 
 
+def test_large_models_are_written_with_external_data(model_dir, tmp_path, monkeypatch):
+    import projclust_onnx.model_files as model_files
+
+    monkeypatch.setattr(model_files, "EXTERNAL_DATA_THRESHOLD", 100)  # stands in for the 2 GB limit
+    report = ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert (tmp_path / "out" / "model.onnx_data").is_file()
+    assert report.file_bytes_after > (tmp_path / "out" / "model.onnx").stat().st_size
+    onnx.checker.check_model(str(tmp_path / "out" / "model.onnx"), full_check=True)
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.array([[0, 59, 3]])
+    assert session.run(None, {"input_ids": ids, "token_type_ids": np.zeros_like(ids)})[0].shape == (1, 3, 8)
+
+
 def test_fp16_model_round_trip(tmp_path):
     src = write_model_dir(tmp_path / "src", embedding_model(60, 8, dtype=np.float16)[0]).parent
     report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
