@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--classifier", required=True, help="directory with hf/ and onnx/")
     parser.add_argument("--train", required=True)
     parser.add_argument("--test", required=True)
-    parser.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.6])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.4])
     parser.add_argument("--clusters", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()

@@ -90,6 +90,19 @@ def calibration_texts(config) -> Iterator[str]:
                 yield str(text)
 
 
+_COUNTS_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def calibration_counts(config, n_rows: int, tokenizer) -> np.ndarray:
+    """Token counts of the config's calibration texts, kept per (texts, tokenizer) for the process,
+    so a sweep over budgets and k tokenizes its calibration corpus once."""
+    key = (tuple(config.calibration_text), config.calibration_dataset, config.calibration_column,
+           getattr(tokenizer, "name_or_path", id(tokenizer)), n_rows)
+    if key not in _COUNTS_CACHE:
+        _COUNTS_CACHE[key] = count_tokens(tokenizer, calibration_texts(config), n_rows)
+    return _COUNTS_CACHE[key]
+
+
 def sample_weights(config, n_rows: int, tokenizer) -> tuple[np.ndarray | None, int, int]:
     """Row weights a ProjClustConfig asks for: calibration counts (+ smoothing), then special tokens.
 
@@ -99,7 +112,7 @@ def sample_weights(config, n_rows: int, tokenizer) -> tuple[np.ndarray | None, i
         return None, 0, 0
     weights, n_tokens = np.ones(n_rows), 0
     if config.uses_calibration:
-        counts = count_tokens(tokenizer, calibration_texts(config), n_rows)
+        counts = calibration_counts(config, n_rows, tokenizer)
         weights, n_tokens = token_weights(counts, config.calibration_smoothing), int(counts.sum())
     special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < n_rows}) if tokenizer is not None else []
     if not special and not config.uses_calibration:

@@ -61,3 +61,29 @@ def test_local_csv_and_json_load_and_missing_column(tmp_path):
         column(records, "sentence")
     with pytest.raises(ValueError, match="data files not found"):
         load_records([tmp_path / "nope.csv", tmp_path / "d.csv"])
+
+
+def test_calibration_counts_are_tokenized_once_per_corpus(tmp_path):
+    from projclust_onnx import ProjClustConfig
+    from projclust_onnx.calibration import calibration_counts, sample_weights
+
+    class CountingTokenizer:
+        name_or_path = "counting"
+        all_special_ids = [0]
+        calls = 0
+
+        def __call__(self, texts, **_):
+            CountingTokenizer.calls += 1
+            return {"input_ids": [[0, len(t) % 5] for t in texts]}
+
+    (tmp_path / "c.txt").write_text("abc\nde\n")
+    config = ProjClustConfig(calibration_text=[str(tmp_path / "c.txt")], calibration_smoothing=0.5)
+    tokenizer = CountingTokenizer()
+    first = calibration_counts(config, 5, tokenizer)
+    again = calibration_counts(ProjClustConfig(n_clusters=3, calibration_text=[str(tmp_path / "c.txt")]), 5, tokenizer)
+    assert again is first and CountingTokenizer.calls == 1
+    np.testing.assert_array_equal(first, [2, 0, 1, 1, 0])
+    weights, n_tokens, n_special = sample_weights(config, 5, tokenizer)
+    assert n_tokens == 4 and n_special == 1
+    np.testing.assert_allclose(weights[1:], [0.5, 1.5, 1.5, 0.5])
+    assert weights[0] == 30 * weights[1:].sum()
