@@ -123,6 +123,22 @@ def test_same_random_state_gives_the_same_fit():
     np.testing.assert_array_equal(a.bases_, b.bases_)
 
 
+def test_starved_clusters_are_reseeded_from_the_worst_fit_rows():
+    X, truth = planted(60, 12, 3, 3, 0.05, seed=3)
+    init = np.zeros(len(X), int)
+    init[0] = 1  # cluster 1 starts with one row, cluster 2 with none
+    model = ProjectiveClustering(3, 3, init=init, anneal_steps=0, random_state=0).fit(X)
+    assert np.bincount(model.labels_, minlength=3).min() >= 3
+    # The re-seeded clusters do work: the fit beats one subspace for all rows.
+    assert model.cost_ < 0.8 * ProjectiveClustering(1, 3).fit(X).cost_
+
+
+def test_too_few_rows_for_every_cluster_warns():
+    X = np.random.default_rng(0).standard_normal((5, 6))
+    with pytest.warns(ConvergenceWarning, match="could not keep 2 clusters of at least rank=3 rows"):
+        ProjectiveClustering(2, 3, init=np.array([0, 0, 0, 0, 1]), anneal_steps=0, max_iter=2).fit(X)
+
+
 def test_max_iter_reached_warns():
     X, _ = planted(60, 16, 3, 3, 1.0)
     with pytest.warns(ConvergenceWarning, match="max_iter=1"):
