@@ -70,6 +70,9 @@ class EmbeddingSearch:
 
     def single(self) -> EmbeddingMatch:
         """The one match; ValueError naming the rejections when there is none, or the candidates."""
+        if not self.matches and self.factorized:
+            raise ValueError("the word embedding is already factorized (a cluster-id lookup of the token ids was "
+                             "found); compress the original model instead")
         if not self.matches and self.fused:
             raise ValueError(
                 f"the embeddings are fused into {self.fused[0].op_type} {self.fused[0].name!r} (ONNX Runtime's "

@@ -61,6 +61,12 @@ def test_occupied_output_is_refused_unless_overwrite(model_dir, tmp_path):
     assert not (out / "keep.txt").exists() and (out / "model.onnx").exists()
 
 
+def test_compressing_a_compressed_model_is_refused(model_dir, tmp_path):
+    ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "once", ProjClustConfig(**SMALL))
+    with pytest.raises(ValueError, match="already factorized"):
+        ProjClustCompressor.from_pretrained(tmp_path / "once").compress(tmp_path / "twice", ProjClustConfig(**SMALL))
+
+
 def test_output_inside_the_input_is_refused(model_dir):
     with pytest.raises(ValueError, match="would hold or replace the input"):
         ProjClustCompressor.from_pretrained(model_dir).compress(model_dir, ProjClustConfig(**SMALL), overwrite=True)
