@@ -133,3 +133,22 @@ def test_benchmark_command_line(two_models, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "projclust_onnx.cli", "benchmark", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_glue_task_goes_through_datasets_load_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None, **kwargs):
+        calls.append((name, config, split))
+        first, second = glue_task(config)[0]
+        return datasets.Dataset.from_dict({first: ["a", "b"], second: ["c", "d"], "label": [1, 0]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data = load_labeled_data(args_for(glue_task="mrpc"))
+    assert calls == [("glue", "mrpc", "validation")]
+    assert data.texts == [("a", "c"), ("b", "d")] and data.metrics == ("accuracy", "f1")
+    assert data.source == "glue/mrpc/validation"
+    load_labeled_data(args_for(glue_task="mnli"))
+    assert calls[-1] == ("glue", "mnli", "validation_matched")
