@@ -152,3 +152,12 @@ def test_glue_task_goes_through_datasets_load_dataset(monkeypatch):
     assert data.source == "glue/mrpc/validation"
     load_labeled_data(args_for(glue_task="mnli"))
     assert calls[-1] == ("glue", "mnli", "validation_matched")
+
+
+def test_accuracy_plot_is_a_png(tmp_path):
+    from projclust_onnx.benchmark.plots import plot_accuracy
+
+    rows = [{"method": f"{m} ({w})", "compression": c, "accuracy": 0.8 + c / 10}
+            for m in ("svd k=1", "projclust k=5") for w in ("none", "train") for c in (0.2, 0.4)]
+    path = plot_accuracy(rows, baseline=0.85, path=tmp_path / "acc.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000

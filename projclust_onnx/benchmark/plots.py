@@ -34,12 +34,22 @@ def plot_latency(report: dict, path: Path) -> Path:
 
 
 def plot_accuracy(rows: list[dict], baseline: float, path: Path, metric: str = "accuracy") -> Path:
-    """Metric against embedding compression, one line per method; rows have method, compression, metric."""
+    """Metric against embedding compression, one line per method; rows have method, compression, metric.
+
+    A method label "family (variant)" gets its family's colour and its variant's line style.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in sorted({r["method"] for r in rows}):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    methods = sorted({r["method"] for r in rows})
+    families = sorted({m.split(" (")[0] for m in methods})
+    variants = sorted({m.partition(" (")[2].rstrip(")") for m in methods})
+    styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]
+    for method in methods:
+        family, variant = method.split(" (")[0], method.partition(" (")[2].rstrip(")")
+        f, v = families.index(family), variants.index(variant)
         points = sorted((r["compression"], r[metric]) for r in rows if r["method"] == method)
-        ax.plot([100 * c for c, _ in points], [100 * a for _, a in points], marker="o", label=method)
+        ax.plot([100 * c for c, _ in points], [100 * a for _, a in points], label=method,
+                color=plt.cm.tab10(f % 10), linestyle=styles[v % 4], marker=markers[v % 4])
     ax.axhline(100 * baseline, color="black", linestyle="--", label="original")
     ax.set_xlabel("embedding compression (%)")
     ax.set_ylabel(f"{metric} (%)")
