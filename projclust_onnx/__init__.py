@@ -7,8 +7,16 @@ start without importing torch.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 __version__ = "0.1.0"
+
+# In a source checkout passes/ sits beside this folder and installs as projclust_onnx.passes;
+# when the package is imported from the checkout itself (`python -m projclust_onnx.cli` in the
+# repository root), let projclust_onnx.passes resolve to that folder too. Installed, it is a no-op.
+_HERE = Path(__file__).resolve().parent
+if not (_HERE / "passes").is_dir() and (_HERE.parent / "passes" / "__init__.py").is_file():
+    __path__.append(str(_HERE.parent))
 
 _EXPORTS = {
     "ProjectiveClustering": "projclust_onnx.clustering",
