@@ -481,12 +481,3 @@ def _lloyd(X, w, labels, k, rank, z, max_iter, tol, progress) -> _Run:
             break
     return _Run(labels, bases, dist2, cost, history, n_iter, converged)
 
-
-def relative_error(X, labels: np.ndarray, bases: np.ndarray) -> float:
-    """||X - reconstruction||_F^2 / ||X||_F^2 for given labels and bases."""
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
-    B = torch.as_tensor(np.asarray(bases, dtype=np.float64))
-    lab = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    coef = _coefficients(Xt, lab, B)
-    recon = torch.einsum("nj,ndj->nd", coef, B[lab])
-    return float(((Xt - recon) ** 2).sum() / (Xt ** 2).sum())

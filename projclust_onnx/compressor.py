@@ -158,7 +158,8 @@ class ProjClustCompressor:
             from projclust_onnx.calibration import sample_weights
 
             clock = time.perf_counter()
-            tokenizer = self._tokenizer(required=config.uses_calibration)
+            wants_tokenizer = config.uses_calibration or config.special_token_weight > 0
+            tokenizer = self._tokenizer(required=config.uses_calibration) if wants_tokenizer else None
             weights, n_tokens, n_special = sample_weights(config, n, tokenizer)
             timings["weights"] = time.perf_counter() - clock
             clock = time.perf_counter()
