@@ -184,8 +184,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from projclust_onnx.benchmark.metrics import glue_task
-    from projclust_onnx.data import load_records
-    from projclust_onnx.finetune import finetune, labeled_texts, num_labels_of
+    from projclust_onnx.data import labeled_texts, load_records
+    from projclust_onnx.finetune import finetune, num_labels_of
 
     metrics: tuple[str, ...] = ("accuracy",)
     if args.glue_task:

@@ -37,6 +37,12 @@ def load_records(source: str | Path | list, split: str | None = None):
                          "or NAME[:CONFIG][@SPLIT] of a dataset on the hub") from err
 
 
+def labeled_texts(records, text_columns: list[str], label_column: str) -> tuple[list[tuple[str, ...]], list]:
+    """(texts as tuples of one or two strings, labels) from named columns."""
+    texts = list(zip(*[[str(t) for t in column(records, c)] for c in text_columns]))
+    return texts, column(records, label_column)
+
+
 def column(records, name: str) -> list:
     if name not in records.column_names:
         raise ValueError(f"column {name!r} not found; the data has columns {records.column_names}")

@@ -84,13 +84,6 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
     return out
 
 
-def labeled_texts(records, text_columns: list[str], label_column: str) -> tuple[list[tuple[str, ...]], list]:
-    from projclust_onnx.data import column
-
-    texts = list(zip(*[[str(t) for t in column(records, c)] for c in text_columns]))
-    return texts, list(column(records, label_column))
-
-
 def num_labels_of(labels: list) -> int:
     values = np.unique(np.asarray(labels))
     return 1 if values.dtype.kind == "f" else int(values.max()) + 1

@@ -74,8 +74,9 @@ def grid_key(batch: int, seq: int) -> str:
     return f"b{batch}_s{seq}"
 
 
-def model_sizes(directory: Path, onnx_path: Path) -> dict:
-    """File bytes, all parameters, and embedding parameters (from projclust_report.json when compressed)."""
+def model_sizes(directory: Path, onnx_path: Path, embedding: int | None = None) -> dict:
+    """File bytes, all parameters, and embedding parameters (given, from projclust_report.json when
+    compressed, else found in the graph)."""
     import onnx
 
     from projclust_onnx.model_files import model_bytes
@@ -83,8 +84,8 @@ def model_sizes(directory: Path, onnx_path: Path) -> dict:
     proto = onnx.load(str(onnx_path), load_external_data=False)
     params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
     report_path = directory / "projclust_report.json"
-    embedding, compression = None, None
-    if report_path.is_file():
+    compression = None
+    if embedding is None and report_path.is_file():
         embedding = json.loads(report_path.read_text())["embedding_params_after"]
     config_path = directory / "projclust_config.json"
     if config_path.is_file():
@@ -228,7 +229,7 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
     providers = resolve_providers(provider)
     paths = {name: resolve_onnx_file(Path(directory)) for name, directory in models}
     sessions = {name: open_session(path, providers, threads) for name, path in paths.items()}
-    n_rows = _table_rows(paths[names[0]])
+    n_rows, dim = _table_shape(paths[names[0]])
     grid = [(b, s) for b in batch_sizes for s in sequence_lengths]
     use_iobinding = providers[0] == "CUDAExecutionProvider"
     latency = measure_latency(sessions, grid, n_rows, warmup, repeats, use_iobinding, progress)
@@ -251,7 +252,8 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
     for name, directory in models:
         base = latency[names[0]]
         report["models"][name] = {
-            "directory": str(directory), **model_sizes(Path(directory), paths[name]),
+            "directory": str(directory),
+            **model_sizes(Path(directory), paths[name], n_rows * dim if name == names[0] else None),
             "latency": latency[name],
             "latency_ratio": {k: v["p50_ms"] / base[k]["p50_ms"] for k, v in latency[name].items()},
             "memory": measure_memory(paths[name], providers, *biggest, n_rows) if memory else None,
@@ -268,14 +270,14 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
     return report
 
 
-def _table_rows(onnx_path: Path) -> int:
+def _table_shape(onnx_path: Path) -> tuple[int, int]:
     from projclust_onnx.model_files import load_model
     from projclust_onnx.passes import search_word_embedding
 
     matches = search_word_embedding(load_model(onnx_path).graph).matches
     if len(matches) != 1:
         raise ValueError(f"the first model ({onnx_path}) must be the original with one word-embedding table")
-    return matches[0].shape[0]
+    return matches[0].shape
 
 
 def markdown_report(report: dict) -> str:
@@ -301,7 +303,7 @@ def markdown_report(report: dict) -> str:
 
 def load_labeled_data(args) -> LabeledData | None:
     """Labeled texts from --glue-task or --data-files with --text-column/--label-column."""
-    from projclust_onnx.data import column, load_records
+    from projclust_onnx.data import labeled_texts, load_records
 
     if args.glue_task:
         from projclust_onnx.benchmark.metrics import glue_task
@@ -320,8 +322,7 @@ def load_labeled_data(args) -> LabeledData | None:
         return None
     if len(text_columns) > 2:
         raise ValueError(f"--text-column takes one or two columns, got {list(text_columns)}")
-    texts = list(zip(*[[str(t) for t in column(records, c)] for c in text_columns]))
-    labels = column(records, args.label_column)
+    texts, labels = labeled_texts(records, list(text_columns), args.label_column)
     if args.max_samples:
         texts, labels = texts[:args.max_samples], labels[:args.max_samples]
     return LabeledData(source, texts, labels, metrics)
