@@ -4,7 +4,7 @@ One pass per rewrite; compose them with onnx-ir's PassManager, e.g. through
 `factorize_embedding_pipeline`, which adds the common clean-ups after ours.
 """
 
-from projclust_onnx.passes.factorize_embedding import DEFAULT_LAYOUT, LAYOUTS, FactorizeEmbeddingPass
+from projclust_onnx.passes.factorize_embedding import DEFAULT_LAYOUT, LAYOUTS, FactorizeEmbeddingPass, check_opset
 from projclust_onnx.passes.pipeline import factorize_embedding_pipeline
 from projclust_onnx.passes.word_embedding import (
     EmbeddingMatch,
@@ -19,6 +19,7 @@ __all__ = [
     "EmbeddingMatch",
     "EmbeddingSearch",
     "FactorizeEmbeddingPass",
+    "check_opset",
     "factorize_embedding_pipeline",
     "find_word_embedding",
     "search_word_embedding",

@@ -42,12 +42,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LAYOUTS", "DEFAULT_LAYOUT", "FactorizeEmbeddingPass"]
+__all__ = ["LAYOUTS", "DEFAULT_LAYOUT", "FactorizeEmbeddingPass", "check_opset"]
 
 LAYOUTS = ("grouped", "onehot")
 DEFAULT_LAYOUT = "grouped"
 PREFIX = "projclust"
 _MIN_OPSET = 13  # Unsqueeze and Squeeze take axes as an input
+
+
+def check_opset(model: ir.Model) -> None:
+    """PreconditionError when the model's default opset is older than the subgraph needs."""
+    opset = model.opset_imports.get("", 0)
+    if opset < _MIN_OPSET:
+        raise ir.passes.PreconditionError(
+            f"the model's default opset is {opset}; the rewrite needs opset >= {_MIN_OPSET}. "
+            "Re-export with a newer opset (optimum-cli export onnx --opset 14 ...)")
 
 
 class FactorizeEmbeddingPass(ir.passes.InPlacePass):
@@ -73,11 +82,7 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
         self.ids_input = ids_input
 
     def requires(self, model: ir.Model) -> None:
-        opset = model.opset_imports.get("", 0)
-        if opset < _MIN_OPSET:
-            raise ir.passes.PreconditionError(
-                f"the model's default opset is {opset}; the rewrite needs opset >= {_MIN_OPSET}. "
-                "Re-export with a newer opset (optimum-cli export onnx --opset 14 ...)")
+        check_opset(model)
 
     def ensures(self, model: ir.Model) -> None:
         search = search_word_embedding(model.graph, self.ids_input)

@@ -1,8 +1,9 @@
-"""The `projclust-onnx` command line: a thin shell over the Python API.
+"""Make the word embedding of an ONNX transformer smaller by projective clustering, checked under ONNX Runtime.
 
-Subcommands: compress, inspect, benchmark. The same argument definitions and run
-functions serve `optimum-cli projclust ...` (see commands.py). Imports stay inside
-the run functions so that `--help` and optimum-cli start fast.
+Subcommands: compress, inspect, finetune, benchmark; each is a few lines over the
+Python API. The same argument definitions and run functions serve
+`optimum-cli projclust ...` (see commands.py). Imports stay inside the run
+functions so that `--help` and optimum-cli start fast.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=None,
                         help="ONNX model directory or file, Hugging Face model directory, or hub id "
                              "(default: the bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--file-name", default=None, help="which .onnx file of a directory holding several")
+    parser.add_argument("--file-name", default=None,
+                        help="which .onnx file of a directory holding several (default: model.onnx)")
     parser.add_argument("--task", default="feature-extraction", choices=["feature-extraction", "text-classification"],
                         help="export task when --model is a Hugging Face model (default: feature-extraction)")
+    parser.add_argument("--ids-input", default="input_ids",
+                        help="name of the token-id graph input (default: input_ids)")
 
 
 def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +53,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", default=DEFAULT_OUTPUT,
                         help=f"output model directory (default: ./{DEFAULT_OUTPUT})")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output model directory (never a directory that holds no model)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages or bars")
 
 
 def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +70,10 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-column", default="text", help="text column of --calibration-dataset")
     parser.add_argument("--calibration-smoothing", type=float, default=1.0,
                         help="pseudo-count added to every token's frequency (default: 1.0)")
+    parser.add_argument("--special-token-weight", type=float, default=30.0,
+                        help="weight of each special token ([CLS], [SEP], ...) as a multiple of the rest of the "
+                             "table, so they are fit (nearly) exactly; 0 turns it off (default: 30)")
+    parser.add_argument("--n-init", type=int, default=10, help="clustering seeds tried (default: 10)")
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,13 +87,14 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data-files", nargs="+", default=None, help="local CSV/JSON training files")
     data.add_argument("--eval-files", nargs="+", default=None, help="local CSV/JSON files to report accuracy on")
     data.add_argument("--text-column", nargs="+", default=None, help="one or two text columns")
-    data.add_argument("--label-column", default="label")
-    data.add_argument("--max-samples", type=int, default=None, help="use at most this many training examples")
+    data.add_argument("--label-column", default="label", help="label column (default: label)")
+    data.add_argument("--max-samples", type=int, default=None,
+                      help="use at most this many training examples (default: all)")
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=float, default=1.0)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=5e-5)
-    train.add_argument("--max-length", type=int, default=128)
+    train.add_argument("--epochs", type=float, default=1.0, help="epochs, fractions allowed (default: 1)")
+    train.add_argument("--batch-size", type=int, default=32, help="examples per step (default: 32)")
+    train.add_argument("--learning-rate", type=float, default=5e-5, help="AdamW peak learning rate (default: 5e-5)")
+    train.add_argument("--max-length", type=int, default=128, help="tokens per example, truncated (default: 128)")
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +125,7 @@ def _config(args: argparse.Namespace):
     options = dict(method=args.method, n_clusters=args.clusters, rank=args.rank,
                    compression=args.compression if args.compression is not None else 0.4)
     for name in ("layout", "device", "seed", "calibration_text", "calibration_dataset", "calibration_column",
-                 "calibration_smoothing"):
+                 "calibration_smoothing", "special_token_weight", "n_init", "ids_input"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
     return ProjClustConfig(**options)
@@ -125,9 +135,10 @@ def run_compress(args: argparse.Namespace) -> int:
     from projclust_onnx.compressor import ProjClustCompressor
 
     config = _config(args)
-    compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task)
+    compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
+                                                     verbose=not args.quiet)
     report = compressor.compress(args.output, config, overwrite=args.overwrite, verbose=not args.quiet)
-    print(format_table("projclust-onnx compress", report.summary_rows()))
+    print(format_table(f"{args.prog} compress", report.summary_rows()))
     return 0
 
 
@@ -138,9 +149,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     from projclust_onnx.passes import search_word_embedding
 
     config = _config(args)
-    compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task)
+    compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
+                                                     verbose=False)
     model = load_model(compressor.onnx_path)
-    search = search_word_embedding(model.graph)
+    search = search_word_embedding(model.graph, args.ids_input)
     rows = [("model file", str(compressor.onnx_path)), ("graph inputs", ", ".join(v.name for v in model.graph.inputs))]
     for name, reason in search.rejected:
         rows.append(("rejected Gather", f"{name}: {reason}"))
@@ -172,7 +184,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             from projclust_onnx.budget import rank_for_budget
 
             rows.append(("svd at same budget", f"j={rank_for_budget(n, d, 1, config.compression, itemsize)}"))
-    print(format_table("projclust-onnx inspect", rows))
+    print(format_table(f"{args.prog} inspect", rows))
     return 0
 
 
@@ -217,7 +229,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     rows += [("compression", f"{c['method']}, k={c['n_clusters']}, j={c['rank']}: "
                              f"{c['embedding_compression']:.1%} fewer embedding parameters"),
              ("parity (max abs diff)", f"{c['parity_max_abs_diff']:.2e} <= {c['parity_tolerance']:g}")]
-    print(format_table("projclust-onnx finetune", rows))
+    print(format_table(f"{args.prog} finetune", rows))
     return 0
 
 
@@ -240,24 +252,48 @@ COMMANDS = {
 
 
 def run_guarded(func, args: argparse.Namespace, prog: str = PROG) -> int:
-    """Run a subcommand; a user error becomes one line on stderr and exit code 2."""
+    """Run a subcommand; a user error becomes one line on stderr and exit code 2.
+
+    SIGTERM ends it like Ctrl-C: cleanup runs, nothing half-written is left behind.
+    """
     import onnx_ir as ir
 
+    from projclust_onnx.output_dir import sigterm_as_exit
+
+    args.prog = prog
     try:
-        return func(args)
-    except (ValueError, CLIError, FileNotFoundError, ir.passes.PreconditionError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        with sigterm_as_exit():
+            return func(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (ValueError, CLIError, ir.passes.PreconditionError) as err:
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full disk, a missing file: name the path, not a traceback
+        where = f": {err.filename}" if err.filename else ""
+        print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except ir.passes.PassError as err:
         cause = err.__cause__ or err
         while isinstance(cause, ir.passes.PassError) and cause.__cause__ is not None:
             cause = cause.__cause__
-        print(f"{prog}: error: {cause}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(cause)}", file=sys.stderr)
         return 2
 
 
+def _one_line(err: BaseException) -> str:
+    from projclust_onnx.errors import SettingError
+
+    text = err.for_cli() if isinstance(err, SettingError) else str(err)
+    return " ".join(text.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from projclust_onnx import __version__
+
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     for name, (help_text, add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -9,6 +9,7 @@ assignment, restarts, sample weights in both steps and the robust l_z objective.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from projclust_onnx.device import resolve_device
+from projclust_onnx.threads import available_cpus, torch_threads
 
 __all__ = ["ConvergenceWarning", "ProjectiveClustering"]
 
@@ -81,7 +83,7 @@ class ProjectiveClustering:
     random_state : int or None
         Seed of the torch.Generator behind seeding; fixed => repeatable on the CPU.
     verbose : bool
-        Show a progress bar over the Lloyd iterations.
+        Show one progress bar per phase (seeding, annealing, Lloyd), each with its total.
 
     Attributes
     ----------
@@ -126,11 +128,18 @@ class ProjectiveClustering:
     # ------------------------------------------------------------------ public API
     def fit(self, X, sample_weight=None) -> ProjectiveClustering:
         """Fit the k subspaces to X of shape (n_samples, n_features)."""
+        with torch_threads(min(torch.get_num_threads(), available_cpus())):
+            return self._fit(X, sample_weight)
+
+    def _fit(self, X, sample_weight) -> ProjectiveClustering:
         device = resolve_device(self.device)
         Xt = _as_matrix(X, device)
         n, d = Xt.shape
-        w = _as_weights(sample_weight, n, device, Xt.dtype)
+        w, w_scale = _as_weights(sample_weight, n, device, Xt.dtype)
         init_labels = self._check_params(n, d)
+        # Fit on a copy scaled to max |x| = 1: subspaces do not change with scale, and the
+        # squared distances of a 1e-30 or 1e25 table would underflow or overflow float32.
+        Xt, x_scale = _unit_scaled(Xt)
 
         generator = torch.Generator(device="cpu")
         if self.random_state is not None:
@@ -138,20 +147,16 @@ class ProjectiveClustering:
         else:
             generator.seed()
 
-        progress = _progress(self.verbose)
         if init_labels is not None:
             labels0 = init_labels.to(device)
         else:
-            labels0 = self._best_seed(Xt, w, generator, progress)
+            with _progress(self.verbose, "seeding", self.n_init) as bar:
+                labels0 = self._best_seed(Xt, w, generator, bar)
         if self.anneal_steps and self.n_clusters > 1:
-            if progress is not None:
-                progress.set_description("annealing")
-            labels0 = _anneal(Xt, w, labels0, self.n_clusters, self.rank, self.anneal_steps)
-        if progress is not None:
-            progress.set_description("Lloyd iterations")
-        best = _lloyd(Xt, w, labels0, self.n_clusters, self.rank, self.z, self.max_iter, self.tol, progress)
-        if progress is not None:
-            progress.close()
+            with _progress(self.verbose, "annealing", self.anneal_steps) as bar:
+                labels0 = _anneal(Xt, w, labels0, self.n_clusters, self.rank, self.anneal_steps, bar)
+        with _progress(self.verbose, "Lloyd (stops when settled)", self.max_iter) as bar:
+            best = _lloyd(Xt, w, labels0, self.n_clusters, self.rank, self.z, self.max_iter, self.tol, bar)
         if not best.converged:
             warnings.warn(
                 f"max_iter={self.max_iter} reached before the cost settled "
@@ -160,8 +165,9 @@ class ProjectiveClustering:
 
         self.labels_ = best.labels.cpu().numpy().astype(np.int64)
         self.bases_ = best.bases.cpu().numpy()
-        self.cost_ = float(best.cost)
-        self.cost_history_ = list(best.history)
+        cost_scale = x_scale ** float(self.z) * w_scale
+        self.cost_ = float(best.cost) * cost_scale
+        self.cost_history_ = [c * cost_scale for c in best.history]
         self.n_iter_ = best.n_iter
         self.n_features_in_ = d
         self.device_ = str(device)
@@ -244,7 +250,7 @@ class ProjectiveClustering:
         if Xt.shape[1] != self.n_features_in_:
             raise ValueError(f"X has n_features={Xt.shape[1]}, the fit saw {self.n_features_in_}")
         bases = torch.as_tensor(self.bases_, device=device, dtype=Xt.dtype)
-        labels, _ = _assign(Xt, bases)
+        labels, _ = _assign(_unit_scaled(Xt)[0], bases)
         return Xt, labels, bases
 
 
@@ -267,25 +273,43 @@ def _as_matrix(X, device: torch.device) -> torch.Tensor:
     return t.contiguous()
 
 
-def _as_weights(sample_weight, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _as_weights(sample_weight, n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """Weights scaled to max 1 (only ratios matter; 1e-300 or 1e300 stay representable) and that scale."""
     if sample_weight is None:
-        return torch.ones(n, device=device, dtype=dtype)
-    w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64)).to(device=device, dtype=dtype)
+        return torch.ones(n, device=device, dtype=dtype), 1.0
+    w = np.asarray(sample_weight, dtype=np.float64)
     if w.shape != (n,):
-        raise ValueError(f"sample_weight of shape {tuple(w.shape)} must have shape ({n},)")
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"sample_weight of shape {w.shape} must have shape ({n},)")
+    if not np.isfinite(w).all() or (w < 0).any():
         raise ValueError("sample_weight must be finite and >= 0; negative weights have no meaning here")
-    if float(w.sum()) <= 0:
-        raise ValueError("sample_weight sums to 0; at least one row needs a positive weight")
-    return w
+    if not (w > 0).any():
+        raise ValueError("sample_weight is 0 everywhere; at least one row needs a positive weight")
+    top = float(w.max())
+    return torch.as_tensor(w / top).to(device=device, dtype=dtype), top
 
 
-def _progress(verbose: bool):
+def _unit_scaled(X: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """X / max|X| and that scale (1 for an all-zero X)."""
+    scale = float(X.abs().max()) if X.numel() else 0.0
+    if scale == 0.0 or scale == 1.0:
+        return X, 1.0
+    return X / scale, scale
+
+
+@contextlib.contextmanager
+def _progress(verbose: bool, phase: str, total: int):
+    """One bar per phase, with its own total and ETA; None when not verbose."""
     if not verbose:
-        return None
+        yield None
+        return
     from tqdm.auto import tqdm
 
-    return tqdm(desc="seeding", unit="step")
+    bar = tqdm(desc=f"  {phase}", total=total, unit="step")
+    try:
+        yield bar
+    finally:
+        bar.total = bar.n  # Lloyd usually settles before max_iter: show the phase as done
+        bar.close()
 
 
 # ---------------------------------------------------------------------- seeding
@@ -313,6 +337,8 @@ def _spherical_kmeans(X: torch.Tensor, w: torch.Tensor, k: int, generator: torch
     directions = X / norms2.sqrt().clamp_min(1e-12)[:, None]
     mass = w * norms2
     n = X.shape[0]
+    if float(mass.sum()) <= 0:  # the weighted rows are all zero: any direction fits them
+        mass = w
     probs = (mass / mass.sum()).cpu().double()
     first = int(torch.multinomial(probs, 1, generator=generator))
     centres = directions[first:first + 1]
@@ -356,12 +382,16 @@ def _top_eigenvectors(X: torch.Tensor, groups, rank: int) -> torch.Tensor:
         Xc = X[rows]
         if Xc.shape[0]:
             moments[c] = ((Xc * wc[:, None]).T @ Xc).double()
-    _, vecs = torch.linalg.eigh(moments)  # ascending eigenvalues
+    if X.device.type == "cpu":
+        with torch_threads(1):  # small and latency-bound: extra threads only wait on each other
+            _, vecs = torch.linalg.eigh(moments)  # ascending eigenvalues
+    else:
+        _, vecs = torch.linalg.eigh(moments)
     return vecs[..., -rank:].flip(-1).to(X.dtype).contiguous()
 
 
 def _anneal(X: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, k: int, rank: int,
-            steps: int, start: float = 0.3, end: float = 0.03) -> torch.Tensor:
+            steps: int, progress=None, start: float = 0.3, end: float = 0.03) -> torch.Tensor:
     """Soft EM with a falling temperature; returns the hard labels it settles on.
 
     Hard Lloyd moves a row only when another subspace already fits it better; soft
@@ -379,6 +409,8 @@ def _anneal(X: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, k: int, rank
         resp = torch.softmax(-dist2 / temperature, dim=1)
         bases = _soft_refit(X, w, resp, rank)
         dist2 = _distances(X, bases)
+        if progress is not None:
+            progress.update(1)
     return dist2.argmin(dim=1)
 
 
@@ -468,7 +500,7 @@ def _lloyd(X, w, labels, k, rank, z, max_iter, tol, progress) -> _Run:
                 f"could not keep {k} clusters of at least rank={rank} rows each; "
                 "lower n_clusters or rank", ConvergenceWarning, stacklevel=3)
         if z != 2.0:
-            fit_w = w * dist2.clamp_min(_IRLS_EPS * scale).pow(z / 2.0 - 1.0)
+            fit_w = w * dist2.clamp_min(_IRLS_EPS * (scale or 1.0)).pow(z / 2.0 - 1.0)
         bases = _refit(X, fit_w, labels, k, rank)
         labels, dist2 = _assign(X, bases)
         previous, cost = cost, _cost(w, dist2, z)

@@ -10,10 +10,10 @@ ORTModel classes and a plain onnxruntime.InferenceSession load as they are.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,15 +21,10 @@ import numpy as np
 import onnx_ir as ir
 
 from projclust_onnx.config import ProjClustConfig
-from projclust_onnx.model_files import (
-    check_output_dir,
-    copy_companions,
-    load_model,
-    model_bytes,
-    resolve_onnx_file,
-    save_model,
-    staged_directory,
-)
+from projclust_onnx.model_files import copy_companions, load_model, model_bytes, resolve_onnx_file, save_model
+from projclust_onnx.output_dir import check_room, staged_directory
+from projclust_onnx.plan import plan_compression
+from projclust_onnx.progress import Phases
 
 logger = logging.getLogger(__name__)
 
@@ -106,19 +101,20 @@ class ProjClustCompressor:
 
     @classmethod
     def from_pretrained(cls, model_name_or_path: str | Path, file_name: str | None = None,
-                        task: str = "feature-extraction") -> ProjClustCompressor:
+                        task: str = "feature-extraction", verbose: bool | None = None) -> ProjClustCompressor:
         """From an ONNX file or model directory, or a Hugging Face model (local directory or hub id),
         which is exported first with optimum (library_name="transformers") for `task`."""
-        path = Path(model_name_or_path)
+        path = Path(model_name_or_path).expanduser()
         if path.is_file() or (path.is_dir() and any(path.glob("*.onnx"))):
             return cls(resolve_onnx_file(path, file_name), str(model_name_or_path))
         if path.is_dir() and not (path / "config.json").is_file():
             raise ValueError(f"{path} holds neither a .onnx file nor a Hugging Face config.json; "
                              "give an ONNX model directory, a Hugging Face model directory or a hub id")
-        if not path.exists() and (path.suffix == ".onnx" or str(model_name_or_path).startswith((".", "/"))):
-            raise ValueError(f"{path} does not exist")
+        if not path.exists():
+            check_hub_id(str(model_name_or_path))
         export_dir = tempfile.TemporaryDirectory(prefix="projclust-export-")
-        export_onnx(str(model_name_or_path), Path(export_dir.name), task)
+        with Phases(verbose)("export", f"exporting {model_name_or_path} to ONNX with Optimum ({task})"):
+            export_onnx(str(model_name_or_path), Path(export_dir.name), task)
         return cls(resolve_onnx_file(Path(export_dir.name)), str(model_name_or_path), export_dir)
 
     @property
@@ -126,85 +122,73 @@ class ProjClustCompressor:
         return self.onnx_path.parent
 
     def compress(self, save_dir: str | Path, config: ProjClustConfig | None = None, overwrite: bool = False,
-                 verbose: bool = False, factorization=None) -> CompressionReport:
+                 verbose: bool | None = None, factorization=None) -> CompressionReport:
         """Cluster the table, rewrite the graph, check it under ONNX Runtime, then write save_dir.
 
         `factorization` (an EmbeddingFactorization, e.g. fine-tuned factors) skips the
-        clustering and is applied as it is. Nothing is written unless every check
-        passes; the input is only read.
+        clustering and is applied as it is. Every check that cannot depend on the fit
+        runs first; nothing is written unless every check passes; the input is only
+        read. `verbose` (default: when stderr is a terminal) reports each phase.
         """
         from projclust_onnx.parity import check_parity
         from projclust_onnx.passes import factorize_embedding_pipeline, find_word_embedding
 
         config = config or ProjClustConfig()
-        save_dir = Path(save_dir)
-        check_output_dir(save_dir, overwrite, [self.onnx_path, self.source_dir])
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        model = load_model(self.onnx_path)
-        match = find_word_embedding(model.graph, config.ids_input)
-        match.check_untied()
-        table = match.table.const_value.numpy()
-        n, d = table.shape
-        rank = config.rank_for(n, d, table.dtype.itemsize)
-        if config.n_clusters > n:
-            raise ValueError(f"n_clusters={config.n_clusters} must be <= the table's {n} rows")
-        timings["load"] = time.perf_counter() - clock
-
+        phases = Phases(verbose)
+        with phases("load", f"reading and checking {self.onnx_path}"):
+            plan = plan_compression(self.onnx_path, self.source_dir, Path(save_dir), config, overwrite=overwrite,
+                                    factorization=factorization)
+        n, d = plan.shape
+        table = plan.table
         table32 = table.astype(np.float32)
         n_tokens = n_special = 0
-        if factorization is None:
-            from projclust_onnx.calibration import sample_weights
+        with staged_directory(plan.save_dir, overwrite) as stage:
+            # Room for the parity check's two models (the reference is as large as the input),
+            # which are gone before the smaller output is written.
+            check_room(stage, 2 * plan.input_bytes)
+            if factorization is None:
+                from projclust_onnx.calibration import sample_weights
 
-            clock = time.perf_counter()
-            wants_tokenizer = config.uses_calibration or config.special_token_weight > 0
-            tokenizer = self._tokenizer(required=config.uses_calibration) if wants_tokenizer else None
-            weights, n_tokens, n_special = sample_weights(config, n, tokenizer)
-            timings["weights"] = time.perf_counter() - clock
-            clock = time.perf_counter()
-            factorization = fit_factorization(table32, config, rank, weights, verbose, dtype=table.dtype)
-            timings["clustering"] = time.perf_counter() - clock
-        elif (factorization.n_rows, factorization.dim) != (n, d):
-            raise ValueError(f"the factorization is {factorization.n_rows} x {factorization.dim} but the table "
-                             f"is {n} x {d}")
-        else:
-            rank = factorization.rank
+                with phases("weights", "weighting rows (tokenizer, calibration text)"):
+                    wants_tokenizer = config.uses_calibration or config.special_token_weight > 0
+                    tokenizer = self._tokenizer(required=config.uses_calibration) if wants_tokenizer else None
+                    weights, n_tokens, n_special = sample_weights(config, n, tokenizer)
+                with phases("clustering", f"clustering {n} x {d} rows: {config.method}, k={config.n_clusters}, "
+                                          f"j={plan.rank}"):
+                    factorization = fit_factorization(table32, config, plan.rank, weights, phases.verbose,
+                                                      dtype=table.dtype)
 
-        clock = time.perf_counter()
-        reference = load_model(self.onnx_path)
-        dense = factorization.reconstruct().astype(table.dtype)
-        ref_table = find_word_embedding(reference.graph, config.ids_input).table
-        ref_table.const_value = ir.tensor(dense, name=ref_table.name)
-        factorize_embedding_pipeline(factorization, config.layout, config.ids_input)(model)
-        timings["rewrite"] = time.perf_counter() - clock
+            with phases("rewrite", "rewriting the graph"):
+                model = plan.model
+                reference = load_model(self.onnx_path)
+                dense = factorization.reconstruct().astype(table.dtype)
+                ref_table = find_word_embedding(reference.graph, config.ids_input).table
+                ref_table.const_value = ir.tensor(dense, name=ref_table.name)
+                factorize_embedding_pipeline(factorization, config.layout, config.ids_input)(model)
 
-        clock = time.perf_counter()
-        parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=n, dtype=match.dtype,
-                              seed=config.seed)
-        del reference
-        timings["parity"] = time.perf_counter() - clock
+            with phases("parity", "checking the rewritten model under ONNX Runtime"):
+                parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=n, dtype=plan.match.dtype,
+                                      seed=config.seed, workdir=stage)
+                del reference
 
-        clock = time.perf_counter()
-        report = CompressionReport(
-            source=self.source, output=str(save_dir), method=config.method, n_clusters=config.n_clusters,
-            rank=rank, layout=config.layout, table=str(match.table.name), n_rows=n, dim=d,
-            dtype=str(table.dtype), embedding_params_before=n * d,
-            embedding_params_after=factorization.n_params,
-            cluster_id_bytes=factorization.nbytes - factorization.U.nbytes - factorization.V.nbytes,
-            embedding_bytes_before=table.nbytes, embedding_bytes_after=factorization.nbytes,
-            file_bytes_before=model_bytes(self.onnx_path), file_bytes_after=0,
-            relative_error=factorization.relative_error(table32),
-            parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
-            calibration_tokens=n_tokens, special_tokens=n_special, timings=timings)
-        with staged_directory(save_dir) as stage:
-            out_path = stage / self.onnx_path.name
-            save_model(model, out_path)
-            _check_saved(out_path)
-            copy_companions(self.source_dir, stage, skip={REPORT_NAME})
-            config.save_pretrained(stage)
-            report.file_bytes_after = model_bytes(out_path)
-            timings["save"] = time.perf_counter() - clock
+            report = CompressionReport(
+                source=self.source, output=str(plan.save_dir), method=config.method, n_clusters=config.n_clusters,
+                rank=plan.rank, layout=config.layout, table=str(plan.match.table.name), n_rows=n, dim=d,
+                dtype=str(table.dtype), embedding_params_before=n * d,
+                embedding_params_after=factorization.n_params,
+                cluster_id_bytes=factorization.nbytes - factorization.U.nbytes - factorization.V.nbytes,
+                embedding_bytes_before=table.nbytes, embedding_bytes_after=factorization.nbytes,
+                file_bytes_before=plan.input_bytes, file_bytes_after=0,
+                relative_error=factorization.relative_error(table32),
+                parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
+                calibration_tokens=n_tokens, special_tokens=n_special, timings=phases.timings)
+            with phases("save", f"writing {plan.save_dir}"):
+                out_path = stage / self.onnx_path.name
+                save_model(model, out_path)
+                _check_saved(out_path)
+                copy_companions(self.source_dir, stage, skip={REPORT_NAME})
+                config.save_pretrained(stage)
+                report.file_bytes_after = model_bytes(out_path)
             report.save(stage)
         return report
 
@@ -246,6 +230,28 @@ def _check_saved(path: Path) -> None:
         raise ValueError(f"the rewritten model fails onnx.checker ({err}); nothing was written") from err
 
 
+def check_hub_id(name: str) -> None:
+    """ValueError for a name that is neither an existing path nor a reachable hub model id."""
+    import os
+
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    looks_local = name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or name.endswith(".onnx")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        raise ValueError(f"{name} does not exist; give an ONNX model directory or file, a Hugging Face model "
+                         "directory, or a hub id such as sentence-transformers/all-MiniLM-L6-v2")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ValueError(f"{name} is not a local path, and HF_HUB_OFFLINE is set and the hub cache does not hold "
+                             "it; download it first or give a local model directory")
+
+
 def export_onnx(model_name_or_path: str, output: Path, task: str = "feature-extraction") -> None:
     """Export a Hugging Face model to ONNX with optimum, as `optimum-cli export onnx` would."""
     if task not in TASKS:
@@ -255,6 +261,35 @@ def export_onnx(model_name_or_path: str, output: Path, task: str = "feature-extr
     try:
         # library_name="transformers": with sentence-transformers installed the exporter
         # would otherwise pick its pooled graph for a sentence-transformers checkpoint.
-        main_export(model_name_or_path, output=output, task=task, library_name="transformers")
+        with quiet_third_party():
+            main_export(model_name_or_path, output=output, task=task, library_name="transformers")
     except Exception as err:
         raise ValueError(f"could not export {model_name_or_path!r} to ONNX for task={task!r}: {err}") from err
+
+
+@contextlib.contextmanager
+def quiet_third_party():
+    """Silence what the export prints that a user cannot act on: the tracer's warnings,
+    deprecations inside transformers, and the advice to install accelerate."""
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("transformers", "optimum", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*Tracer.*")
+        warnings.filterwarnings("ignore", message=".*[Aa]ccelerate.*")
+        try:
+            from torch.jit import TracerWarning
+
+            warnings.filterwarnings("ignore", category=TracerWarning)
+        except ImportError:
+            pass
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from projclust_onnx.budget import rank_for_budget
+from projclust_onnx.budget import factorized_size, rank_for_budget
+from projclust_onnx.errors import SettingError
 
 CONFIG_NAME = "projclust_config.json"
 METHODS = ("projclust", "svd")
 DEFAULT_CLUSTERS = 5
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy accept alike
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -60,40 +65,55 @@ class ProjClustConfig:
     special_token_weight: float = 30.0
 
     def __post_init__(self) -> None:
+        from projclust_onnx.clustering import INIT_METHODS
         from projclust_onnx.passes.factorize_embedding import LAYOUTS
 
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} must be one of {METHODS}")
+        _choice("method", self.method, METHODS)
         if self.n_clusters is None:
             self.n_clusters = 1 if self.method == "svd" else DEFAULT_CLUSTERS
+        _whole("n_clusters", self.n_clusters, 1)
         if self.method == "svd" and self.n_clusters != 1:
-            raise ValueError(f"method='svd' is the one-cluster case; n_clusters={self.n_clusters} must be 1 "
-                             "(or use method='projclust')")
-        if self.n_clusters < 1:
-            raise ValueError(f"n_clusters={self.n_clusters} must be >= 1")
+            raise SettingError("n_clusters", f"method='svd' is the one-cluster case; {{}}={self.n_clusters} must be 1 "
+                               "(or use method='projclust')")
         if self.rank is not None:
             self.compression = None
-            if self.rank < 1:
-                raise ValueError(f"rank={self.rank} must be >= 1")
+            _whole("rank", self.rank, 1)
         elif self.compression is None:
-            raise ValueError("give compression (e.g. 0.4) or rank")
-        elif not 0.0 < self.compression < 1.0:
-            raise ValueError(f"compression={self.compression} must lie in (0, 1), e.g. 0.4 for a 40% smaller table")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout={self.layout!r} must be one of {LAYOUTS}")
-        if self.special_token_weight < 0:
-            raise ValueError(f"special_token_weight={self.special_token_weight} must be >= 0")
-        if self.calibration_smoothing < 0:
-            raise ValueError(f"calibration_smoothing={self.calibration_smoothing} must be >= 0")
+            raise SettingError("compression", "give {} (e.g. 0.4) or rank")
+        else:
+            _number("compression", self.compression)
+            if not 0.0 < self.compression < 1.0:
+                raise SettingError("compression", f"{{}}={self.compression} must lie in (0, 1), e.g. 0.4 for a 40% "
+                                   "smaller table")
+        _choice("layout", self.layout, LAYOUTS)
+        _choice("init", self.init, INIT_METHODS)
+        _whole("n_init", self.n_init, 1)
+        _whole("anneal_steps", self.anneal_steps, 0)
+        _whole("max_iter", self.max_iter, 1)
+        _whole("seed", self.seed, 0, MAX_SEED)
+        for name in ("tol", "special_token_weight", "calibration_smoothing"):
+            _number(name, getattr(self, name), minimum=0.0)
+        _number("z", self.z)
+        if not 1.0 <= self.z <= 2.0:
+            raise SettingError("z", f"{{}}={self.z} must lie in [1, 2] (2: squared distances; 1: robust)")
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+            raise SettingError("device", f"{{}}={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if isinstance(self.calibration_text, (str, Path)):
+            self.calibration_text = [self.calibration_text]  # one file, not a list of its characters
         self.calibration_text = [str(p) for p in self.calibration_text]
 
     def rank_for(self, n_rows: int, dim: int, param_bytes: int = 4) -> int:
         """The rank j this config gives a table of n_rows x dim."""
-        if self.rank is not None:
-            if self.rank >= dim:
-                raise ValueError(f"rank={self.rank} must be < the table's dim={dim}")
-            return self.rank
-        return rank_for_budget(n_rows, dim, self.n_clusters, self.compression, param_bytes)
+        if self.rank is None:
+            return rank_for_budget(n_rows, dim, self.n_clusters, self.compression, param_bytes)
+        if self.rank >= dim:
+            raise SettingError("rank", f"{{}}={self.rank} must be < the table's dim={dim}")
+        size = factorized_size(n_rows, dim, self.n_clusters, self.rank, param_bytes)
+        if size >= n_rows * dim:
+            raise SettingError("rank", f"{{}}={self.rank} with n_clusters={self.n_clusters} stores {size:,.0f} "
+                               f"parameter-equivalents, no fewer than the {n_rows} x {dim} table's {n_rows * dim:,}; "
+                               "lower the rank or use compression")
+        return self.rank
 
     @property
     def uses_calibration(self) -> bool:
@@ -124,3 +144,26 @@ class ProjClustConfig:
         if not path.is_file():
             raise ValueError(f"{path} not found; a compressed model directory holds {CONFIG_NAME}")
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def _choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise SettingError(name, f"{{}}={value!r} must be one of {allowed}")
+
+
+def _whole(name: str, value, minimum: int, maximum: int | None = None) -> None:
+    """An int (not a bool, not 2.5) within bounds."""
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise SettingError(name, f"{{}}={value!r} must be a whole number")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise SettingError(name, f"{{}}={value} must be {bound}")
+
+
+def _number(name: str, value, minimum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SettingError(name, f"{{}}={value!r} must be a finite number")
+    if minimum is not None and value < minimum:
+        raise SettingError(name, f"{{}}={value} must be >= {minimum:g}")

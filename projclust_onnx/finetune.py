@@ -46,8 +46,8 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
     from projclust_onnx.benchmark.metrics import score
     from projclust_onnx.calibration import sample_weights
     from projclust_onnx.compressor import ProjClustCompressor, export_onnx, fit_factorization
-    from projclust_onnx.model_files import check_output_dir
     from projclust_onnx.nn import check_untied, densify_word_embeddings, replace_word_embeddings
+    from projclust_onnx.output_dir import check_output_dir, write_text_atomic
     from projclust_onnx.training import predict_logits, train_classifier
 
     config = config or ProjClustConfig()
@@ -80,7 +80,7 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
     out = FinetuneReport(epochs=result.epochs, steps=result.steps, train_seconds=result.seconds,
                          final_loss=result.final_loss, eval_metrics=eval_metrics, compression=report.to_dict(),
                          model=model)
-    (Path(save_dir) / "projclust_finetune.json").write_text(json.dumps(out.to_dict(), indent=2) + "\n")
+    write_text_atomic(Path(save_dir) / "projclust_finetune.json", json.dumps(out.to_dict(), indent=2) + "\n")
     return out
 
 

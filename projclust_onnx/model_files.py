@@ -1,17 +1,12 @@
-"""Reading ONNX model directories and writing them atomically.
+"""Reading ONNX model directories, saving models, copying their companion files.
 
-Nothing here ever writes into the input: outputs are staged in a temporary
-directory beside the destination and renamed into place once complete.
+Nothing here ever writes into the input; output_dir.py stages and places outputs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx_ir as ir
@@ -65,6 +60,12 @@ def load_model(path: Path) -> ir.Model:
             if location is None or not (path.parent / location).is_file():
                 raise ValueError(f"{path} keeps tensor {tensor.name!r} in external file {location!r}, which is "
                                  f"missing from {path.parent}; copy it beside the model")
+    try:  # by path, so external data and models over 2 GB are checked too
+        onnx.checker.check_model(str(path))
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} fails onnx.checker ({reason}); the file may be truncated or damaged: "
+                         "re-export it") from err
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as err:
@@ -100,45 +101,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path]) -> None:
-    """Refuse an occupied output directory without overwrite, and any output that is an input."""
-    save_dir = save_dir.resolve()
-    for source in inputs:
-        source = source.resolve()
-        if save_dir == source or save_dir in source.parents:
-            raise ValueError(f"output {save_dir} would hold or replace the input {source}; choose another directory")
-    if save_dir.exists() and not save_dir.is_dir():
-        raise ValueError(f"output {save_dir} exists and is not a directory")
-    if save_dir.is_dir() and any(save_dir.iterdir()) and not overwrite:
-        raise ValueError(f"output directory {save_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
-
-
-@contextlib.contextmanager
-def staged_directory(save_dir: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside save_dir; on success it replaces save_dir whole.
-
-    On any error the staging directory is removed and save_dir is untouched.
-    """
-    save_dir = save_dir.resolve()
-    save_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from a server's user
-    try:
-        yield stage
-        if save_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.old-", dir=save_dir.parent))
-            os.replace(save_dir, old / "previous")
-            os.replace(stage, save_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, save_dir)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
 
 
 def copy_companions(source_dir: Path, dest_dir: Path, skip: set[str]) -> list[str]:

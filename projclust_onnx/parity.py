@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from projclust_onnx.model_files import save_model
+from projclust_onnx.threads import session_options
 
 TOLERANCE = {ir.DataType.FLOAT: 1e-4, ir.DataType.DOUBLE: 1e-8, ir.DataType.FLOAT16: 2e-2,
              ir.DataType.BFLOAT16: 1e-1}
@@ -36,6 +37,15 @@ class ParityResult:
     def to_dict(self) -> dict:
         return {"max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
                 "shapes": [list(s) for s in self.shapes]}
+
+
+def check_feedable(model: ir.Model, ids_input: str) -> None:
+    """ParityError, before any work, when the check could not feed one of the model's inputs."""
+    for value in model.graph.inputs:
+        dtype = value.type.dtype if value.type is not None else None
+        if dtype is None or not dtype.is_integer():
+            raise ParityError(f"input {value.name!r} of type {dtype.name if dtype else 'unknown'} is not supported "
+                              "by the parity check, which feeds token-level integer inputs only")
 
 
 def random_feeds(session_inputs, ids_input: str, n_rows: int, batch: int, seq: int,
@@ -61,22 +71,27 @@ def random_feeds(session_inputs, ids_input: str, n_rows: int, batch: int, seq: i
 
 
 def check_parity(rewritten: ir.Model, reference: ir.Model, *, ids_input: str, n_rows: int,
-                 dtype: ir.DataType, providers: list[str] | None = None, seed: int = 0) -> ParityResult:
-    """Run both models on the same random inputs; raise ParityError past the dtype's bound."""
+                 dtype: ir.DataType, providers: list[str] | None = None, seed: int = 0,
+                 workdir: Path | None = None) -> ParityResult:
+    """Run both models on the same random inputs; raise ParityError past the dtype's bound.
+
+    The two models are written under `workdir` (the output's staging directory, so the
+    output's file system is the only one that needs room), else under TMPDIR.
+    """
     import onnxruntime as ort
 
     tolerance = TOLERANCE.get(dtype, 1e-4)
     providers = providers or ["CPUExecutionProvider"]
     rng = np.random.default_rng(seed)
     worst = 0.0
-    with tempfile.TemporaryDirectory(prefix="projclust-parity-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".projclust-parity-", dir=workdir) as tmp:
         paths = []
         for name, model in (("rewritten", rewritten), ("reference", reference)):
             (Path(tmp) / name).mkdir()
             path = Path(tmp) / name / "model.onnx"
             save_model(model, path)
             paths.append(path)
-        sessions = [ort.InferenceSession(str(p), providers=providers) for p in paths]
+        sessions = [ort.InferenceSession(str(p), session_options(), providers=providers) for p in paths]
         for batch, seq in SHAPES:
             feeds = random_feeds(sessions[0].get_inputs(), ids_input, n_rows, batch, seq, rng)
             got, want = (s.run(None, feeds) for s in sessions)

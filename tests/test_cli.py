@@ -63,9 +63,9 @@ def test_inspect_shows_the_match_and_the_budget(model_dir):
     ("args", "message"),
     [
         (["--compression", "1.5"], "compression=1.5 must lie in (0, 1)"),
-        (["--method", "svd", "--clusters", "3"], "n_clusters=3 must be 1"),
+        (["--method", "svd", "--clusters", "3"], "--clusters=3 must be 1"),
         (["--rank", "8"], "rank=8 must be < the table's dim=8"),
-        (["--clusters", "100", "--rank", "2"], "n_clusters=100 must be <= the table's 60 rows"),
+        (["--clusters", "100", "--rank", "2"], "--clusters=100 must be <= the table's 60 rows"),
     ],
 )
 def test_bad_settings_give_one_line_and_exit_code_2(model_dir, tmp_path, args, message):

@@ -247,3 +247,51 @@ def test_minilm_five_clusters_beat_svd_at_the_same_budget(minilm_embedding):
     pc = ProjectiveClustering(5, pc_rank, random_state=0).fit(E)
     np.testing.assert_allclose(svd.cost_, tail_energy(E, svd_rank), rtol=1e-3)
     assert pc.cost_ / total < svd.cost_ / total - 0.01
+
+
+# ---------------------------------------------------------------------- degenerate scales (issue 9, F10)
+@pytest.mark.parametrize("scale", [1e-30, 1e25], ids=["tiny", "huge"])
+def test_scale_does_not_change_the_fit(scale):
+    X, _ = planted(60, 12, 3, 2, 0.05, seed=2, dtype=np.float32)
+    base = ProjectiveClustering(3, 2, random_state=0).fit(X)
+    scaled = ProjectiveClustering(3, 2, random_state=0).fit(X * np.float32(scale))
+    assert np.array_equal(base.labels_, scaled.labels_)
+    np.testing.assert_allclose(scaled.cost_, base.cost_ * scale**2, rtol=1e-3)
+    np.testing.assert_allclose(scaled.reconstruct(X * np.float32(scale)) / scale, base.reconstruct(X), atol=1e-4)
+
+
+def test_all_zero_matrix_fits_exactly():
+    model = ProjectiveClustering(3, 2, random_state=0).fit(np.zeros((30, 6), np.float32))
+    assert model.cost_ == 0.0
+    np.testing.assert_allclose(model.reconstruct(np.zeros((4, 6))), 0.0)
+
+
+def test_positive_weights_only_on_zero_rows():
+    X, _ = planted(20, 6, 2, 2, 0.1, seed=4)
+    X = np.vstack([np.zeros((5, 6)), X])
+    w = np.r_[np.ones(5), np.zeros(len(X) - 5)]
+    assert ProjectiveClustering(2, 2, random_state=0).fit(X, sample_weight=w).cost_ == 0.0
+
+
+@pytest.mark.parametrize("weight", [1e-300, 1e300], ids=["tiny", "huge"])
+def test_extreme_but_valid_weights_act_as_uniform(weight):
+    X, _ = planted(40, 10, 2, 2, 0.1, seed=5)
+    base = ProjectiveClustering(2, 2, random_state=0).fit(X)
+    model = ProjectiveClustering(2, 2, random_state=0).fit(X, sample_weight=np.full(len(X), weight))
+    assert np.array_equal(base.labels_, model.labels_)
+    np.testing.assert_allclose(model.cost_, base.cost_ * weight, rtol=1e-6)
+
+
+def test_fit_leaves_torch_thread_count_alone():
+    before = torch.get_num_threads()
+    ProjectiveClustering(2, 2, random_state=0).fit(planted(20, 6, 2, 2, 0.1)[0])
+    assert torch.get_num_threads() == before
+
+
+def test_one_progress_bar_per_phase_with_totals(capsys):
+    X, _ = planted(40, 10, 2, 2, 0.1, seed=6)
+    ProjectiveClustering(2, 2, n_init=3, anneal_steps=4, max_iter=5, random_state=0, verbose=True).fit(X)
+    err = capsys.readouterr().err
+    assert "seeding" in err and "3/3" in err
+    assert "annealing" in err and "4/4" in err
+    assert "Lloyd" in err

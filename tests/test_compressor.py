@@ -51,14 +51,23 @@ def test_svd_method_is_one_cluster(model_dir, tmp_path):
 
 def test_occupied_output_is_refused_unless_overwrite(model_dir, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
     compressor = ProjClustCompressor.from_pretrained(model_dir)
+    compressor.compress(out, ProjClustConfig(**SMALL))
+    (out / "keep.txt").write_text("precious")
     with pytest.raises(ValueError, match="is not empty; pass overwrite=True"):
-        compressor.compress(out, ProjClustConfig(**SMALL))
+        compressor.compress(out, ProjClustConfig(**SMALL, seed=1))
     assert (out / "keep.txt").read_text() == "precious"
-    compressor.compress(out, ProjClustConfig(**SMALL), overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.onnx").exists()
+    compressor.compress(out, ProjClustConfig(**SMALL, seed=1), overwrite=True)
+    assert not (out / "keep.txt").exists() and ProjClustConfig.from_pretrained(out).seed == 1
+
+
+def test_overwrite_never_replaces_a_directory_without_a_model(model_dir, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    with pytest.raises(ValueError, match="refusing to replace .* it holds no model \\(thesis.tex\\)"):
+        ProjClustCompressor.from_pretrained(model_dir).compress(home, ProjClustConfig(**SMALL), overwrite=True)
+    assert [p.name for p in home.iterdir()] == ["thesis.tex"]
 
 
 def test_compressing_a_compressed_model_is_refused(model_dir, tmp_path):
