@@ -5,12 +5,18 @@ the authors' procedure as the paper describes it (random equal split, 5 Lloyd st
 5 restarts, numpy SVD per cluster on the CPU). On a CUDA GPU it also times a
 128,000 x 4,096 matrix (an LLM vocabulary) with k = 8 at a 50% budget.
 
+Then the k = 5, 40% fit on a busy machine, all in one run: idle, beside one and beside two
+single-threaded busy processes (pure-Python loops), as on a shared server or CI runner.
+
     python benchmarks/bench_clustering.py [--budgets 0.2 0.4 0.6] [--clusters 1 3 5 8] [--no-reference]
+                                          [--busy 0 1 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 import warnings
 
@@ -55,6 +61,8 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.4, 0.6])
     parser.add_argument("--clusters", type=int, nargs="+", default=[1, 3, 5, 8])
     parser.add_argument("--no-reference", action="store_true", help="skip the slow reference row")
+    parser.add_argument("--busy", type=int, nargs="*", default=[0, 1, 2],
+                        help="numbers of busy processes to time the k=5, 40%% fit beside (empty: skip)")
     args = parser.parse_args()
 
     E = bundled_word_embedding().astype(np.float32)
@@ -90,7 +98,33 @@ def main() -> None:
         body += (f"\n\nLLM-vocabulary scale on {torch.cuda.get_device_name(0)}: {n_big} x {d_big}, k={k_big}, "
                  f"j={j_big} (50% budget), synthetic rank-256 + noise matrix: {seconds:.1f} s, "
                  f"{model.n_iter_} Lloyd iterations.")
+    if args.busy:
+        body += "\n\n" + contention_table(E, total, args.busy)
     append_results("Clustering core on the MiniLM word embedding (30522 x 384)", body)
+
+
+def contention_table(E: np.ndarray, total: float, busy_counts: list[int]) -> str:
+    """The k=5, 40% fit beside 0, 1, 2... busy single-threaded processes, as ratios to idle."""
+    from projclust_onnx.threads import available_cpus
+
+    n, d = E.shape
+    j = rank_for_budget(n, d, 5, 0.4)
+    rows, idle = [], None
+    for count in busy_counts:
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+        try:
+            time.sleep(1.0)
+            model, seconds = timed_fit(E, 5, j)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+        idle = seconds if count == 0 else idle
+        ratio = f"{seconds / idle:.2f}" if idle else ""
+        rows.append([count, model.cost_ / total, seconds, ratio])
+    header = (f"k=5, j={j} (40%) beside busy processes; {available_cpus()} CPUs available, "
+              f"torch {torch.get_num_threads()} threads for products, 1 for the eigendecompositions:\n\n")
+    return header + markdown_table(["busy processes", "rel. error", "seconds", "vs idle"], rows)
 
 
 if __name__ == "__main__":

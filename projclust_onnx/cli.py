@@ -40,7 +40,7 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clusters", "-k", type=int, default=None,
                         help="number of clusters k (default: 5 for projclust, 1 for svd)")
     parser.add_argument("--method", choices=["projclust", "svd"], default="projclust",
-                        help="projclust: k subspaces; svd: one subspace (the baseline)")
+                        help="projclust: k subspaces; svd: one subspace, the baseline (default: projclust)")
 
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +67,8 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                         help="text files whose token frequencies weight the clustering")
     parser.add_argument("--calibration-dataset", default=None, metavar="NAME[:CONFIG][@SPLIT]|FILE",
                         help="a dataset (hub name or local CSV/JSON) whose texts weight the clustering")
-    parser.add_argument("--calibration-column", default="text", help="text column of --calibration-dataset")
+    parser.add_argument("--calibration-column", default="text",
+                        help="text column of --calibration-dataset (default: text)")
     parser.add_argument("--calibration-smoothing", type=float, default=1.0,
                         help="pseudo-count added to every token's frequency (default: 1.0)")
     parser.add_argument("--special-token-weight", type=float, default=30.0,
@@ -138,7 +139,7 @@ def run_compress(args: argparse.Namespace) -> int:
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
                                                      verbose=not args.quiet)
     report = compressor.compress(args.output, config, overwrite=args.overwrite, verbose=not args.quiet)
-    print(format_table(f"{args.prog} compress", report.summary_rows()))
+    print(format_table(args.title, report.summary_rows()))
     return 0
 
 
@@ -184,7 +185,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             from projclust_onnx.budget import rank_for_budget
 
             rows.append(("svd at same budget", f"j={rank_for_budget(n, d, 1, config.compression, itemsize)}"))
-    print(format_table(f"{args.prog} inspect", rows))
+    print(format_table(args.title, rows))
     return 0
 
 
@@ -229,7 +230,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     rows += [("compression", f"{c['method']}, k={c['n_clusters']}, j={c['rank']}: "
                              f"{c['embedding_compression']:.1%} fewer embedding parameters"),
              ("parity (max abs diff)", f"{c['parity_max_abs_diff']:.2e} <= {c['parity_tolerance']:g}")]
-    print(format_table(f"{args.prog} finetune", rows))
+    print(format_table(args.title, rows))
     return 0
 
 
@@ -251,16 +252,17 @@ COMMANDS = {
 }
 
 
-def run_guarded(func, args: argparse.Namespace, prog: str = PROG) -> int:
+def run_guarded(func, args: argparse.Namespace, prog: str = PROG, title: str | None = None) -> int:
     """Run a subcommand; a user error becomes one line on stderr and exit code 2.
 
-    SIGTERM ends it like Ctrl-C: cleanup runs, nothing half-written is left behind.
+    `title` heads the printed table (the command as typed). SIGTERM ends the run like
+    Ctrl-C: cleanup runs, nothing half-written is left behind.
     """
     import onnx_ir as ir
 
     from projclust_onnx.output_dir import sigterm_as_exit
 
-    args.prog = prog
+    args.title = title or prog
     try:
         with sigterm_as_exit():
             return func(args)
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return run_guarded(args.func, args)
+    return run_guarded(args.func, args, PROG, f"{PROG} {args.command}")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ class ProjectiveClustering:
             warnings.warn(
                 f"max_iter={self.max_iter} reached before the cost settled "
                 f"(tol={self.tol}); raise max_iter for a tighter fit.",
-                ConvergenceWarning, stacklevel=2)
+                ConvergenceWarning, stacklevel=3)
 
         self.labels_ = best.labels.cpu().numpy().astype(np.int64)
         self.bases_ = best.bases.cpu().numpy()
@@ -498,7 +498,7 @@ def _lloyd(X, w, labels, k, rank, z, max_iter, tol, progress) -> _Run:
         if not _reseed_small(labels, dist2, k, rank):
             warnings.warn(
                 f"could not keep {k} clusters of at least rank={rank} rows each; "
-                "lower n_clusters or rank", ConvergenceWarning, stacklevel=3)
+                "lower n_clusters or rank", ConvergenceWarning, stacklevel=4)
         if z != 2.0:
             fit_w = w * dist2.clamp_min(_IRLS_EPS * (scale or 1.0)).pow(z / 2.0 - 1.0)
         bases = _refit(X, fit_w, labels, k, rank)

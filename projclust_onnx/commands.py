@@ -20,7 +20,8 @@ def _subcommand(name: str) -> type[BaseOptimumCLICommand]:
             add_arguments(parser)
 
         def run(self) -> None:
-            code = cli.run_guarded(run, self.args, prog=f"optimum-cli projclust {name}")
+            prog = f"optimum-cli projclust {name}"
+            code = cli.run_guarded(run, self.args, prog=prog, title=prog)
             if code:
                 raise SystemExit(code)
 

@@ -73,8 +73,8 @@ class ProjClustConfig:
             self.n_clusters = 1 if self.method == "svd" else DEFAULT_CLUSTERS
         _whole("n_clusters", self.n_clusters, 1)
         if self.method == "svd" and self.n_clusters != 1:
-            raise SettingError("n_clusters", f"method='svd' is the one-cluster case; {{}}={self.n_clusters} must be 1 "
-                               "(or use method='projclust')")
+            raise SettingError("n_clusters", f"{{}}={self.n_clusters} must be 1 with method svd, the one-cluster "
+                               "case; use method projclust for k > 1")
         if self.rank is not None:
             self.compression = None
             _whole("rank", self.rank, 1)

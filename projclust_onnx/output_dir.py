@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 # What a directory must hold for --overwrite to replace it: something this tool or an
 # exporter wrote. Anything else (a home directory, a project folder) is refused.
-_MODEL_MARKERS = ("*.onnx", "projclust_config.json")
+MODEL_MARKERS = ("*.onnx", "projclust_config.json")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -44,9 +44,11 @@ class OutputError(ValueError):
     """The output directory cannot be written, or writing it would lose data."""
 
 
-def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path]) -> Path:
+def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path],
+                     markers: tuple[str, ...] = MODEL_MARKERS) -> Path:
     """Refuse outputs that overlap an input, an occupied directory without overwrite, and
-    (even with overwrite) a directory that holds no model. Returns the resolved path."""
+    (even with overwrite) a directory that holds none of `markers` (no model, no report):
+    not an earlier output. Returns the resolved path."""
     save_dir = Path(save_dir).expanduser().resolve()
     for source in inputs:
         source = Path(source).resolve()
@@ -61,15 +63,19 @@ def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path]) -> Pat
         held = sorted(p.name for p in save_dir.iterdir())
         if held and not overwrite:
             raise SettingError("overwrite", f"output directory {save_dir} is not empty; pass {{}} to replace it")
-        if held and not _holds_a_model(save_dir):
-            raise OutputError(f"refusing to replace {save_dir}: it holds no model ({', '.join(held[:3])}"
+        if held and not _holds(save_dir, markers):
+            raise OutputError(f"refusing to replace {save_dir}: it holds no {_what(markers)} ({', '.join(held[:3])}"
                               f"{', ...' if len(held) > 3 else ''}), so it is not an earlier output; "
                               "choose a new or empty directory")
     return save_dir
 
 
-def _holds_a_model(directory: Path) -> bool:
-    return any(any(directory.glob(pattern)) for pattern in _MODEL_MARKERS)
+def _holds(directory: Path, markers: tuple[str, ...]) -> bool:
+    return any(any(directory.glob(pattern)) for pattern in markers)
+
+
+def _what(markers: tuple[str, ...]) -> str:
+    return "model" if markers == MODEL_MARKERS else " or ".join(markers)
 
 
 def check_room(directory: Path, needed_bytes: int) -> None:
@@ -81,7 +87,8 @@ def check_room(directory: Path, needed_bytes: int) -> None:
 
 
 @contextlib.contextmanager
-def staged_directory(save_dir: Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_directory(save_dir: Path, overwrite: bool = False,
+                     markers: tuple[str, ...] = MODEL_MARKERS) -> Iterator[Path]:
     """Yield an empty staging directory beside save_dir; on success it becomes save_dir.
 
     On any error, or a SIGINT/SIGTERM turned into an exception, the stage is removed
@@ -108,13 +115,13 @@ def staged_directory(save_dir: Path, overwrite: bool = False) -> Iterator[Path]:
         os.chmod(stage, 0o777 & ~umask)  # a server's user must be able to read the model
         yield stage
         with _signals_held():
-            _commit(stage, save_dir, overwrite)
+            _commit(stage, save_dir, overwrite, markers)
     finally:
         if stage is not None and stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def _commit(stage: Path, save_dir: Path, overwrite: bool) -> None:
+def _commit(stage: Path, save_dir: Path, overwrite: bool, markers: tuple[str, ...]) -> None:
     if not overwrite or not save_dir.exists():
         try:
             os.rename(stage, save_dir)  # replaces nothing but an empty directory
@@ -124,8 +131,9 @@ def _commit(stage: Path, save_dir: Path, overwrite: bool) -> None:
                                   "nothing was written: choose another --output, or pass --overwrite") from err
             raise
         return
-    if save_dir.is_dir() and any(save_dir.iterdir()) and not _holds_a_model(save_dir):
-        raise OutputError(f"refusing to replace {save_dir}: it no longer holds a model; nothing was written")
+    if save_dir.is_dir() and any(save_dir.iterdir()) and not _holds(save_dir, markers):
+        raise OutputError(f"refusing to replace {save_dir}: it no longer holds a {_what(markers)}; "
+                          "nothing was written")
     if _exchange(stage, save_dir):
         shutil.rmtree(stage, ignore_errors=True)  # now the previous output
         return

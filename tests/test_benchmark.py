@@ -105,12 +105,16 @@ def test_report_schema_on_a_tiny_model(two_models, tmp_path):
                            sequence_lengths=[4, 8], warmup=1, repeats=3, progress=False)
     saved = json.loads((out / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))
-    assert saved["schema_version"] == 1 and saved["provider"] == "CPUExecutionProvider"
-    assert saved["grid"] == {"batch_sizes": [1, 2], "sequence_lengths": [4, 8], "warmup": 1, "repeats": 3}
+    assert saved["schema_version"] == 2 and saved["provider"] == "CPUExecutionProvider"
+    from projclust_onnx.threads import available_cpus
+
+    assert saved["grid"] == {"batch_sizes": [1, 2], "sequence_lengths": [4, 8], "warmup": 1, "repeats": 3,
+                             "threads": available_cpus()}
     for model in saved["models"].values():
         assert set(model["latency"]) == {"b1_s4", "b1_s8", "b2_s4", "b2_s8"}
         for point in model["latency"].values():
             assert point["runs"] == 3 and 0 < point["p50_ms"] <= point["p90_ms"] <= point["p99_ms"]
+            assert 0 < point["min_ms"] <= point["p50_ms"] and point["iqr_ms"] >= 0 and point["std_ms"] >= 0
         assert model["file_bytes"] > 0 and model["parameters"] > 0
         assert model["memory"]["kind"] == "cpu_rss" and model["memory"]["peak_mb"] >= 0
         assert model["accuracy"] is None and model["fidelity_cosine"] is None
@@ -118,7 +122,12 @@ def test_report_schema_on_a_tiny_model(two_models, tmp_path):
     assert saved["models"]["original"]["embedding_parameters"] == 60 * 8
     assert saved["models"]["pc"]["embedding_parameters"] == 60 * 3 + 2 * 3 * 8
     assert saved["models"]["pc"]["compression"]["n_clusters"] == 2
-    assert (out / "report.md").read_text().count("| pc |") == 5  # size row + four latency rows
+    assert saved["models"]["pc"]["compression"]["rank"] == 3
+    md = (out / "report.md").read_text()
+    assert md.count("| pc |") == 6  # settings row, size row, four latency rows
+    assert "1 warmup and 3 timed runs" in md and "| IQR ms |" in md
+    assert "| pc | projclust, k=2, j=3, rank given, layout=grouped, calibration: none" in md
+    assert "| original | as given" in md
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -161,3 +170,64 @@ def test_accuracy_plot_is_a_png(tmp_path):
             for m in ("svd k=1", "projclust k=5") for w in ("none", "train") for c in (0.2, 0.4)]
     path = plot_accuracy(rows, baseline=0.85, path=tmp_path / "acc.png")
     assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
+
+
+def test_fidelity_from_a_text_file_without_labels(two_models, tmp_path):
+    """Issue 9: fidelity needs no labeled data; a rerun does not overwrite the previous report."""
+    original, compressed = two_models
+    texts = tmp_path / "sentences.txt"
+    texts.write_text("the tea was lovely\n\nterrible packaging\nfine\n")
+    (original / "tokenizer.json").write_text(_word_level_tokenizer())
+    out = tmp_path / "bench"
+    args = [sys.executable, "-m", "projclust_onnx.cli", "benchmark", str(original), f"pc={compressed}",
+            "--batch-sizes", "1", "--sequence-lengths", "4", "--repeats", "2", "--warmup", "1", "--no-memory",
+            "--no-plots", "-q", "-o", str(out), "--fidelity-text", str(texts)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["models"]["original"]["fidelity_cosine"] == pytest.approx(1.0)
+    assert 0.0 < saved["models"]["pc"]["fidelity_cosine"] < 1.0
+    assert saved["fidelity_source"] == str(texts)
+    first = (out / "report.json").read_bytes()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "pass --overwrite" in again.stderr
+    assert (out / "report.json").read_bytes() == first
+    assert subprocess.run(args + ["--overwrite"], capture_output=True, text=True, timeout=300).returncode == 0
+
+
+def _word_level_tokenizer() -> str:
+    """A tokenizers JSON for the tiny 60-row models: lowercase words, unknown words -> id 1."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    words = "the tea was lovely terrible packaging fine".split()
+    tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}},
+                                     unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tok.to_str()
+
+
+def test_latency_plot_has_every_sequence_length_and_ratios(two_models, tmp_path):
+    from projclust_onnx.benchmark.plots import plot_latency
+
+    original, compressed = two_models
+    report = run_benchmark([("original", original), ("pc", compressed)], tmp_path / "b", batch_sizes=[1, 2],
+                           sequence_lengths=[4, 8, 16], warmup=1, repeats=2, memory=False, plots=False,
+                           progress=False)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    saved = []
+    real_savefig = plt.Figure.savefig
+    plt.Figure.savefig = lambda fig, *a, **k: saved.append(fig) or real_savefig(fig, *a, **k)
+    try:
+        plot_latency(report, tmp_path / "lat.png")
+    finally:
+        plt.Figure.savefig = real_savefig
+    axes = saved[0].axes
+    assert [ax.get_title() for ax in axes[:3]] == ["sequence 4", "sequence 8", "sequence 16"]
+    assert all(ax.get_ylabel() == "p50 / original's" for ax in axes[3:])
+    assert all(len(ax.get_lines()) >= 2 for ax in axes)

@@ -99,3 +99,52 @@ def test_finetune_needs_training_data(tmp_path):
     (tmp_path / "t.csv").write_text('text,label\n"a",1\n')
     done = run(*CLI, "finetune", "--data-files", str(tmp_path / "t.csv"), "--output", str(tmp_path / "o"))
     assert done.returncode == 2 and "needs --text-column" in done.stderr
+
+
+def test_version_and_description():
+    from projclust_onnx import __version__
+
+    done = run(*CLI, "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"projclust-onnx {__version__}"
+    top = run(*CLI, "--help").stdout
+    assert "Make the word embedding of an ONNX transformer smaller" in top and "thin shell" not in top
+
+
+@pytest.mark.parametrize("command", ["compress", "inspect", "finetune", "benchmark"])
+def test_every_flag_has_help(command):
+    from projclust_onnx.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    for action in sub._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"{command} {action.option_strings or action.dest} has no help"
+        takes_value = action.nargs != 0 and action.option_strings and action.default not in (None, [], False)
+        if takes_value:
+            assert "default" in action.help, f"{command} {action.option_strings} does not state its default"
+
+
+def test_optimum_cli_titles_output_for_its_command(model_dir):
+    done = run("optimum-cli", "projclust", "inspect", "--model", str(model_dir))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("optimum-cli projclust inspect\n")
+
+
+def test_compress_announces_each_phase(model_dir, tmp_path):
+    done = run(*CLI, "compress", "--model", str(model_dir), "--output", str(tmp_path / "out"), "--rank", "3",
+               "--clusters", "2")
+    assert done.returncode == 0, done.stderr
+    phases = [line.split(": ", 1)[1] for line in done.stderr.splitlines() if line.startswith("projclust-onnx: ")]
+    assert [p.split(" ")[0] for p in phases] == ["reading", "weighting", "clustering", "rewriting", "checking",
+                                                 "writing"]
+    assert "seeding" in done.stderr and "annealing" in done.stderr and "Lloyd" in done.stderr
+
+
+def test_python_api_is_quiet_off_a_terminal(model_dir, tmp_path):
+    code = ("import sys; from projclust_onnx import ProjClustCompressor, ProjClustConfig; "
+            "ProjClustCompressor.from_pretrained(sys.argv[1]).compress(sys.argv[2], "
+            "ProjClustConfig(n_clusters=2, rank=3, n_init=2))")
+    done = run(sys.executable, "-c", code, str(model_dir), str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "projclust-onnx:" not in done.stderr and "seeding" not in done.stderr

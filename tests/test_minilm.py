@@ -115,3 +115,15 @@ def test_sentence_embeddings_stay_close_on_finefoods(exported, tmp_path):
     compressed = mean_pooled(ort.InferenceSession(str(tmp_path / "pc" / "model.onnx")), tokenizer, texts)
     cosine = (original * compressed).sum(1) / np.linalg.norm(original, axis=1) / np.linalg.norm(compressed, axis=1)
     assert cosine.mean() >= 0.98
+
+
+def test_quick_start_main_job_is_clean(tmp_path):
+    """The README's main job, as a newcomer runs it: the bundled model, phases announced, no third-party noise."""
+    done = subprocess.run([sys.executable, "-m", "projclust_onnx.cli", "compress", "--overwrite", "--output",
+                           str(tmp_path / "projclust-output")], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "No --model given: using sentence-transformers/all-MiniLM-L6-v2" in done.stderr
+    assert "exporting" in done.stderr and "clustering 30522 x 384 rows" in done.stderr
+    for noise in ("torch_dtype", "TracerWarning", "accelerate", "Traceback"):
+        assert noise not in done.stderr
+    assert "40.2% fewer" in done.stdout

@@ -15,18 +15,25 @@ def _pyplot():
 
 
 def plot_latency(report: dict, path: Path) -> Path:
-    """p50 latency against batch size, one line per model, at the longest sequence."""
+    """Per sequence length (one column each): p50 latency against batch size, one line per
+    model, and below it each model's p50 as a ratio to the original's."""
     plt = _pyplot()
-    seq = max(report["grid"]["sequence_lengths"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, model in report["models"].items():
-        points = sorted((s["batch_size"], s["p50_ms"]) for s in model["latency"].values()
-                        if s["sequence_length"] == seq)
-        ax.plot(*zip(*points), marker="o", label=name)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel(f"p50 latency (ms), sequence {seq}")
-    ax.set_title(f"Latency under {report['provider']}")
-    ax.legend()
+    seqs = sorted(report["grid"]["sequence_lengths"])
+    fig, axes = plt.subplots(2, len(seqs), figsize=(4.5 * len(seqs), 6.5), squeeze=False, sharex=True)
+    for col, seq in enumerate(seqs):
+        top, bottom = axes[0][col], axes[1][col]
+        for name, model in report["models"].items():
+            keys = sorted((s["batch_size"], k) for k, s in model["latency"].items() if s["sequence_length"] == seq)
+            batches = [b for b, _ in keys]
+            top.plot(batches, [model["latency"][k]["p50_ms"] for _, k in keys], marker="o", label=name)
+            bottom.plot(batches, [model["latency_ratio"][k] for _, k in keys], marker="o", label=name)
+        top.set_title(f"sequence {seq}")
+        top.set_ylabel("p50 latency (ms)")
+        bottom.axhline(1.0, color="black", linewidth=0.8)
+        bottom.set_ylabel("p50 / original's")
+        bottom.set_xlabel("batch size")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Latency under {report['provider']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,15 +1,16 @@
 """Run an original model and compressed ones side by side under ONNX Runtime.
 
-report.json schema (schema_version 1)::
+report.json schema (schema_version 2; 1 lacked threads, fidelity_source, rank and the spread)::
 
-    {"schema_version": 1, "date": str, "machine": str, "provider": str,
-     "grid": {"batch_sizes": [int], "sequence_lengths": [int], "warmup": int, "repeats": int},
+    {"schema_version": 2, "date": str, "machine": str, "provider": str,
+     "grid": {"batch_sizes": [int], "sequence_lengths": [int], "warmup": int, "repeats": int, "threads": int},
      "data": {"source": str, "samples": int, "metrics": [str]} | null,
+     "fidelity_source": str | null,
      "models": {NAME: {
          "directory": str, "file_bytes": int, "parameters": int, "embedding_parameters": int | null,
-         "compression": {projclust_config.json fields} | null,
+         "compression": {projclust_config.json fields, plus "rank"} | null,
          "latency": {"b{B}_s{S}": {"batch_size", "sequence_length", "p50_ms", "p90_ms", "p99_ms",
-                                   "mean_ms", "throughput_seq_per_s", "runs"}},
+                                   "mean_ms", "min_ms", "iqr_ms", "std_ms", "throughput_seq_per_s", "runs"}},
          "latency_ratio": {"b{B}_s{S}": p50 / the original's p50},
          "memory": {"kind": "cpu_rss" | "cuda_device", "peak_mb": float, "grid_point": "b{B}_s{S}"} | null,
          "accuracy": {metric: float} | null,
@@ -35,7 +36,8 @@ import numpy as np
 
 from projclust_onnx.benchmark.stats import latency_stats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+REPORT_MARKERS = ("report.json",)
 
 
 @dataclass
@@ -62,12 +64,12 @@ def resolve_providers(provider: str = "auto") -> list[str]:
 
 
 def open_session(onnx_path: Path, providers: list[str], threads: int = 0):
+    """A session as a server would run it (spinning threads), on the CPUs actually available."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(onnx_path), options, providers=providers)
+    from projclust_onnx.threads import session_options
+
+    return ort.InferenceSession(str(onnx_path), session_options(threads, spinning=True), providers=providers)
 
 
 def grid_key(batch: int, seq: int) -> str:
@@ -90,6 +92,8 @@ def model_sizes(directory: Path, onnx_path: Path, embedding: int | None = None) 
     config_path = directory / "projclust_config.json"
     if config_path.is_file():
         compression = json.loads(config_path.read_text())
+        if report_path.is_file():
+            compression["rank"] = json.loads(report_path.read_text()).get("rank")
     if embedding is None:
         from projclust_onnx.model_files import load_model
         from projclust_onnx.passes import search_word_embedding
@@ -216,11 +220,20 @@ def machine_description() -> str:
 
 def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider: str = "auto",
                   batch_sizes=(1, 8), sequence_lengths=(32, 128), warmup: int = 3, repeats: int = 20,
-                  threads: int = 0, data: LabeledData | None = None, fidelity_texts=None, max_length: int = 128,
-                  memory: bool = True, plots: bool = True, progress: bool = True) -> dict:
-    """Benchmark `models` (the first is the original) and write report.json, report.md and plots."""
-    from projclust_onnx.model_files import resolve_onnx_file
+                  threads: int = 0, data: LabeledData | None = None, fidelity_texts=None,
+                  fidelity_source: str | None = None, max_length: int = 128, memory: bool = True,
+                  plots: bool = True, progress: bool = True, overwrite: bool = False) -> dict:
+    """Benchmark `models` (the first is the original) and write report.json, report.md and plots.
 
+    `fidelity_texts` (tuples of one or two texts) measure fidelity without labels. A
+    previous report in output_dir is replaced only with overwrite, and atomically.
+    """
+    from projclust_onnx.model_files import resolve_onnx_file
+    from projclust_onnx.output_dir import check_output_dir, staged_directory
+    from projclust_onnx.threads import available_cpus
+
+    output_dir = check_output_dir(Path(output_dir), overwrite, [Path(d) for _, d in models], REPORT_MARKERS)
+    threads = threads or available_cpus()
     if len(models) < 1:
         raise ValueError("give at least one model directory")
     names = [name for name, _ in models]
@@ -237,8 +250,8 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
     report = {"schema_version": SCHEMA_VERSION, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_description(), "provider": providers[0],
               "grid": {"batch_sizes": list(batch_sizes), "sequence_lengths": list(sequence_lengths),
-                       "warmup": warmup, "repeats": repeats},
-              "data": None, "models": {}}
+                       "warmup": warmup, "repeats": repeats, "threads": threads},
+              "data": None, "fidelity_source": fidelity_source if fidelity_texts else None, "models": {}}
     accuracy, fidelity = {n: None for n in names}, {n: None for n in names}
     if data is not None or fidelity_texts:
         from transformers import AutoTokenizer
@@ -259,14 +272,13 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
             "memory": measure_memory(paths[name], providers, *biggest, n_rows) if memory else None,
             "accuracy": accuracy[name], "fidelity_cosine": fidelity[name],
         }
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (output_dir / "report.md").write_text(markdown_report(report))
-    if plots:
-        from projclust_onnx.benchmark.plots import plot_latency
+    with staged_directory(output_dir, overwrite, REPORT_MARKERS) as stage:
+        (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (stage / "report.md").write_text(markdown_report(report))
+        if plots:
+            from projclust_onnx.benchmark.plots import plot_latency
 
-        plot_latency(report, output_dir / "latency.png")
+            plot_latency(report, stage / "latency.png")
     return report
 
 
@@ -280,23 +292,42 @@ def _table_shape(onnx_path: Path) -> tuple[int, int]:
     return matches[0].shape
 
 
+def model_settings(model: dict) -> str:
+    """One line saying how a model was compressed, from its projclust_config.json."""
+    c = model.get("compression")
+    if not c:
+        return "as given (not compressed by projclust-onnx)"
+    budget = f"{c['compression']:.0%} budget" if c.get("compression") else "rank given"
+    calibration = ", ".join(Path(p).name for p in c.get("calibration_text") or []) or c.get("calibration_dataset")
+    return (f"{c['method']}, k={c['n_clusters']}, j={c.get('rank', '?')}, {budget}, layout={c['layout']}, "
+            f"calibration: {calibration or 'none'}, special-token weight {c['special_token_weight']:g}")
+
+
 def markdown_report(report: dict) -> str:
-    """Size, accuracy and fidelity per model, then latency per grid point."""
+    """How it was run, each model's settings, size, accuracy and fidelity, then latency with its spread."""
+    grid = report["grid"]
     lines = [f"# Benchmark ({report['provider']}, {report['machine']}, {report['date']})", "",
-             "| model | file MiB | embedding params | accuracy | fidelity (cos) | peak memory MiB |",
-             "|---|---|---|---|---|---|"]
+             f"{grid['warmup']} warmup and {grid['repeats']} timed runs per model and grid point, models "
+             f"interleaved run by run; {grid.get('threads', '?')} intra-op threads.", ""]
+    if report.get("fidelity_source"):
+        lines += [f"Fidelity: mean cosine to the original's outputs on {report['fidelity_source']}.", ""]
+    lines += ["| model | settings |", "|---|---|"]
+    lines += [f"| {name} | {model_settings(m)} |" for name, m in report["models"].items()]
+    lines += ["", "| model | file MiB | embedding params | accuracy | fidelity (cos) | peak memory MiB |",
+              "|---|---|---|---|---|---|"]
     for name, m in report["models"].items():
         acc = ", ".join(f"{k} {v:.4f}" for k, v in (m["accuracy"] or {}).items()) or "-"
         fid = f"{m['fidelity_cosine']:.4f}" if m["fidelity_cosine"] is not None else "-"
         mem = f"{m['memory']['peak_mb']:.0f}" if m["memory"] and "peak_mb" in m["memory"] else "-"
         emb = f"{m['embedding_parameters']:,}" if m["embedding_parameters"] else "-"
         lines.append(f"| {name} | {m['file_bytes'] / 2**20:.1f} | {emb} | {acc} | {fid} | {mem} |")
-    lines += ["", "| model | batch | seq | p50 ms | p90 ms | p99 ms | seq/s | p50 vs original |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | batch | seq | p50 ms | p90 ms | p99 ms | IQR ms | seq/s | p50 vs original |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, m in report["models"].items():
         for key, s in m["latency"].items():
+            spread = f"{s['iqr_ms']:.2f}" if "iqr_ms" in s else "-"
             lines.append(f"| {name} | {s['batch_size']} | {s['sequence_length']} | {s['p50_ms']:.2f} | "
-                         f"{s['p90_ms']:.2f} | {s['p99_ms']:.2f} | {s['throughput_seq_per_s']:.1f} | "
+                         f"{s['p90_ms']:.2f} | {s['p99_ms']:.2f} | {spread} | {s['throughput_seq_per_s']:.1f} | "
                          f"{m['latency_ratio'][key]:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -337,10 +368,19 @@ def run_from_args(args) -> int:
         if not Path(directory).exists():
             raise ValueError(f"model directory {directory} does not exist")
         models.append((name, Path(directory)))
+    fidelity_texts = None
+    if args.fidelity_text:
+        from projclust_onnx.calibration import read_lines
+
+        fidelity_texts = [(line,) for line in read_lines(args.fidelity_text)][:args.max_samples]
+        if not fidelity_texts:
+            raise ValueError(f"--fidelity-text {' '.join(args.fidelity_text)} holds no text lines")
     report = run_benchmark(models, Path(args.output), provider=args.provider, batch_sizes=args.batch_sizes,
                            sequence_lengths=args.sequence_lengths, warmup=args.warmup, repeats=args.repeats,
-                           threads=args.threads, data=load_labeled_data(args), max_length=args.max_length,
-                           memory=not args.no_memory, plots=not args.no_plots, progress=not args.quiet)
+                           threads=args.threads, data=load_labeled_data(args), fidelity_texts=fidelity_texts,
+                           fidelity_source=", ".join(args.fidelity_text or []), max_length=args.max_length,
+                           memory=not args.no_memory, plots=not args.no_plots, progress=not args.quiet,
+                           overwrite=args.overwrite)
     print(markdown_report(report))
     print(f"wrote {Path(args.output) / 'report.json'}")
     return 0
