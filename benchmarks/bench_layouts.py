@@ -1,8 +1,11 @@
-"""Runtime layouts of the k-branch subgraph under ONNX Runtime: original vs grouped vs onehot.
+"""Runtime layouts of the k-branch subgraph under ONNX Runtime: original vs grouped vs onehot,
+and the two forms of reading quantized storage (contrib GatherBlockQuantized vs standard ops).
 
-MiniLM (feature-extraction export) compressed by 40% with k=5 in each layout; p50 latency
-at each batch/sequence point, the three models interleaved in one run, as ratios to the
-original. CUDA provider when onnxruntime offers it, else CPU.
+MiniLM (feature-extraction export) compressed by 40% with k=5 in each layout, and to 10%
+of its table's bytes (k=5, int4 U, block 32) in each lookup form; p50 latency at each
+batch/sequence point, all models interleaved in one run, as ratios to the original.
+CUDA provider when onnxruntime offers it, else CPU; on a GPU the quantized models' outputs
+are also compared with the CPU provider's.
 
     python benchmarks/bench_layouts.py [--batch-sizes 1 8 32] [--sequence-lengths 16 128] [--repeats 30]
 """
@@ -14,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from common import append_results, markdown_table
-from projclust_onnx.passes import LAYOUTS
+from projclust_onnx.passes import LAYOUTS, LOOKUP_FORMS
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
 from projclust_onnx.benchmark.runner import measure_latency, open_session, resolve_providers
@@ -37,20 +40,42 @@ def main() -> None:
             out = Path(tmp) / layout
             original.compress(out, ProjClustConfig(compression=0.4, n_clusters=5, layout=layout))
             paths[layout] = out / "model.onnx"
+        for form in LOOKUP_FORMS:
+            out = Path(tmp) / f"int4-{form}"
+            original.compress(out, ProjClustConfig(compression=0.9, n_clusters=5, quantize="int4", lookup_form=form))
+            paths[f"10% int4 {form}"] = out / "model.onnx"
         sessions = {name: open_session(path, providers, args.threads) for name, path in paths.items()}
         grid = [(b, s) for b in args.batch_sizes for s in args.sequence_lengths]
         latency = measure_latency(sessions, grid, 30522, warmup=3, repeats=args.repeats,
                                   use_iobinding=providers[0] == "CUDAExecutionProvider", progress=True)
+        agreement = cuda_agreement(paths, providers) if providers[0] == "CUDAExecutionProvider" else ""
+    names = [name for name in paths if name != "original"]
     rows = []
     for key, base in latency["original"].items():
         row = [base["batch_size"], base["sequence_length"], base["p50_ms"]]
-        for layout in LAYOUTS:
-            row += [latency[layout][key]["p50_ms"], latency[layout][key]["p50_ms"] / base["p50_ms"]]
+        for name in names:
+            row += [latency[name][key]["p50_ms"], latency[name][key]["p50_ms"] / base["p50_ms"]]
         rows.append(row)
     header = ["batch", "seq", "original p50 ms"]
-    for layout in LAYOUTS:
-        header += [f"{layout} p50 ms", f"{layout} / original"]
-    append_results(f"Runtime layouts, MiniLM 40% k=5 ({providers[0]})", markdown_table(header, rows))
+    for name in names:
+        header += [f"{name} p50 ms", f"{name} / original"]
+    append_results(f"Runtime layouts and quantized lookup forms, MiniLM ({providers[0]})",
+                   markdown_table(header, rows) + agreement)
+
+
+def cuda_agreement(paths: dict, providers: list[str]) -> str:
+    """Max abs difference between the CUDA and CPU providers' outputs of each model."""
+    import numpy as np
+
+    from projclust_onnx.parity import random_feeds
+
+    lines = ["", "", "CUDA vs CPU provider, max abs difference of the outputs (batch 4, sequence 64):", ""]
+    for name, path in paths.items():
+        cuda, cpu = open_session(path, providers), open_session(path, ["CPUExecutionProvider"])
+        feeds = random_feeds(cpu.get_inputs(), "input_ids", 30522, 4, 64, np.random.default_rng(0))
+        diff = float(np.abs(cuda.run(None, feeds)[0] - cpu.run(None, feeds)[0]).max())
+        lines.append(f"- {name}: {diff:.3g}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ One pass per rewrite; compose them with onnx-ir's PassManager, e.g. through
 `factorize_embedding_pipeline`, which adds the common clean-ups after ours.
 """
 
+from projclust_onnx.passes.builder import LOOKUP_FORMS
+from projclust_onnx.passes.densify_embedding import DensifyEmbeddingPass
 from projclust_onnx.passes.factorize_embedding import DEFAULT_LAYOUT, LAYOUTS, FactorizeEmbeddingPass, check_opset
-from projclust_onnx.passes.pipeline import factorize_embedding_pipeline
+from projclust_onnx.passes.pipeline import factorize_embedding_pipeline, with_cleanup
+from projclust_onnx.passes.quantize_embedding import QuantizeEmbeddingPass
 from projclust_onnx.passes.word_embedding import (
     EmbeddingMatch,
     EmbeddingSearch,
@@ -16,6 +19,10 @@ from projclust_onnx.passes.word_embedding import (
 __all__ = [
     "DEFAULT_LAYOUT",
     "LAYOUTS",
+    "LOOKUP_FORMS",
+    "DensifyEmbeddingPass",
+    "QuantizeEmbeddingPass",
+    "with_cleanup",
     "EmbeddingMatch",
     "EmbeddingSearch",
     "FactorizeEmbeddingPass",

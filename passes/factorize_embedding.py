@@ -7,10 +7,15 @@ layouts share the front and the back; only the middle differs.
 Common front and back::
 
     ids (any shape) -> Reshape[-1] -> flat (T,)
-    flat -> Gather(U)           -> u   (T, j)
-    flat -> Gather(cluster_ids) -> Cast(int64) -> cid (T,)
-    ...middle...                -> y   (T, d)
+    flat -> Gather(U)                   -> u   (T, j)   float U
+    flat -> quantized lookup of U [-> Cast] -> u (T, j)   int8/int4 U (builder.py draws both forms)
+    flat -> GatherElements(cluster_ids) -> Cast(int64) -> cid (T,)
+    ...middle...                        -> y   (T, d)   V_c stored float16 with quantized U, Cast once
     y -> Reshape[shape(ids) + [d]] -> embeddings (*ids.shape, d)
+
+The cluster ids are read by GatherElements, not Gather, so that ONNX Runtime's Gather
+quantizers (quantize_dynamic, MatMulNBitsQuantizer) leave the 1-D uint8 id table alone
+and can run on our output.
 
 "grouped" middle (j*d multiply-adds per token; the default, fastest on CPU)::
 
@@ -35,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
+from projclust_onnx.passes.builder import LOOKUP_FORMS, Builder, block_quantized_lookup, replace_lookup
 from projclust_onnx.passes.word_embedding import EmbeddingMatch, search_word_embedding
 
 if TYPE_CHECKING:
@@ -46,7 +52,6 @@ __all__ = ["LAYOUTS", "DEFAULT_LAYOUT", "FactorizeEmbeddingPass", "check_opset"]
 
 LAYOUTS = ("grouped", "onehot")
 DEFAULT_LAYOUT = "grouped"
-PREFIX = "projclust"
 _MIN_OPSET = 13  # Unsqueeze and Squeeze take axes as an input
 
 
@@ -67,19 +72,23 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
             match the table's. The pass never clusters anything itself.
         layout: "grouped" or "onehot" (see the module docstring).
         ids_input: name of the token-id graph input.
+        lookup_form: how a quantized U is read, "contrib" or "standard" (see builder.py).
 
     A model whose lookup is already factorized is left alone and reported as
     unmodified; a table with other consumers (a tied LM head) is refused.
     """
 
     def __init__(self, factorization: EmbeddingFactorization, layout: str = DEFAULT_LAYOUT,
-                 ids_input: str = "input_ids") -> None:
+                 ids_input: str = "input_ids", lookup_form: str = "contrib") -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r} must be one of {LAYOUTS}")
+        if lookup_form not in LOOKUP_FORMS:
+            raise ValueError(f"lookup_form={lookup_form!r} must be one of {LOOKUP_FORMS}")
         self.factorization = factorization
         self.layout = layout
         self.ids_input = ids_input
+        self.lookup_form = lookup_form
 
     def requires(self, model: ir.Model) -> None:
         check_opset(model)
@@ -119,12 +128,16 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
 
     def _rewrite(self, graph: ir.Graph, match: EmbeddingMatch) -> None:
         f = self.factorization
-        np_dtype = match.table.const_value.numpy().dtype
-        builder = _Builder(graph, match.gather)
-        ids = match.gather.inputs[1]
+        np_dtype = match.dtype.numpy()
+        builder = Builder(graph, match.nodes[-1])
+        ids = match.lookup.inputs[1]
         flat = builder.op("Reshape", [ids, builder.const("flat_shape", np.array([-1], np.int64))], "flat_ids")
-        u = builder.op("Gather", [builder.const("U", f.U.astype(np_dtype)), flat], "u")
-        cid8 = builder.op("Gather", [builder.const("cluster_ids", f.labels), flat], "cluster_id")
+        if f.U_q is None:
+            u = builder.op("Gather", [builder.const("U", f.U.astype(np_dtype)), flat], "u")
+        else:
+            u = block_quantized_lookup(builder, f.U_q, flat, self.lookup_form, "U")
+            u = builder.cast(u, np_dtype, "u", f.U_q.scales.dtype)
+        cid8 = builder.op("GatherElements", [builder.const("cluster_ids", f.labels), flat], "cluster_id")
         cid = builder.op("Cast", [cid8], "cluster_id_int64", to=ir.DataType.INT64)
         if self.layout == "onehot":
             y = _onehot_middle(builder, u, cid, f, np_dtype)
@@ -132,17 +145,16 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
             y = _grouped_middle(builder, u, cid, flat, f, np_dtype)
         out_shape = builder.op("Concat", [builder.op("Shape", [ids], "ids_shape"),
                                           builder.const("dim", np.array([f.dim], np.int64))], "out_shape", axis=0)
-        out = builder.op("Reshape", [y, out_shape], "embeddings")
-
-        old = match.gather.outputs[0]
-        old_name = old.name
-        out.shape, out.type = old.shape, old.type
-        ir.convenience.replace_all_uses_with(old, out, replace_graph_outputs=True)
-        graph.remove(match.gather, safe=True)
-        out.name = old_name  # downstream readers (and Netron users) see the same value name
+        replace_lookup(graph, match, builder.op("Reshape", [y, out_shape], "embeddings"))
 
 
-def _onehot_middle(b: _Builder, u: ir.Value, cid: ir.Value, f: EmbeddingFactorization, np_dtype) -> ir.Value:
+def _branch_weights(b: Builder, name: str, V: np.ndarray, np_dtype) -> ir.Value:
+    """V as stored (float16 beside quantized U, else the table's dtype), cast to the table's dtype."""
+    stored = V if V.dtype == np.float16 else V.astype(np_dtype)
+    return b.cast(b.const(name, stored), np_dtype, f"{name}_{np.dtype(np_dtype).name}", stored.dtype)
+
+
+def _onehot_middle(b: Builder, u: ir.Value, cid: ir.Value, f: EmbeddingFactorization, np_dtype) -> ir.Value:
     k, j, d = f.n_clusters, f.rank, f.dim
     mask = b.op("Equal", [b.op("Unsqueeze", [cid, b.const("axis1", np.array([1], np.int64))], "cid_col"),
                           b.const("branch_index", np.arange(k, dtype=np.int64))], "branch_mask")
@@ -151,10 +163,10 @@ def _onehot_middle(b: _Builder, u: ir.Value, cid: ir.Value, f: EmbeddingFactoriz
                          b.op("Unsqueeze", [u, b.const("axis1_u", np.array([1], np.int64))], "u_row")],
                  "branch_inputs")
     block = b.op("Reshape", [block, b.const("block_shape", np.array([-1, k * j], np.int64))], "block")
-    return b.op("MatMul", [block, b.const("V", f.V.reshape(k * j, d).astype(np_dtype))], "recombined")
+    return b.op("MatMul", [block, _branch_weights(b, "V", f.V.reshape(k * j, d), np_dtype)], "recombined")
 
 
-def _grouped_middle(b: _Builder, u: ir.Value, cid: ir.Value, flat: ir.Value, f: EmbeddingFactorization,
+def _grouped_middle(b: Builder, u: ir.Value, cid: ir.Value, flat: ir.Value, f: EmbeddingFactorization,
                     np_dtype) -> ir.Value:
     zeros_shape = b.op("Concat", [b.op("Shape", [flat], "n_tokens"),
                                   b.const("dim_", np.array([f.dim], np.int64))], "zeros_shape", axis=0)
@@ -164,29 +176,6 @@ def _grouped_middle(b: _Builder, u: ir.Value, cid: ir.Value, flat: ir.Value, f: 
         hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"branch{c}/hit")
         rows = b.op("Transpose", [b.op("NonZero", [hit], f"branch{c}/nonzero")], f"branch{c}/rows")
         u_c = b.op("GatherND", [u, rows], f"branch{c}/u")
-        y_c = b.op("MatMul", [u_c, b.const(f"branch{c}/V", f.V[c].astype(np_dtype))], f"branch{c}/y")
+        y_c = b.op("MatMul", [u_c, _branch_weights(b, f"branch{c}/V", f.V[c], np_dtype)], f"branch{c}/y")
         out = b.op("ScatterND", [out, rows, y_c], f"branch{c}/out")
     return out
-
-
-class _Builder:
-    """Inserts named nodes before `anchor` and registers initializers, all under projclust/."""
-
-    def __init__(self, graph: ir.Graph, anchor: ir.Node) -> None:
-        self.graph = graph
-        self.anchor = anchor
-
-    def const(self, name: str, array: np.ndarray) -> ir.Value:
-        full = f"{PREFIX}/{name}"
-        array = np.require(array, requirements="C")  # ascontiguousarray would make 0-d arrays 1-d
-        tensor = ir.tensor(array, name=full)
-        value = ir.Value(name=full, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
-                         const_value=tensor)
-        self.graph.register_initializer(value)
-        return value
-
-    def op(self, op_type: str, inputs: list[ir.Value], name: str, **attributes) -> ir.Value:
-        node = ir.node(op_type, inputs, attributes or None, name=f"{PREFIX}/{name}")
-        node.outputs[0].name = f"{PREFIX}/{name}"
-        self.graph.insert_before(self.anchor, node)
-        return node.outputs[0]

@@ -1,4 +1,4 @@
-"""Our rewrite followed by onnx-ir's common clean-ups, as one PassManager."""
+"""Each rewrite followed by onnx-ir's common clean-ups, as one PassManager."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from onnx_ir.passes.common import CheckerPass, RemoveUnusedNodesPass, Topologica
 from projclust_onnx.passes.factorize_embedding import DEFAULT_LAYOUT, FactorizeEmbeddingPass
 
 
-def factorize_embedding_pipeline(factorization, layout: str = DEFAULT_LAYOUT,
-                                 ids_input: str = "input_ids") -> ir.passes.PassManager:
-    """Rewrite, drop the dead table, sort, then run onnx.checker with full shape inference."""
-    return ir.passes.PassManager([
-        FactorizeEmbeddingPass(factorization, layout=layout, ids_input=ids_input),
-        RemoveUnusedNodesPass(),
-        TopologicalSortPass(),
-        CheckerPass(full_check=True),
-    ])
+def with_cleanup(rewrite: ir.passes.PassBase) -> ir.passes.PassManager:
+    """Rewrite, drop what it left unused, sort, then run onnx.checker with full shape inference."""
+    return ir.passes.PassManager([rewrite, RemoveUnusedNodesPass(), TopologicalSortPass(),
+                                  CheckerPass(full_check=True)])
+
+
+def factorize_embedding_pipeline(factorization, layout: str = DEFAULT_LAYOUT, ids_input: str = "input_ids",
+                                 lookup_form: str = "contrib") -> ir.passes.PassManager:
+    return with_cleanup(FactorizeEmbeddingPass(factorization, layout=layout, ids_input=ids_input,
+                                               lookup_form=lookup_form))

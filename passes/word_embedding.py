@@ -1,11 +1,16 @@
 """Find the word-embedding lookup of an exported transformer by its structure.
 
-The word embedding is a Gather (axis 0) whose data is a 2-D floating-point
-initializer and whose indices come from the token-id graph input, directly or
-through shape-only ops (Cast, Reshape, Squeeze, Unsqueeze, Flatten, Identity).
-Initializer names are never consulted: they differ by head and exporter.
-Position and token-type tables are Gathers too, but their indices come from other
-inputs or are computed, so they are rejected (and logged with the reason).
+The word embedding is a lookup of rows of a 2-D initializer whose indices come from
+the token-id graph input, directly or through shape-only ops (Cast, Reshape,
+Squeeze, Unsqueeze, Flatten, Identity). Three stored forms are recognised::
+
+    float table:      Gather(table, ids)                                   -> embeddings
+    quantize_dynamic: Gather(uint8 table, ids) -> DequantizeLinear(scale, zero point) -> embeddings
+    block-quantized:  com.microsoft.GatherBlockQuantized(codes, ids, scales[, zero points]) -> embeddings
+
+Initializer names are never consulted: they differ by head and exporter. Position and
+token-type tables are lookups too, but their indices come from other inputs or are
+computed, so they are rejected (and logged with the reason).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 
 logger = logging.getLogger(__name__)
@@ -28,24 +34,75 @@ _INT_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT3
 
 @dataclass
 class EmbeddingMatch:
-    """One word-embedding lookup: the Gather, its table initializer and the ids input."""
+    """One word-embedding lookup.
 
-    gather: ir.Node
+    lookup: the node reading the token ids (Gather or GatherBlockQuantized); table: the
+    stored table (float, or quantized codes); output: the float embeddings; nodes: what
+    a rewrite replaces (the lookup, and a DequantizeLinear after it); storage: how the
+    table is stored, e.g. "float", "int8 per-tensor", "int4 block 32".
+    """
+
+    lookup: ir.Node
     table: ir.Value
     ids_input: ir.Value
+    output: ir.Value = None
+    nodes: list[ir.Node] = field(default_factory=list)
+    storage: str = "float"
+
+    def __post_init__(self) -> None:
+        # Read once, while the lookup is in the graph: a rewrite detaches its inputs.
+        self.output = self.output or self.lookup.outputs[0]
+        self.nodes = self.nodes or [self.lookup]
+        self._stored_bytes = sum(v.const_value.nbytes for node in self.nodes for v in node.inputs
+                                 if v is not None and v.const_value is not None and v is not self.lookup.inputs[1])
+        n, width = (int(x) for x in self.table.const_value.shape)
+        if self.storage == "float":
+            self._dtype, self._bits, self._shape = self.table.const_value.dtype, None, (n, width)
+        elif self.lookup.op_type == "Gather":  # quantize_dynamic: the scale's type is the embeddings'
+            self._dtype, self._bits, self._shape = self.nodes[-1].inputs[1].const_value.dtype, 8, (n, width)
+        else:
+            bits = self.lookup.attributes["bits"].as_int() if "bits" in self.lookup.attributes else 4
+            packed = bits == 4 and self.table.const_value.dtype == ir.DataType.UINT8
+            self._dtype, self._bits = self.lookup.inputs[2].const_value.dtype, bits
+            self._shape = (n, width * 2 if packed else width)
+
+    @property
+    def gather(self) -> ir.Node:
+        return self.lookup
 
     @property
     def shape(self) -> tuple[int, int]:
-        n, d = self.table.const_value.shape
-        return int(n), int(d)
+        return self._shape
 
     @property
     def dtype(self) -> ir.DataType:
-        return self.table.const_value.dtype
+        """The float type of the embeddings the lookup produces."""
+        return self._dtype
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the initializers the lookup reads: the table, or its codes, scales and zero points."""
+        return self._stored_bytes
+
+    @property
+    def bits(self) -> int | None:
+        """Bits per stored value of a quantized table; None for a float table."""
+        return self._bits
+
+    def dense(self) -> np.ndarray:
+        """The table as the model sees it: float, dequantized as the runtime would."""
+        if self.storage == "float":
+            return self.table.const_value.numpy()
+        if self.lookup.op_type == "Gather":
+            dequant = self.nodes[-1]
+            scale, zero = (v.const_value.numpy() for v in dequant.inputs[1:3])
+            codes = self.table.const_value.numpy().astype(np.float32)
+            return ((codes - zero.astype(np.float32)) * scale).astype(scale.dtype)
+        return _block_quantized(self.lookup)[0].dequantize().astype(self.dtype.numpy())
 
     def other_consumers(self) -> list[ir.Node]:
         """Nodes besides the lookup that read the table (a tied LM head, typically)."""
-        return [node for node, _ in self.table.uses() if node is not self.gather]
+        return [node for node, _ in self.table.uses() if node is not self.lookup]
 
     def check_untied(self) -> None:
         """ValueError when another node reads the table: rewriting it would break that reader."""
@@ -67,12 +124,17 @@ class EmbeddingSearch:
     rejected: list[tuple[str, str]] = field(default_factory=list)
     factorized: list[ir.Node] = field(default_factory=list)
     fused: list[ir.Node] = field(default_factory=list)
+    standard_quantized: list[ir.Node] = field(default_factory=list)
 
     def single(self) -> EmbeddingMatch:
         """The one match; ValueError naming the rejections when there is none, or the candidates."""
         if not self.matches and self.factorized:
             raise ValueError("the word embedding is already factorized (a cluster-id lookup of the token ids was "
                              "found); compress the original model instead")
+        if not self.matches and self.standard_quantized:
+            raise ValueError("the word embedding is already stored block-quantized in the standard-opset form "
+                             "(integer codes, scales and zero points gathered by the token ids); compress the "
+                             "original model instead")
         if not self.matches and self.fused:
             raise ValueError(
                 f"the embeddings are fused into {self.fused[0].op_type} {self.fused[0].name!r} (ONNX Runtime's "
@@ -110,8 +172,90 @@ def _table_of(node: ir.Node) -> ir.Value | None:
     return data
 
 
+def _constants(node: ir.Node, first: int) -> bool:
+    return all(v is None or v.const_value is not None for v in node.inputs[first:])
+
+
+def _block_quantized(node: ir.Node):
+    """(BlockQuantized, bits) of a GatherBlockQuantized node's initializers, decoded to our layout."""
+    from projclust_onnx.quantization import BlockQuantized, pack4
+
+    data, _, scales, *rest = node.inputs
+    zero = rest[0] if rest else None
+    bits = node.attributes["bits"].as_int() if "bits" in node.attributes else 4
+    block = node.attributes["block_size"].as_int()
+    signed = data.const_value.dtype in (ir.DataType.INT4, ir.DataType.INT8)
+    if data.const_value.dtype in (ir.DataType.UINT4, ir.DataType.INT4):
+        codes = data.const_value.numpy().astype(np.int16)  # unpacked, one value per element
+    elif bits == 4:
+        from projclust_onnx.quantization import unpack4
+
+        packed = data.const_value.numpy()
+        codes = unpack4(packed, packed.shape[1] * 2).astype(np.int16)
+    else:
+        codes = data.const_value.numpy().astype(np.int16)
+    n, m = codes.shape
+    n_blocks = scales.const_value.shape[1]
+    if zero is None:
+        zeros = np.full((n, n_blocks), 0 if signed else 2 ** (bits - 1), np.int16)
+    elif zero.const_value.dtype in (ir.DataType.UINT4, ir.DataType.INT4) or bits == 8:
+        zeros = zero.const_value.numpy().astype(np.int16).reshape(n, -1)[:, :n_blocks]
+    else:
+        from projclust_onnx.quantization import unpack4
+
+        zeros = unpack4(zero.const_value.numpy(), n_blocks).astype(np.int16)
+    if signed:  # shift to the unsigned codes our layout stores: same values
+        half = 2 ** (bits - 1)
+        codes, zeros = codes + half, zeros + half
+    codes, zeros = codes.astype(np.uint8), zeros.astype(np.uint8)
+    if bits == 4:
+        codes, zeros = pack4(codes), pack4(zeros)
+    return BlockQuantized(codes, scales.const_value.numpy(), zeros, bits, block), bits
+
+
+def _lookup_of(node: ir.Node, search: EmbeddingSearch):
+    """(table, output, nodes, storage) when `node` is a row lookup of a stored table, else None (logged)."""
+    if node.op_type == "GatherBlockQuantized" and node.domain == "com.microsoft":
+        table = _table_of(node)
+        attrs = node.attributes
+        if table is None or not _constants(node, 2):
+            search.reject(node, "codes, scales or zero points are not initializers")
+            return None
+        if attrs.get("gather_axis") is not None and attrs["gather_axis"].as_int() != 0 or \
+                attrs.get("quantize_axis") is None or attrs["quantize_axis"].as_int() != 1 or \
+                len(table.const_value.shape) != 2:
+            search.reject(node, "not a 2-D table gathered along axis 0 and quantized along axis 1")
+            return None
+        bits = attrs["bits"].as_int() if "bits" in attrs else 4
+        return table, node.outputs[0], [node], f"int{bits} block {attrs['block_size'].as_int()}"
+    if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
+        return None
+    table = _table_of(node)
+    if table is None:
+        search.reject(node, "data is not an initializer")
+        return None
+    axis = node.attributes.get("axis")
+    if axis is not None and axis.as_int() != 0:
+        search.reject(node, f"gathers along axis {axis.as_int()}, not 0")
+        return None
+    dtype, rank = table.const_value.dtype, len(table.const_value.shape)
+    if rank == 2 and dtype in _FLOAT_TYPES:
+        return table, node.outputs[0], [node], "float"
+    readers = [n for n, _ in node.outputs[0].uses()]
+    if rank == 2 and dtype in (ir.DataType.UINT8, ir.DataType.INT8) and len(readers) == 1 and \
+            readers[0].op_type == "DequantizeLinear" and _constants(readers[0], 1) and \
+            all(v is None or v.const_value.size == 1 for v in readers[0].inputs[1:]):
+        return table, readers[0].outputs[0], [node, readers[0]], "int8 per-tensor"
+    if rank == 1 and dtype in _INT_TYPES:
+        return table, node.outputs[0], [node], "cluster ids"
+    if rank == 2 and dtype == ir.DataType.UINT8:
+        return table, node.outputs[0], [node], "codes"
+    search.reject(node, f"table is {rank}-D {dtype.name}, not a 2-D float or quantized table")
+    return None
+
+
 def search_word_embedding(graph: ir.Graph, ids_input: str = "input_ids") -> EmbeddingSearch:
-    """Every Gather in `graph` sorted into matches, already-factorized lookups and rejections."""
+    """Every lookup in `graph` sorted into matches, already-factorized lookups and rejections."""
     search = EmbeddingSearch()
     id_inputs = [v for v in graph.inputs if v.name == ids_input]
     if not id_inputs:
@@ -122,36 +266,40 @@ def search_word_embedding(graph: ir.Graph, ids_input: str = "input_ids") -> Embe
     for node in graph:
         if node.op_type == "EmbedLayerNormalization":
             search.fused.append(node)
-        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
+        if node.op_type == "GatherElements" and node.domain in ("", "ai.onnx"):
+            table = _table_of(node)
+            if table is not None and len(table.const_value.shape) == 1 and \
+                    _trace_to_graph_input(node.inputs[1]) is ids_value:
+                search.factorized.append(node)  # the cluster-id lookup our pass emits
             continue
-        table = _table_of(node)
-        if table is None:
-            search.reject(node, "data is not an initializer")
+        found = _lookup_of(node, search)
+        if found is None:
             continue
-        axis = node.attributes.get("axis")
-        if axis is not None and axis.as_int() != 0:
-            search.reject(node, f"gathers along axis {axis.as_int()}, not 0")
-            continue
-        source = _trace_to_graph_input(node.inputs[1])
-        if source is not ids_value:
+        table, output, nodes, storage = found
+        if _trace_to_graph_input(node.inputs[1]) is not ids_value:
             search.reject(node, f"indices do not come from the graph input {ids_input!r}")
             continue
-        rank = len(table.const_value.shape)
-        if rank == 1 and table.const_value.dtype in _INT_TYPES:
-            search.factorized.append(node)  # a cluster-id table: the pass already ran here
+        if storage == "cluster ids":
+            search.factorized.append(node)  # a cluster-id table of an older projclust-onnx output
             continue
-        if rank != 2 or table.const_value.dtype not in _FLOAT_TYPES:
-            search.reject(node, f"table is {rank}-D {table.const_value.dtype.name}, not a 2-D float table")
+        if storage == "codes":
+            search.standard_quantized.append(node)  # uint8 codes read without DequantizeLinear: builder.py
             continue
-        search.matches.append(EmbeddingMatch(node, table, ids_value))
+        search.matches.append(EmbeddingMatch(node, table, ids_value, output, nodes, storage))
+    # Float tables gathered by the same ids as uint8 codes are the scales of a block-quantized
+    # lookup in the standard-opset form, not word embeddings.
+    code_ids = {n.inputs[1] for n in search.standard_quantized}
+    for match in [m for m in search.matches if m.lookup.inputs[1] in code_ids]:
+        search.matches.remove(match)
+        search.reject(match.lookup, "scales of a block-quantized lookup (standard-opset form)")
     if search.factorized:
         # Lookups that share their ids with a cluster-id lookup are the U tables of a
         # factorized embedding, not word embeddings.
         factorized_ids = {n.inputs[1] for n in search.factorized}
         for match in list(search.matches):
-            if match.gather.inputs[1] in factorized_ids:
+            if match.lookup.inputs[1] in factorized_ids:
                 search.matches.remove(match)
-                search.reject(match.gather, "coefficient table of an already factorized embedding")
+                search.reject(match.lookup, "coefficient table of an already factorized embedding")
     return search
 
 

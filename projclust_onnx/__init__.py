@@ -26,7 +26,7 @@ _EXPORTS = {
     "factorized_size": "projclust_onnx.budget",
     "ProjClustConfig": "projclust_onnx.config",
     "ProjClustCompressor": "projclust_onnx.compressor",
-    "CompressionReport": "projclust_onnx.compressor",
+    "CompressionReport": "projclust_onnx.report",
 }
 
 __all__ = sorted(_EXPORTS)

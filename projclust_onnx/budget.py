@@ -1,14 +1,20 @@
-"""Parameter-budget arithmetic shared by the core, the pass, the config and the CLI.
+"""Budget arithmetic in bytes as stored, shared by the core, the pass, the config and the CLI.
 
 A factorized table stores U (n x j), the k branch matrices V (k x j x d) and, for
-k > 1, one cluster id per row. The ids are counted in parameter-equivalents: an
-id of `id_bytes` bytes costs id_bytes / param_bytes of a parameter (a uint8 id
-beside float32 tables is a quarter of a parameter). With k = 1 no ids are stored.
+k > 1, one cluster id per row. With quantize="none", U and V keep the table's dtype;
+with "int8" or "int4", U is block-quantized (quantization.BlockQuantized: codes,
+float16 scales, zero points) and V is float16. `compression` removes that fraction
+of the table's bytes, so 4-bit U buys a larger rank than float U at the same size.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from projclust_onnx.quantization import block_quantized_bytes
+
+QUANTIZE = ("none", "int8", "int4")
+BITS = {"int8": 8, "int4": 4}
 
 
 def id_dtype(n_clusters: int) -> np.dtype:
@@ -19,27 +25,63 @@ def id_dtype(n_clusters: int) -> np.dtype:
     raise ValueError(f"n_clusters={n_clusters} is too large")
 
 
+def factorized_bytes(n_rows: int, dim: int, n_clusters: int, rank: int, table_itemsize: int = 4,
+                     quantize: str = "none", block_size: int = 32) -> int:
+    """Bytes of U, V and the cluster ids as stored."""
+    ids = 0 if n_clusters == 1 else n_rows * id_dtype(n_clusters).itemsize
+    if quantize == "none":
+        return (n_rows * rank + n_clusters * rank * dim) * table_itemsize + ids
+    u = block_quantized_bytes(n_rows, rank, BITS[quantize], block_size)
+    return u + n_clusters * rank * dim * 2 + ids
+
+
 def factorized_size(n_rows: int, dim: int, n_clusters: int, rank: int, param_bytes: int = 4) -> float:
-    """Parameter-equivalents of the factorized table: n*j + k*j*d + ids."""
-    ids = 0.0 if n_clusters == 1 else n_rows * id_dtype(n_clusters).itemsize / param_bytes
-    return n_rows * rank + n_clusters * rank * dim + ids
+    """Parameter-equivalents of the float factorized table: n*j + k*j*d + ids (ids in bytes / param_bytes)."""
+    return factorized_bytes(n_rows, dim, n_clusters, rank, param_bytes) / param_bytes
 
 
-def rank_for_budget(n_rows: int, dim: int, n_clusters: int, compression: float, param_bytes: int = 4) -> int:
-    """The largest rank j with n*j + k*j*d + ids <= (1 - compression) * n * d.
+def rank_step(quantize: str, block_size: int) -> int:
+    """Ranks a storage allows: any for float U, multiples of the block for quantized U
+    (ONNX Runtime's CUDA GatherBlockQuantized is wrong on a partial last block)."""
+    return 1 if quantize == "none" else block_size
 
-    Raises ValueError when even j = 1 does not fit the budget.
+
+def rank_for_bytes(n_rows: int, dim: int, n_clusters: int, budget_bytes: float, table_itemsize: int = 4,
+                   quantize: str = "none", block_size: int = 32) -> int:
+    """The largest allowed rank j < dim whose factorized bytes fit budget_bytes; ValueError if none does."""
+    step = rank_step(quantize, block_size)
+    ids = factorized_bytes(n_rows, dim, n_clusters, 0, table_itemsize, quantize, block_size)
+    per_rank = factorized_bytes(n_rows, dim, n_clusters, step, table_itemsize, quantize, block_size) - ids
+    # Bytes grow almost linearly in j (packed zero points round per block): start one step
+    # above the linear estimate and step down until it fits.
+    rank = (int((budget_bytes - ids) // per_rank) + 1) * step if budget_bytes > ids else 0
+    rank = min(rank, (dim - 1) // step * step)
+    while rank >= step and factorized_bytes(n_rows, dim, n_clusters, rank, table_itemsize, quantize,
+                                            block_size) > budget_bytes:
+        rank -= step
+    if rank < 1:
+        raise ValueError(
+            f"{budget_bytes:,.0f} bytes with n_clusters={n_clusters} and quantize={quantize!r} leave no room for "
+            f"rank >= {step} on a {n_rows} x {dim} table; lower compression or n_clusters, or quantize")
+    return rank
+
+
+def rank_for_budget(n_rows: int, dim: int, n_clusters: int, compression: float, param_bytes: int = 4,
+                    quantize: str = "none", block_size: int = 32) -> int:
+    """The largest rank j whose factorized bytes are at most (1 - compression) of the table's bytes.
+
+    For float storage that is n*j + k*j*d + ids <= (1 - compression) * n * d parameter-equivalents.
+    Raises ValueError when even the smallest rank does not fit the budget.
     """
     if not 0.0 < compression < 1.0:
         raise ValueError(f"compression={compression} must lie in (0, 1), e.g. 0.4 for a 40% smaller table")
     if n_clusters < 1:
         raise ValueError(f"n_clusters={n_clusters} must be >= 1")
-    budget = (1.0 - compression) * n_rows * dim
-    ids = factorized_size(n_rows, dim, n_clusters, 0, param_bytes)
-    rank = int((budget - ids) // (n_rows + n_clusters * dim))
-    rank = min(rank, dim - 1)
-    if rank < 1:
+    budget = (1.0 - compression) * n_rows * dim * param_bytes
+    try:
+        return rank_for_bytes(n_rows, dim, n_clusters, budget, param_bytes, quantize, block_size)
+    except ValueError:
         raise ValueError(
-            f"compression={compression} with n_clusters={n_clusters} leaves no room for rank >= 1 "
-            f"on a {n_rows} x {dim} table; lower compression or n_clusters")
-    return rank
+            f"compression={compression} with n_clusters={n_clusters} leaves no room for rank >= "
+            f"{rank_step(quantize, block_size)} on a {n_rows} x {dim} table; lower compression or n_clusters"
+            + ("" if quantize == "int4" else ", or quantize the factors (int4)")) from None

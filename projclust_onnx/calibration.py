@@ -103,6 +103,16 @@ def calibration_counts(config, n_rows: int, tokenizer) -> np.ndarray:
     return _COUNTS_CACHE[key]
 
 
+def calibration_weights(config, n_rows: int, tokenizer) -> tuple[np.ndarray | None, int]:
+    """count + smoothing per row from the config's calibration text (None without any), and tokens counted.
+
+    What the chooser scores candidates by: how often inputs land on each row."""
+    if not config.uses_calibration:
+        return None, 0
+    counts = calibration_counts(config, n_rows, tokenizer)
+    return token_weights(counts, config.calibration_smoothing), int(counts.sum())
+
+
 def sample_weights(config, n_rows: int, tokenizer) -> tuple[np.ndarray | None, int, int]:
     """Row weights a ProjClustConfig asks for: calibration counts (+ smoothing), then special tokens.
 
@@ -110,10 +120,8 @@ def sample_weights(config, n_rows: int, tokenizer) -> tuple[np.ndarray | None, i
     """
     if not config.uses_calibration and (config.special_token_weight == 0 or tokenizer is None):
         return None, 0, 0
-    weights, n_tokens = np.ones(n_rows), 0
-    if config.uses_calibration:
-        counts = calibration_counts(config, n_rows, tokenizer)
-        weights, n_tokens = token_weights(counts, config.calibration_smoothing), int(counts.sum())
+    weights, n_tokens = calibration_weights(config, n_rows, tokenizer)
+    weights = np.ones(n_rows) if weights is None else weights
     special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < n_rows}) if tokenizer is not None else []
     if not special and not config.uses_calibration:
         return None, 0, 0

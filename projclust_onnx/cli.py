@@ -35,12 +35,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--compression", type=float, default=None,
-                        help="fraction of embedding parameters to remove, in (0, 1) (default: 0.4)")
+                        help="fraction of the table's bytes to remove, in (0, 1) (default: 0.4)")
     budget.add_argument("--rank", type=int, default=None, help="subspace dimension j, instead of --compression")
     parser.add_argument("--clusters", "-k", type=int, default=None,
                         help="number of clusters k (default: 5 for projclust, 1 for svd)")
     parser.add_argument("--method", choices=["projclust", "svd"], default="projclust",
                         help="projclust: k subspaces; svd: one subspace, the baseline (default: projclust)")
+    parser.add_argument("--quantize", choices=["none", "int8", "int4"], default=None,
+                        help="store U in 8 or 4 bits per value (blocks with float16 scales; V in float16); "
+                             "the budget then buys a larger rank (default: as the input table is stored, "
+                             "none for a float table)")
+    parser.add_argument("--block-size", type=int, default=32,
+                        help="values per quantization block, a power of two >= 16 (default: 32)")
+    parser.add_argument("--lookup-form", choices=["contrib", "standard"], default="contrib",
+                        help="how quantized storage is read: contrib (GatherBlockQuantized, ONNX Runtime) or "
+                             "standard (opset-13 operators only) (default: contrib)")
+    parser.add_argument("--target-ratio", type=float, default=None, metavar="R",
+                        help="choose the method, k, j and bits (plain quantization, SVD, projective clustering) "
+                             "with the lowest calibration-weighted error in table bytes / R; overrides "
+                             "--compression, --method, --clusters and --quantize (default: off)")
 
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +139,8 @@ def _config(args: argparse.Namespace):
     options = dict(method=args.method, n_clusters=args.clusters, rank=args.rank,
                    compression=args.compression if args.compression is not None else 0.4)
     for name in ("layout", "device", "seed", "calibration_text", "calibration_dataset", "calibration_column",
-                 "calibration_smoothing", "special_token_weight", "n_init", "ids_input"):
+                 "calibration_smoothing", "special_token_weight", "n_init", "ids_input", "quantize", "block_size",
+                 "lookup_form", "target_ratio"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
     return ProjClustConfig(**options)
@@ -144,10 +158,11 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from projclust_onnx.budget import factorized_size, id_dtype
+    from projclust_onnx.budget import BITS, factorized_bytes, id_dtype, rank_for_budget
     from projclust_onnx.compressor import ProjClustCompressor
     from projclust_onnx.model_files import load_model
     from projclust_onnx.passes import search_word_embedding
+    from projclust_onnx.quantization import block_quantized_bytes
 
     config = _config(args)
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
@@ -156,7 +171,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     search = search_word_embedding(model.graph, args.ids_input)
     rows = [("model file", str(compressor.onnx_path)), ("graph inputs", ", ".join(v.name for v in model.graph.inputs))]
     for name, reason in search.rejected:
-        rows.append(("rejected Gather", f"{name}: {reason}"))
+        rows.append(("rejected lookup", f"{name}: {reason}"))
     for node in search.factorized:
         rows.append(("already factorized", f"{node.name} (cluster-id lookup)"))
     if not search.matches:
@@ -164,27 +179,45 @@ def run_inspect(args: argparse.Namespace) -> int:
     for match in search.matches:
         n, d = match.shape
         tied = [f"{c.op_type} {c.name}" for c in match.other_consumers()]
-        rows.append(("word embedding",
-                     f"{match.gather.name}: table {match.table.name} ({n} x {d}, {match.dtype.name})"))
+        rows.append(("word embedding", f"{match.lookup.name}: table {match.table.name} ({n} x {d}, "
+                                       f"{match.dtype.name}, stored {match.storage})"))
         rows.append(("tied", ", ".join(tied) + " (refused)" if tied else "no"))
-        itemsize = match.table.const_value.numpy().dtype.itemsize
-        k = config.n_clusters
-        j = config.rank_for(n, d, itemsize)
-        ids = factorized_size(n, d, k, 0, itemsize)
-        budget = f"{(1 - config.compression) * n * d:,.0f}" if config.compression else "n/a (rank given)"
+        itemsize = match.dtype.numpy().itemsize
+        table_bytes = n * d * itemsize
+        if config.target_ratio:
+            rows.append(("target", f"{table_bytes:,} / {config.target_ratio:g} = "
+                                   f"{table_bytes / config.target_ratio:,.0f} bytes; the chooser compares plain "
+                                   "quantization, SVD and projective clustering with float, int8 and int4 U"))
+            continue
+        quantize = config.quantize or {None: "none", 8: "int8", 4: "int4"}[match.bits]
+        k, b = config.n_clusters, config.block_size
+        j = config.rank_for(n, d, itemsize, quantize, match.stored_bytes)
+        ids = n * id_dtype(k).itemsize if k > 1 else 0
+        if quantize == "none":
+            u_text, u_bytes, v_bytes = f"n*j*{itemsize} = {n}*{j}*{itemsize}", n * j * itemsize, k * j * d * itemsize
+            v_text = f"k*j*d*{itemsize}"
+        else:
+            u_bytes, v_bytes = block_quantized_bytes(n, j, BITS[quantize], b), k * j * d * 2
+            u_text = f"{quantize} codes, float16 scales and zero points per block of {b}: {n} rows x {j}"
+            v_text = "k*j*d*2 (float16)"
+        total = factorized_bytes(n, d, k, j, itemsize, quantize, b)
+        budget = f"{(1 - config.compression) * match.stored_bytes:,.0f}" if config.compression else \
+            "n/a (rank given)"
         rows += [
-            ("settings", f"method={config.method}, k={k}, j={j}" +
+            ("settings", f"method={config.method}, k={k}, j={j}, U {quantize}" +
              (f", compression={config.compression:.0%}" if config.compression else "")),
-            ("budget", f"n*j + k*j*d + ids = {n}*{j} + {k}*{j}*{d} + {ids:,.0f} = "
-                       f"{factorized_size(n, d, k, j, itemsize):,.0f} <= (1-c)*n*d = {budget}"),
-            ("cluster ids", f"{id_dtype(k).name}, {n * id_dtype(k).itemsize:,} bytes" if k > 1 else "none (k=1)"),
+            ("U bytes", f"{u_text} = {u_bytes:,}"),
+            ("V bytes", f"{v_text} = {k}*{j}*{d}*{v_bytes // max(k * j * d, 1)} = {v_bytes:,}"),
+            ("cluster ids", f"{id_dtype(k).name}, {ids:,} bytes" if k > 1 else "none (k=1)"),
+            ("budget (bytes)", f"U + V + ids = {total:,} <= (1-c) * stored table = {budget} (stored "
+                               f"{match.stored_bytes:,}; {table_bytes / total:.2f}x smaller than the "
+                               f"{match.dtype.name} table)"),
             ("embedding parameters",
              f"{n * d:,} -> {n * j + k * j * d:,} ({1 - (n * j + k * j * d) / (n * d):.1%} fewer)"),
         ]
         if config.compression and k > 1:
-            from projclust_onnx.budget import rank_for_budget
-
-            rows.append(("svd at same budget", f"j={rank_for_budget(n, d, 1, config.compression, itemsize)}"))
+            rows.append(("svd at same budget",
+                         f"j={rank_for_budget(n, d, 1, config.compression, itemsize, quantize, b)}"))
     print(format_table(args.title, rows))
     return 0
 

@@ -11,84 +11,26 @@ ORTModel classes and a plain onnxruntime.InferenceSession load as they are.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
+import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx_ir as ir
 
 from projclust_onnx.config import ProjClustConfig
 from projclust_onnx.model_files import copy_companions, load_model, model_bytes, resolve_onnx_file, save_model
 from projclust_onnx.output_dir import check_room, staged_directory
+from projclust_onnx.passes import DensifyEmbeddingPass, with_cleanup
+from projclust_onnx.passes.builder import PREFIX
 from projclust_onnx.plan import plan_compression
 from projclust_onnx.progress import Phases
+from projclust_onnx.report import REPORT_NAME, CompressionReport
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "projclust_report.json"
 TASKS = ("feature-extraction", "text-classification")
-
-
-@dataclass
-class CompressionReport:
-    """What one compression did; saved as projclust_report.json beside the model."""
-
-    source: str
-    output: str
-    method: str
-    n_clusters: int
-    rank: int
-    layout: str
-    table: str
-    n_rows: int
-    dim: int
-    dtype: str
-    embedding_params_before: int
-    embedding_params_after: int
-    cluster_id_bytes: int
-    embedding_bytes_before: int
-    embedding_bytes_after: int
-    file_bytes_before: int
-    file_bytes_after: int
-    relative_error: float
-    parity_max_abs_diff: float
-    parity_tolerance: float
-    calibration_tokens: int = 0
-    special_tokens: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def embedding_compression(self) -> float:
-        """Fraction of embedding parameters removed (cluster ids aside)."""
-        return 1.0 - self.embedding_params_after / self.embedding_params_before
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "embedding_compression": self.embedding_compression}
-
-    def save(self, directory: Path) -> Path:
-        path = Path(directory) / REPORT_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
-
-    def summary_rows(self) -> list[tuple[str, str]]:
-        mib = 2**20
-        return [
-            ("model", self.source),
-            ("output", self.output),
-            ("method", f"{self.method}, k={self.n_clusters}, j={self.rank}, layout={self.layout}"),
-            ("embedding table", f"{self.table} ({self.n_rows} x {self.dim}, {self.dtype})"),
-            ("embedding parameters", f"{self.embedding_params_before:,} -> {self.embedding_params_after:,} "
-                                     f"({self.embedding_compression:.1%} fewer; ids {self.cluster_id_bytes:,} B)"),
-            ("model file", f"{self.file_bytes_before / mib:.1f} MiB -> {self.file_bytes_after / mib:.1f} MiB"),
-            ("relative error", f"{self.relative_error:.4f}  (||E - E'||^2 / ||E||^2)"),
-            ("parity (max abs diff)", f"{self.parity_max_abs_diff:.2e} <= {self.parity_tolerance:g}"),
-            ("calibration tokens", f"{self.calibration_tokens:,}" if self.calibration_tokens else "none (unweighted)"),
-            ("special tokens", f"{self.special_tokens} fitted (nearly) exactly" if self.special_tokens else "none"),
-            ("time", ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())),
-        ]
 
 
 class ProjClustCompressor:
@@ -123,15 +65,14 @@ class ProjClustCompressor:
 
     def compress(self, save_dir: str | Path, config: ProjClustConfig | None = None, overwrite: bool = False,
                  verbose: bool | None = None, factorization=None) -> CompressionReport:
-        """Cluster the table, rewrite the graph, check it under ONNX Runtime, then write save_dir.
+        """Fit (or choose) the table's new storage, rewrite the graph, check it under ONNX Runtime, write save_dir.
 
         `factorization` (an EmbeddingFactorization, e.g. fine-tuned factors) skips the
-        clustering and is applied as it is. Every check that cannot depend on the fit
-        runs first; nothing is written unless every check passes; the input is only
-        read. `verbose` (default: when stderr is a terminal) reports each phase.
+        fit and is applied as it is. Every check that cannot depend on the fit runs
+        first; nothing is written unless every check passes; the input is only read.
+        `verbose` (default: when stderr is a terminal) reports each phase.
         """
         from projclust_onnx.parity import check_parity
-        from projclust_onnx.passes import factorize_embedding_pipeline, find_word_embedding
 
         config = config or ProjClustConfig()
         phases = Phases(verbose)
@@ -139,58 +80,105 @@ class ProjClustCompressor:
             plan = plan_compression(self.onnx_path, self.source_dir, Path(save_dir), config, overwrite=overwrite,
                                     factorization=factorization)
         n, d = plan.shape
-        table = plan.table
-        table32 = table.astype(np.float32)
+        table32 = plan.table.astype(np.float32)
         n_tokens = n_special = 0
+        choice = None
         with staged_directory(plan.save_dir, overwrite) as stage:
             # Room for the parity check's two models (the reference is as large as the input),
             # which are gone before the smaller output is written.
             check_room(stage, 2 * plan.input_bytes)
-            if factorization is None:
-                from projclust_onnx.calibration import sample_weights
-
+            if factorization is not None:
+                result = factorization
+            else:
                 with phases("weights", "weighting rows (tokenizer, calibration text)"):
-                    wants_tokenizer = config.uses_calibration or config.special_token_weight > 0
-                    tokenizer = self._tokenizer(required=config.uses_calibration) if wants_tokenizer else None
-                    weights, n_tokens, n_special = sample_weights(config, n, tokenizer)
-                with phases("clustering", f"clustering {n} x {d} rows: {config.method}, k={config.n_clusters}, "
-                                          f"j={plan.rank}"):
-                    factorization = fit_factorization(table32, config, plan.rank, weights, phases.verbose,
-                                                      dtype=table.dtype)
+                    weights, metric, n_tokens, n_special = self._weights(config, n)
+                if config.target_ratio is not None:
+                    with phases("clustering", f"choosing the storage of {n} x {d} rows within 1/"
+                                              f"{config.target_ratio:g} of its bytes"):
+                        choice = self._choose(plan, config, table32, weights, metric, phases)
+                    result = choice.result
+                else:
+                    with phases("clustering", f"clustering {n} x {d} rows: {config.method}, k={config.n_clusters}, "
+                                              f"j={plan.rank}, U {plan.quantize}"):
+                        result = fit_factorization(table32, config, plan.rank, weights, phases.verbose,
+                                                   dtype=plan.match.dtype.numpy(), quantize=plan.quantize)
 
             with phases("rewrite", "rewriting the graph"):
-                model = plan.model
-                reference = load_model(self.onnx_path)
-                dense = factorization.reconstruct().astype(table.dtype)
-                ref_table = find_word_embedding(reference.graph, config.ids_input).table
-                ref_table.const_value = ir.tensor(dense, name=ref_table.name)
-                factorize_embedding_pipeline(factorization, config.layout, config.ids_input)(model)
+                model, reference = plan.model, load_model(self.onnx_path)
+                with_cleanup(DensifyEmbeddingPass(dense_of(result), config.ids_input))(reference)
+                with_cleanup(rewrite_pass(result, config))(model)
 
             with phases("parity", "checking the rewritten model under ONNX Runtime"):
                 parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=n, dtype=plan.match.dtype,
                                       seed=config.seed, workdir=stage)
                 del reference
 
-            report = CompressionReport(
-                source=self.source, output=str(plan.save_dir), method=config.method, n_clusters=config.n_clusters,
-                rank=plan.rank, layout=config.layout, table=str(plan.match.table.name), n_rows=n, dim=d,
-                dtype=str(table.dtype), embedding_params_before=n * d,
-                embedding_params_after=factorization.n_params,
-                cluster_id_bytes=factorization.nbytes - factorization.U.nbytes - factorization.V.nbytes,
-                embedding_bytes_before=table.nbytes, embedding_bytes_after=factorization.nbytes,
-                file_bytes_before=plan.input_bytes, file_bytes_after=0,
-                relative_error=factorization.relative_error(table32),
-                parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
-                calibration_tokens=n_tokens, special_tokens=n_special, timings=phases.timings)
+            report = self._report(plan, config, result, parity, model, table32, n_tokens, n_special, choice,
+                                  phases.timings)
+            saved_config = config if config.target_ratio is not None else \
+                dataclasses.replace(config, quantize=plan.quantize)
             with phases("save", f"writing {plan.save_dir}"):
                 out_path = stage / self.onnx_path.name
                 save_model(model, out_path)
                 _check_saved(out_path)
                 copy_companions(self.source_dir, stage, skip={REPORT_NAME})
-                config.save_pretrained(stage)
+                saved_config.save_pretrained(stage)
                 report.file_bytes_after = model_bytes(out_path)
             report.save(stage)
         return report
+
+    def _weights(self, config: ProjClustConfig, n: int):
+        """(sample weights for the fit, calibration weights for the chooser's score, tokens, special tokens)."""
+        from projclust_onnx.calibration import calibration_weights, sample_weights
+
+        wants_tokenizer = config.uses_calibration or config.special_token_weight > 0
+        tokenizer = self._tokenizer(required=config.uses_calibration) if wants_tokenizer else None
+        weights, n_tokens, n_special = sample_weights(config, n, tokenizer)
+        metric, _ = calibration_weights(config, n, tokenizer)
+        return weights, metric, n_tokens, n_special
+
+    @staticmethod
+    def _choose(plan, config: ProjClustConfig, table32: np.ndarray, weights, metric, phases):
+        from projclust_onnx.chooser import choose
+
+        def fit(k: int, rank: int):
+            return estimator_for(dataclasses.replace(config, n_clusters=k, method="svd" if k == 1 else "projclust"),
+                                 rank, verbose=False).fit(table32, sample_weight=weights)
+
+        def say(text: str) -> None:
+            if phases.verbose:
+                print(f"  {text}", file=sys.stderr, flush=True)
+
+        n, d = plan.shape
+        return choose(table32, n * d * plan.itemsize / config.target_ratio, metric, fit=fit, sample_weight=weights,
+                      table_itemsize=plan.itemsize, progress=say)
+
+    def _report(self, plan, config, result, parity, model, table32, n_tokens, n_special, choice,
+                timings) -> CompressionReport:
+        from projclust_onnx.factorization import EmbeddingFactorization
+
+        n, d = plan.shape
+        written = sum(v.const_value.nbytes for name, v in model.graph.initializers.items()
+                      if name.startswith(f"{PREFIX}/") and v.const_value is not None)
+        factored = isinstance(result, EmbeddingFactorization)
+        if factored:
+            method = "svd" if result.n_clusters == 1 else "projclust"
+            quantize, block = result.quantize, (result.U_q.block_size if result.U_q is not None else None)
+            params, ids, k, rank = result.n_params, result.ids_nbytes, result.n_clusters, result.rank
+        else:
+            method, k, rank, ids, params = "quantize", None, None, 0, n * d
+            quantize, block = f"int{getattr(result, 'bits', 8)}", getattr(result, "block_size", None)
+        return CompressionReport(
+            source=self.source, output=str(plan.save_dir), method=method, n_clusters=k, rank=rank,
+            layout=config.layout, table=str(plan.match.table.name), n_rows=n, dim=d,
+            dtype=str(plan.match.dtype.numpy()), embedding_params_before=n * d, embedding_params_after=params,
+            cluster_id_bytes=ids, embedding_bytes_before=plan.stored_bytes, embedding_bytes_after=written,
+            file_bytes_before=plan.input_bytes, file_bytes_after=0,
+            relative_error=_relative_error(table32, dense_of(result)),
+            parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
+            storage_before=plan.match.storage, quantize=quantize, block_size=block,
+            lookup_form=config.lookup_form if quantize != "none" else None, calibration_tokens=n_tokens,
+            special_tokens=n_special, choice=choice.to_dict() if choice is not None else None, timings=timings)
 
     def _tokenizer(self, required: bool):
         """The model directory's tokenizer; None (with a warning) when absent and not required."""
@@ -206,18 +194,47 @@ class ProjClustCompressor:
             return None
 
 
-def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sample_weight=None,
-                      verbose: bool = False, dtype=np.float32):
-    """Cluster `table` as `config` says and factorize it: the one place settings meet the estimator."""
+def estimator_for(config: ProjClustConfig, rank: int, verbose: bool = False):
+    """The ProjectiveClustering a config describes: the one place settings meet the estimator."""
     from projclust_onnx.clustering import ProjectiveClustering
+
+    return ProjectiveClustering(
+        config.n_clusters, rank, init=config.init, n_init=config.n_init, anneal_steps=config.anneal_steps,
+        max_iter=config.max_iter, tol=config.tol, z=config.z, device=config.device,
+        random_state=config.seed, verbose=verbose)
+
+
+def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sample_weight=None,
+                      verbose: bool = False, dtype=np.float32, quantize: str = "none"):
+    """Cluster `table` as `config` says and factorize it, U quantized as `quantize` says."""
+    from projclust_onnx.budget import BITS
     from projclust_onnx.factorization import EmbeddingFactorization
 
     table32 = np.asarray(table, dtype=np.float32)
-    estimator = ProjectiveClustering(
-        config.n_clusters, rank, init=config.init, n_init=config.n_init, anneal_steps=config.anneal_steps,
-        max_iter=config.max_iter, tol=config.tol, z=config.z, device=config.device,
-        random_state=config.seed, verbose=verbose).fit(table32, sample_weight=sample_weight)
-    return EmbeddingFactorization.from_estimator(estimator, table32, dtype=dtype)
+    estimator = estimator_for(config, rank, verbose).fit(table32, sample_weight=sample_weight)
+    factorization = EmbeddingFactorization.from_estimator(estimator, table32, dtype=dtype)
+    if quantize != "none":
+        factorization = factorization.quantized(BITS[quantize], config.block_size, table32, sample_weight)
+    return factorization
+
+
+def dense_of(result) -> np.ndarray:
+    """The dense table a factorization or a quantized table stands for."""
+    return result.reconstruct() if hasattr(result, "reconstruct") else result.dequantize()
+
+
+def rewrite_pass(result, config: ProjClustConfig):
+    """The pass that writes `result` into the graph: the k-branch factors, or plain quantized storage."""
+    from projclust_onnx.passes import FactorizeEmbeddingPass, QuantizeEmbeddingPass
+
+    if hasattr(result, "reconstruct"):
+        return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form)
+    return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form)
+
+
+def _relative_error(table: np.ndarray, approx: np.ndarray) -> float:
+    X = np.asarray(table, dtype=np.float64)
+    return float(((X - approx.astype(np.float64)) ** 2).sum() / (X ** 2).sum())
 
 
 def _check_saved(path: Path) -> None:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from projclust_onnx.budget import factorized_size, rank_for_budget
+from projclust_onnx.budget import QUANTIZE, factorized_bytes, rank_for_budget, rank_for_bytes
 from projclust_onnx.errors import SettingError
 
 CONFIG_NAME = "projclust_config.json"
@@ -26,9 +26,20 @@ class ProjClustConfig:
     Attributes:
         method: "projclust" (k subspaces) or "svd" (one subspace: k = 1).
         n_clusters: k; None means 5 for projclust and 1 for svd.
-        compression: fraction of the table's parameters to remove (0.4 = 40% smaller),
-            converted to the largest rank that fits (see budget.rank_for_budget).
+        compression: fraction of the table's bytes, as stored, to remove (0.4 = 40% smaller; for a
+            table ONNX Runtime stored in int8, 40% fewer bytes than that int8 table), converted to
+            the largest rank that fits (see budget.rank_for_budget).
         rank: j, given directly instead of compression.
+        quantize: how U is stored: "none" (the table's float type), "int8" or "int4" (blocks along
+            j with float16 scales and zero points; V in float16). None: as the input table is stored
+            (none for a float table, int8/int4 for a table ONNX Runtime's quantizers stored so).
+        block_size: values per quantization block (a power of two >= 16); quantized ranks are
+            multiples of it. The chooser (target_ratio) tries 32, 64 and 128 itself.
+        lookup_form: how quantized storage is read: "contrib" (com.microsoft.GatherBlockQuantized)
+            or "standard" (opset-13 operators only, for runtimes without contrib ops).
+        target_ratio: pick the method, k, j and bits (plain quantization, SVD, projective
+            clustering) that minimise the weighted reconstruction error within the float table's
+            bytes / target_ratio; method, n_clusters, compression, rank and quantize are then chosen.
         layout: runtime subgraph, "grouped" or "onehot" (see passes.factorize_embedding).
         init, n_init, anneal_steps, max_iter, tol, z: ProjectiveClustering settings.
         seed: random_state of the clustering and of the parity check's inputs.
@@ -48,6 +59,10 @@ class ProjClustConfig:
     n_clusters: int | None = None
     compression: float | None = 0.4
     rank: int | None = None
+    quantize: str | None = None
+    block_size: int = 32
+    lookup_form: str = "contrib"
+    target_ratio: float | None = None
     layout: str = "grouped"
     init: str = "kmeans"
     n_init: int = 10
@@ -66,18 +81,36 @@ class ProjClustConfig:
 
     def __post_init__(self) -> None:
         from projclust_onnx.clustering import INIT_METHODS
+        from projclust_onnx.passes.builder import LOOKUP_FORMS
         from projclust_onnx.passes.factorize_embedding import LAYOUTS
 
         _choice("method", self.method, METHODS)
         if self.n_clusters is None:
             self.n_clusters = 1 if self.method == "svd" else DEFAULT_CLUSTERS
         _whole("n_clusters", self.n_clusters, 1)
+        if self.quantize is not None:
+            _choice("quantize", self.quantize, QUANTIZE)
+        _whole("block_size", self.block_size, 16)
+        if self.block_size & (self.block_size - 1):
+            raise SettingError("block_size", f"{{}}={self.block_size} must be a power of two >= 16 "
+                               "(ONNX Runtime's GatherBlockQuantized)")
+        _choice("lookup_form", self.lookup_form, LOOKUP_FORMS)
+        if self.target_ratio is not None:
+            _number("target_ratio", self.target_ratio)
+            if self.target_ratio <= 1:
+                raise SettingError("target_ratio", f"{{}}={self.target_ratio} must be > 1, e.g. 10 for a table "
+                                   "ten times smaller")
+            if self.rank is not None:
+                raise SettingError("target_ratio", "give {} or rank, not both: the chooser picks the rank")
+            self.compression = None
         if self.method == "svd" and self.n_clusters != 1:
             raise SettingError("n_clusters", f"{{}}={self.n_clusters} must be 1 with method svd, the one-cluster "
                                "case; use method projclust for k > 1")
         if self.rank is not None:
             self.compression = None
             _whole("rank", self.rank, 1)
+        elif self.target_ratio is not None:
+            pass
         elif self.compression is None:
             raise SettingError("compression", "give {} (e.g. 0.4) or rank")
         else:
@@ -102,16 +135,27 @@ class ProjClustConfig:
             self.calibration_text = [self.calibration_text]  # one file, not a list of its characters
         self.calibration_text = [str(p) for p in self.calibration_text]
 
-    def rank_for(self, n_rows: int, dim: int, param_bytes: int = 4) -> int:
-        """The rank j this config gives a table of n_rows x dim."""
+    def rank_for(self, n_rows: int, dim: int, param_bytes: int = 4, quantize: str | None = None,
+                 stored_bytes: int | None = None) -> int:
+        """The rank j this config gives a table of n_rows x dim whose values are param_bytes wide
+        (the float type the model computes in) and which is stored in stored_bytes (default:
+        as floats; less for a table ONNX Runtime already quantized)."""
+        quantize = quantize or self.quantize or "none"
         if self.rank is None:
-            return rank_for_budget(n_rows, dim, self.n_clusters, self.compression, param_bytes)
+            if stored_bytes is None or stored_bytes == n_rows * dim * param_bytes:
+                return rank_for_budget(n_rows, dim, self.n_clusters, self.compression, param_bytes, quantize,
+                                       self.block_size)
+            return rank_for_bytes(n_rows, dim, self.n_clusters, (1 - self.compression) * stored_bytes, param_bytes,
+                                  quantize, self.block_size)
         if self.rank >= dim:
             raise SettingError("rank", f"{{}}={self.rank} must be < the table's dim={dim}")
-        size = factorized_size(n_rows, dim, self.n_clusters, self.rank, param_bytes)
-        if size >= n_rows * dim:
-            raise SettingError("rank", f"{{}}={self.rank} with n_clusters={self.n_clusters} stores {size:,.0f} "
-                               f"parameter-equivalents, no fewer than the {n_rows} x {dim} table's {n_rows * dim:,}; "
+        if quantize != "none" and self.rank % self.block_size:
+            raise SettingError("rank", f"{{}}={self.rank} must be a multiple of block_size={self.block_size} "
+                               "with quantized factors")
+        size = factorized_bytes(n_rows, dim, self.n_clusters, self.rank, param_bytes, quantize, self.block_size)
+        if size >= n_rows * dim * param_bytes:
+            raise SettingError("rank", f"{{}}={self.rank} with n_clusters={self.n_clusters} stores {size:,} bytes, "
+                               f"no fewer than the {n_rows} x {dim} table's {n_rows * dim * param_bytes:,}; "
                                "lower the rank or use compression")
         return self.rank
 

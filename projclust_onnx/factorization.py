@@ -2,7 +2,9 @@
 
 This is what the graph pass and the PyTorch module consume. It is built from a
 fitted ProjectiveClustering (any k, k=1 being the SVD baseline) and the matrix it
-was fitted on, and it travels as one safetensors file.
+was fitted on, and it travels as one safetensors file. U may be stored quantized
+(`U_q`, ONNX Runtime's block layout); then U holds the values the runtime decodes
+and V, in float16, is refit to them.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ import numpy as np
 
 from projclust_onnx.budget import factorized_size, id_dtype
 from projclust_onnx.clustering import ProjectiveClustering
+from projclust_onnx.quantization import BlockQuantized
 
 __all__ = ["EmbeddingFactorization"]
 
 
 @dataclass
 class EmbeddingFactorization:
-    """Cluster ids of shape (n,), coefficients U of shape (n, j), branches V of shape (k, j, d)."""
+    """Cluster ids of shape (n,), coefficients U of shape (n, j), branches V of shape (k, j, d),
+    and optionally U's quantized storage U_q (then U is U_q.dequantize())."""
 
     labels: np.ndarray
     U: np.ndarray
     V: np.ndarray
+    U_q: BlockQuantized | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels).astype(id_dtype(self.V.shape[0]))
@@ -44,6 +49,29 @@ class EmbeddingFactorization:
         U = estimator.transform(X).astype(dtype)
         V = np.ascontiguousarray(np.transpose(estimator.bases_, (0, 2, 1))).astype(dtype)
         return cls(labels=labels, U=U, V=V)
+
+    def quantized(self, bits: int, block_size: int, X, sample_weight=None) -> EmbeddingFactorization:
+        """U stored in `bits`-bit blocks; V refit to the decoded U, per cluster, by weighted least squares
+        against X of shape (n, d), and stored in float16. The refit takes back much of the rounding error."""
+        U_q = BlockQuantized.quantize(self.U, bits, block_size)
+        U = U_q.dequantize()
+        X = np.asarray(X, dtype=np.float64)
+        w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        w = w / w.max()
+        V = np.empty(self.V.shape, dtype=np.float64)
+        for c in range(self.n_clusters):
+            rows = self.labels == c
+            A = U[rows].astype(np.float64) * np.sqrt(w[rows])[:, None]
+            gram = A.T @ A
+            ridge = 1e-8 * (np.trace(gram) / len(gram) + 1e-30)  # rows < j or an empty cluster: stay defined
+            V[c] = np.linalg.solve(gram + ridge * np.eye(len(gram)),
+                                   A.T @ (X[rows] * np.sqrt(w[rows])[:, None]))
+        return EmbeddingFactorization(labels=self.labels, U=U, V=V.astype(np.float16), U_q=U_q)
+
+    @property
+    def quantize(self) -> str:
+        """How U is stored: "none", "int8" or "int4"."""
+        return "none" if self.U_q is None else f"int{self.U_q.bits}"
 
     @property
     def n_rows(self) -> int:
@@ -68,9 +96,16 @@ class EmbeddingFactorization:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of U, V and, for k > 1, the ids."""
-        ids = self.labels.nbytes if self.n_clusters > 1 else 0
-        return self.U.nbytes + self.V.nbytes + ids
+        """Bytes of U (as stored), V and, for k > 1, the ids."""
+        return self.U_nbytes + self.V.nbytes + self.ids_nbytes
+
+    @property
+    def U_nbytes(self) -> int:
+        return self.U.nbytes if self.U_q is None else self.U_q.nbytes
+
+    @property
+    def ids_nbytes(self) -> int:
+        return self.labels.nbytes if self.n_clusters > 1 else 0
 
     def size_in_params(self) -> float:
         """Parameter-equivalents as counted by the budget (ids included)."""
@@ -78,10 +113,11 @@ class EmbeddingFactorization:
 
     def reconstruct(self) -> np.ndarray:
         """The dense (n, d) table this factorization stands for."""
-        out = np.empty((self.n_rows, self.dim), dtype=self.U.dtype)
+        dtype = self.U.dtype if self.U_q is None else np.float32
+        out = np.empty((self.n_rows, self.dim), dtype=dtype)
         for c in range(self.n_clusters):
             rows = self.labels == c
-            out[rows] = self.U[rows] @ self.V[c]
+            out[rows] = self.U[rows].astype(dtype) @ self.V[c].astype(dtype)
         return out
 
     def relative_error(self, X) -> float:
@@ -95,18 +131,29 @@ class EmbeddingFactorization:
 
         meta = {"format": "projclust-onnx/embedding-factorization",
                 "shape": json.dumps([self.n_rows, self.rank, self.n_clusters, self.dim])}
-        save_file({"labels": np.ascontiguousarray(self.labels), "U": np.ascontiguousarray(self.U),
-                   "V": np.ascontiguousarray(self.V)}, str(path), metadata=meta)
+        tensors = {"labels": self.labels, "U": self.U, "V": self.V}
+        if self.U_q is not None:
+            meta["U_q"] = json.dumps({"bits": self.U_q.bits, "block_size": self.U_q.block_size})
+            tensors.update(U_q_data=self.U_q.data, U_q_scales=self.U_q.scales, U_q_zero_points=self.U_q.zero_points)
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingFactorization:
+        from safetensors import safe_open
         from safetensors.numpy import load_file
 
         try:
             tensors = load_file(str(path))
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
         except Exception as err:  # safetensors raises several types for a bad file
             raise ValueError(f"{path} is not a readable factorization file: {err}") from err
         missing = {"labels", "U", "V"} - tensors.keys()
         if missing:
             raise ValueError(f"{path} lacks tensors {sorted(missing)}; was it written by EmbeddingFactorization.save?")
-        return cls(labels=tensors["labels"], U=tensors["U"], V=tensors["V"])
+        U_q = None
+        if "U_q" in meta:
+            spec = json.loads(meta["U_q"])
+            U_q = BlockQuantized(tensors["U_q_data"], tensors["U_q_scales"], tensors["U_q_zero_points"],
+                                 spec["bits"], spec["block_size"])
+        return cls(labels=tensors["labels"], U=tensors["U"], V=tensors["V"], U_q=U_q)

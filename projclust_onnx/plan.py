@@ -28,12 +28,19 @@ class CompressionPlan:
     save_dir: Path
     model: ir.Model
     match: object  # passes.EmbeddingMatch
-    rank: int
+    rank: int | None  # None when the chooser picks it (target_ratio)
+    quantize: str  # how U is stored: the config's choice, else as the input table was stored
     input_bytes: int
+    stored_bytes: int  # bytes of the initializers the lookup reads (codes, scales, zero points)
 
     @property
     def table(self) -> np.ndarray:
-        return self.match.table.const_value.numpy()
+        """The float table the model sees (dequantized when stored quantized)."""
+        return self.match.dense()
+
+    @property
+    def itemsize(self) -> int:
+        return self.match.dtype.numpy().itemsize
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -58,11 +65,16 @@ def plan_compression(onnx_path: Path, source_dir: Path, save_dir: Path, config: 
     n, d = match.shape
     if config.n_clusters > n:
         raise SettingError("n_clusters", f"{{}}={config.n_clusters} must be <= the table's {n} rows")
-    if factorization is None:
-        rank = config.rank_for(n, d, match.table.const_value.numpy().dtype.itemsize)
+    quantize = config.quantize or {None: "none", 8: "int8", 4: "int4"}[match.bits]
+    itemsize = match.dtype.numpy().itemsize
+    if config.target_ratio is not None:
+        rank = None
+    elif factorization is None:
+        rank = config.rank_for(n, d, itemsize, quantize, match.stored_bytes)
     elif (factorization.n_rows, factorization.dim) != (n, d):
         raise ValueError(f"the factorization is {factorization.n_rows} x {factorization.dim} but the table "
                          f"is {n} x {d}")
     else:
         rank = factorization.rank
-    return CompressionPlan(onnx_path, save_dir, model, match, rank, model_bytes(onnx_path))
+    return CompressionPlan(onnx_path, save_dir, model, match, rank, quantize, model_bytes(onnx_path),
+                           match.stored_bytes)

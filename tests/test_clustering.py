@@ -295,3 +295,22 @@ def test_one_progress_bar_per_phase_with_totals(capsys):
     assert "seeding" in err and "3/3" in err
     assert "annealing" in err and "4/4" in err
     assert "Lloyd" in err
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(10, 200_000), d=st.integers(17, 4096), k=st.integers(1, 64),
+       compression=st.floats(0.3, 0.98), quantize=st.sampled_from(["int8", "int4"]),
+       block=st.sampled_from([16, 32, 64, 128]))
+def test_quantized_rank_is_the_largest_whole_block_rank_that_fits(n, d, k, compression, quantize, block):
+    """Issue 8: the byte budget with quantized U, including packed zero points that round per block."""
+    from projclust_onnx.budget import factorized_bytes
+
+    budget = (1 - compression) * n * d * 4
+    try:
+        j = rank_for_budget(n, d, k, compression, quantize=quantize, block_size=block)
+    except ValueError:
+        assert factorized_bytes(n, d, k, block, 4, quantize, block) > budget or block >= d
+        return
+    assert j % block == 0 and block <= j < d
+    assert factorized_bytes(n, d, k, j, 4, quantize, block) <= budget
+    assert j + block >= d or factorized_bytes(n, d, k, j + block, 4, quantize, block) > budget

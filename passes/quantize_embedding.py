@@ -1,0 +1,70 @@
+"""Store the word table quantized, as ONNX Runtime's own quantizers would: no factorization.
+
+What the chooser produces when plain quantization beats the factors at the asked size::
+
+    block-quantized:  ids -> GatherBlockQuantized(codes, ids, scales, zero points) [-> Cast] -> embeddings
+                      (or the standard-opset form, builder.py)
+    per-tensor int8:  ids -> Gather(uint8 table) -> DequantizeLinear(scale, zero point)       -> embeddings
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+from projclust_onnx.passes.builder import (
+    LOOKUP_FORMS,
+    Builder,
+    block_quantized_lookup,
+    per_tensor_lookup,
+    replace_lookup,
+)
+from projclust_onnx.passes.word_embedding import search_word_embedding
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QuantizeEmbeddingPass"]
+
+
+class QuantizeEmbeddingPass(ir.passes.InPlacePass):
+    """Replace the word-embedding lookup with a lookup of `quantized` (BlockQuantized or PerTensorQuantized).
+
+    Attributes:
+        quantized: the table, already quantized (the pass quantizes nothing itself).
+        ids_input: name of the token-id graph input.
+        lookup_form: "contrib" or "standard", for block quantization.
+    """
+
+    def __init__(self, quantized, ids_input: str = "input_ids", lookup_form: str = "contrib") -> None:
+        super().__init__()
+        if lookup_form not in LOOKUP_FORMS:
+            raise ValueError(f"lookup_form={lookup_form!r} must be one of {LOOKUP_FORMS}")
+        self.quantized = quantized
+        self.ids_input = ids_input
+        self.lookup_form = lookup_form
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        try:
+            match = search_word_embedding(model.graph, self.ids_input).single()
+            match.check_untied()
+        except ValueError as err:
+            raise ir.passes.PreconditionError(str(err)) from err
+        if match.shape != self.quantized.shape:
+            raise ir.passes.PreconditionError(
+                f"the quantized table is {self.quantized.shape} but the model's is {match.shape}")
+        np_dtype = match.dtype.numpy()
+        b = Builder(model.graph, match.nodes[-1])
+        ids = match.lookup.inputs[1]
+        if hasattr(self.quantized, "block_size"):
+            flat = b.op("Reshape", [ids, b.const("flat_shape", np.array([-1], np.int64))], "flat_ids")
+            rows = block_quantized_lookup(b, self.quantized, flat, self.lookup_form, "table")
+            rows = b.cast(rows, np_dtype, "table/rows_cast", self.quantized.scales.dtype)
+            out_shape = b.op("Concat", [b.op("Shape", [ids], "ids_shape"),
+                                        b.const("dim", np.array([self.quantized.shape[1]], np.int64))],
+                             "out_shape", axis=0)
+            out = b.op("Reshape", [rows, out_shape], "embeddings")
+        else:
+            out = b.cast(per_tensor_lookup(b, self.quantized, ids, "table"), np_dtype, "embeddings", np.float32)
+        replace_lookup(model.graph, match, out)
+        return ir.passes.PassResult(model, modified=True)

@@ -1,0 +1,157 @@
+"""Pick the storage of a word table within a byte budget: plain quantization, SVD or projective clustering.
+
+Every candidate that fits the budget (within 0.1%, so that quantize_dynamic's int8 table,
+with its scale and zero point, counts as 4x) is built as it would be stored and scored
+by the same measure, the weighted relative reconstruction error
+sum_i w_i ||x_i - x'_i||^2 / sum_i w_i ||x_i||^2, with w how often inputs land on each
+row (calibration counts + smoothing; uniform without calibration). The fits themselves
+use the full sample weights (special tokens included). The lowest error wins, so where
+ONNX Runtime's own quantization is better at that size, that is what the user gets.
+The candidates:
+
+- plain quantization of the table: quantize_dynamic's per-tensor int8, and block int8/int4
+  (GatherBlockQuantized) at several block sizes;
+- SVD (k = 1) and projective clustering (k in `clusters`), each with float U, and int8 and int4
+  U in blocks of 32, 64 and 128 (fewer scales buy rank), at the largest rank that fits. One
+  fit per k, at the largest of those ranks; the smaller ranks keep the clusters and truncate
+  each cluster's basis (the leading eigenvectors of the same second moment), so what is
+  scored is exactly what would be written.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from projclust_onnx.budget import BITS, QUANTIZE, factorized_bytes, rank_for_bytes
+from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized
+
+logger = logging.getLogger(__name__)
+
+PLAIN = (("int8", None), ("int8", 128), ("int8", 32), ("int4", 128), ("int4", 64), ("int4", 32))
+SLACK = 1.001
+
+
+@dataclass
+class Candidate:
+    """One way to store the table, as built and scored."""
+
+    method: str  # "quantize", "svd" or "projclust"
+    quantize: str
+    bytes: int
+    error: float
+    n_clusters: int | None = None
+    rank: int | None = None
+    block_size: int | None = None  # None with per-tensor int8
+
+    @property
+    def label(self) -> str:
+        storage = self.quantize if self.quantize == "none" else \
+            f"{self.quantize} " + (f"block {self.block_size}" if self.block_size else "per-tensor")
+        if self.method == "quantize":
+            return f"plain {storage}"
+        return f"{self.method} k={self.n_clusters} j={self.rank}, U {storage}"
+
+
+@dataclass
+class Choice:
+    """What the chooser compared and what it picked; `result` is the storage to write."""
+
+    budget_bytes: int
+    table_bytes: int
+    best: Candidate
+    candidates: list[Candidate]
+    result: object = field(repr=False)
+
+    @property
+    def reason(self) -> str:
+        runner_up = next((c for c in self.candidates if c is not self.best), None)
+        text = (f"{self.best.label}: the lowest weighted reconstruction error ({self.best.error:.4g}) of "
+                f"{len(self.candidates)} candidates within {self.budget_bytes:,} bytes "
+                f"(table {self.table_bytes:,} bytes / {self.table_bytes / self.budget_bytes:.3g})")
+        if runner_up is not None:
+            text += f"; next: {runner_up.label} ({runner_up.error:.4g})"
+        return text
+
+    def to_dict(self) -> dict:
+        return {"budget_bytes": self.budget_bytes, "table_bytes": self.table_bytes, "reason": self.reason,
+                "chosen": {**asdict(self.best), "label": self.best.label},
+                "candidates": [{**asdict(c), "label": c.label} for c in self.candidates]}
+
+
+def weighted_error(X: np.ndarray, approx: np.ndarray, weights: np.ndarray | None) -> float:
+    """sum_i w_i ||x_i - a_i||^2 / sum_i w_i ||x_i||^2, in float64."""
+    X = np.asarray(X, dtype=np.float64)
+    w = np.ones(len(X)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return float((w * ((X - approx) ** 2).sum(1)).sum() / (w * (X ** 2).sum(1)).sum())
+
+
+def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *, clusters=(3, 5, 8),
+           block_sizes=(32, 64, 128), fit=None, sample_weight: np.ndarray | None = None, table_itemsize: int = 4,
+           progress=None) -> Choice:
+    """The candidate with the lowest `weights`-weighted error within budget_bytes.
+
+    `fit(k, rank)` returns a ProjectiveClustering fitted on `table` (the compressor passes
+    one configured as the user asked, with `sample_weight`, which also weights the refit
+    of V to quantized U); `progress(text)` reports each step.
+    """
+    X = np.asarray(table, dtype=np.float32)
+    n, d = X.shape
+    table_bytes = n * d * table_itemsize
+    say = progress or (lambda text: None)
+    budget_bytes = budget_bytes * SLACK
+    candidates: list[tuple[Candidate, object]] = []
+    for quantize, block in PLAIN:
+        if block is not None and d % block:
+            continue  # ORT's layout wants whole blocks along the row
+        q = PerTensorQuantized.quantize(X) if block is None else BlockQuantized.quantize(X, BITS[quantize], block)
+        if q.nbytes <= budget_bytes:
+            candidates.append((Candidate("quantize", quantize, q.nbytes, weighted_error(X, q.dequantize(), weights),
+                                         block_size=block), q))
+    storages = [("none", 1)] + [(q, b) for q in QUANTIZE if q != "none" for b in block_sizes]
+    for k in (1, *clusters):
+        ranks = {}
+        for quantize, block in storages:
+            try:
+                ranks[quantize, block] = rank_for_bytes(n, d, k, budget_bytes, table_itemsize, quantize, block)
+            except ValueError:
+                continue
+        if not ranks or k > n:
+            continue
+        say(f"fitting k={k} at j={max(ranks.values())}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            estimator = fit(k, max(ranks.values()))
+        for (quantize, block), rank in ranks.items():
+            f = truncated_factorization(estimator, X, rank)
+            if quantize != "none":
+                f = f.quantized(BITS[quantize], block, X, sample_weight)
+            elif table_itemsize == 2:
+                f.U, f.V = f.U.astype(np.float16), f.V.astype(np.float16)
+            stored = factorized_bytes(n, d, k, rank, table_itemsize, quantize, block)
+            candidates.append((Candidate("svd" if k == 1 else "projclust", quantize, stored,
+                                         weighted_error(X, f.reconstruct(), weights), k, rank,
+                                         None if quantize == "none" else block), f))
+    if not candidates:
+        raise ValueError(f"nothing fits {budget_bytes:,.0f} bytes for a {n} x {d} table; ask for a smaller ratio")
+    candidates.sort(key=lambda pair: pair[0].error)
+    best, result = candidates[0]
+    logger.info("chose %s", best.label)
+    return Choice(int(budget_bytes / SLACK), table_bytes, best, [c for c, _ in candidates], result)
+
+
+def truncated_factorization(estimator, X: np.ndarray, rank: int):
+    """The factorization of X on the leading `rank` basis vectors of each fitted cluster,
+    rows reassigned to the nearest truncated subspace."""
+    from projclust_onnx.clustering import ProjectiveClustering
+    from projclust_onnx.factorization import EmbeddingFactorization
+
+    if rank != estimator.rank:
+        truncated = ProjectiveClustering(estimator.n_clusters, rank, device="cpu")
+        truncated.bases_ = np.ascontiguousarray(estimator.bases_[:, :, :rank])
+        truncated.n_features_in_ = estimator.n_features_in_
+        estimator = truncated
+    return EmbeddingFactorization.from_estimator(estimator, X)

@@ -1,0 +1,150 @@
+"""Quantized storage for lookup tables, in ONNX Runtime's own layouts.
+
+BlockQuantized is the layout of com.microsoft.GatherBlockQuantized (what
+MatMulNBitsQuantizer emits for a Gather): each row cut into blocks of `block_size`
+values along the row, each block stored as unsigned `bits`-bit codes with a float16
+scale and an unsigned zero point, `(code - zero_point) * scale`. Codes and zero
+points of 4 bits are packed two a byte, low nibble first, in uint8 tensors (the
+operator's `bits` attribute says how to read them). The same tensors serve the
+standard-opset form (Gather, unpack, Sub, Mul), so the bytes do not depend on the form.
+
+PerTensorQuantized is what quantize_dynamic emits for a Gather: one uint8 table,
+one scale and one zero point, read by DequantizeLinear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BITS = (4, 8)
+# Per-block ranges tried, as fractions of the block's [min, max] span: clipping a few
+# outliers buys finer steps for the rest. The lowest squared error wins per block.
+_CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7)
+
+
+@dataclass
+class BlockQuantized:
+    """A matrix of shape (n, m) in blocks of block_size along each row (m % block_size == 0)."""
+
+    data: np.ndarray  # uint8, (n, m) for 8 bits, (n, m/2) packed for 4
+    scales: np.ndarray  # float16 or float32, (n, m/block_size)
+    zero_points: np.ndarray  # uint8, (n, m/block_size) for 8 bits, (n, ceil(m/block_size/2)) packed for 4
+    bits: int
+    block_size: int
+
+    @classmethod
+    def quantize(cls, matrix: np.ndarray, bits: int, block_size: int, scale_dtype=np.float16) -> BlockQuantized:
+        """Asymmetric block quantization with the per-block range that minimises squared error."""
+        if bits not in BITS:
+            raise ValueError(f"bits={bits} must be one of {BITS}")
+        n, m = matrix.shape
+        if m % block_size:
+            raise ValueError(f"the row length {m} must be a multiple of block_size={block_size}")
+        blocks = np.asarray(matrix, dtype=np.float32).reshape(n, m // block_size, block_size)
+        levels = 2**bits - 1
+        lo, hi = np.minimum(blocks.min(axis=2), 0.0), np.maximum(blocks.max(axis=2), 0.0)
+        best_err = np.full(lo.shape, np.inf, dtype=np.float64)
+        scales = np.zeros(lo.shape, dtype=scale_dtype)
+        zeros = np.zeros(lo.shape, dtype=np.uint8)
+        for ratio in _CLIP_RATIOS:
+            s = ((hi - lo) * ratio / levels).astype(scale_dtype)
+            s = np.where(s > 0, s, np.ones_like(s))  # an all-zero block: any scale codes it exactly
+            s32 = s.astype(np.float32)
+            z = np.clip(np.round(-lo * ratio / s32), 0, levels).astype(np.uint8)
+            codes = np.clip(np.round(blocks / s32[..., None]) + z[..., None], 0, levels)
+            err = ((_decode(codes, z, s, scale_dtype) - blocks) ** 2).sum(axis=2)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            scales = np.where(better, s, scales)
+            zeros = np.where(better, z, zeros)
+        s32 = scales.astype(np.float32)
+        codes = np.clip(np.round(blocks / s32[..., None]) + zeros[..., None], 0, levels).astype(np.uint8)
+        codes = codes.reshape(n, m)
+        if bits == 4:
+            return cls(pack4(codes), scales, pack4(zeros), bits, block_size)
+        return cls(codes, scales, zeros, bits, block_size)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n, stored = self.data.shape
+        return n, stored * (8 // self.bits)
+
+    @property
+    def n_blocks(self) -> int:
+        return self.scales.shape[1]
+
+    def codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unpacked codes of shape (n, m) and zero points of shape (n, m/block_size), uint8."""
+        if self.bits == 8:
+            return self.data, self.zero_points
+        return unpack4(self.data, self.shape[1]), unpack4(self.zero_points, self.n_blocks)
+
+    def dequantize(self) -> np.ndarray:
+        """The values the runtime computes: (code - zero point) * scale, rounded to the scales' dtype."""
+        codes, zeros = self.codes()
+        n, m = self.shape
+        blocks = codes.reshape(n, self.n_blocks, self.block_size)
+        return _decode(blocks, zeros, self.scales, self.scales.dtype).reshape(n, m)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.scales.nbytes + self.zero_points.nbytes
+
+
+def _decode(codes: np.ndarray, zeros: np.ndarray, scales: np.ndarray, scale_dtype) -> np.ndarray:
+    """(codes - zeros) * scales as the runtime does it: in the scales' dtype, returned as float32."""
+    diff = codes.astype(np.float32) - zeros.astype(np.float32)[..., None]
+    return (diff * scales.astype(np.float32)[..., None]).astype(scale_dtype).astype(np.float32)
+
+
+@dataclass
+class PerTensorQuantized:
+    """A table as quantize_dynamic stores it: uint8 codes, one float32 scale, one uint8 zero point."""
+
+    data: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+
+    @classmethod
+    def quantize(cls, matrix: np.ndarray) -> PerTensorQuantized:
+        lo, hi = min(float(matrix.min()), 0.0), max(float(matrix.max()), 0.0)
+        scale = np.float32((hi - lo) / 255.0 or 1.0)
+        zero = np.uint8(np.clip(np.round(-lo / scale), 0, 255))
+        data = np.clip(np.round(matrix / scale) + zero, 0, 255).astype(np.uint8)
+        return cls(data, np.array(scale, np.float32), np.array(zero, np.uint8))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape
+
+    def dequantize(self) -> np.ndarray:
+        return ((self.data.astype(np.float32) - np.float32(self.zero_point)) * self.scale).astype(np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.scale.nbytes + self.zero_point.nbytes
+
+
+def pack4(values: np.ndarray) -> np.ndarray:
+    """Pack 4-bit values (uint8 in 0..15) two a byte along the last axis, low nibble first."""
+    values = np.asarray(values, dtype=np.uint8)
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, np.zeros(values.shape[:-1] + (1,), np.uint8)], axis=-1)
+    return (values[..., 0::2] & 0xF) | ((values[..., 1::2] & 0xF) << 4)
+
+
+def unpack4(packed: np.ndarray, length: int) -> np.ndarray:
+    """Inverse of pack4, cut to `length` values along the last axis."""
+    out = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), dtype=np.uint8)
+    out[..., 0::2] = packed & 0xF
+    out[..., 1::2] = packed >> 4
+    return out[..., :length]
+
+
+def block_quantized_bytes(n: int, m: int, bits: int, block_size: int, scale_bytes: int = 2) -> int:
+    """Bytes of BlockQuantized storage for an (n, m) matrix."""
+    blocks = m // block_size
+    zero_bytes = blocks if bits == 8 else (blocks + 1) // 2
+    return n * (m * bits // 8 + blocks * scale_bytes + zero_bytes)

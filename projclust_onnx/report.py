@@ -1,0 +1,106 @@
+"""CompressionReport: what one compression did, measured on what was written."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPORT_NAME = "projclust_report.json"
+
+
+@dataclass
+class CompressionReport:
+    """Saved as projclust_report.json beside the model.
+
+    embedding_bytes_before/after are the bytes of the initializers the lookup read before
+    and the rewrite wrote after, as stored in the file; file_bytes_* are the files' sizes.
+    method is "projclust", "svd" or "quantize" (plain quantization of the table, no factors).
+    """
+
+    source: str
+    output: str
+    method: str
+    n_clusters: int | None
+    rank: int | None
+    layout: str
+    table: str
+    n_rows: int
+    dim: int
+    dtype: str
+    embedding_params_before: int
+    embedding_params_after: int
+    cluster_id_bytes: int
+    embedding_bytes_before: int
+    embedding_bytes_after: int
+    file_bytes_before: int
+    file_bytes_after: int
+    relative_error: float
+    parity_max_abs_diff: float
+    parity_tolerance: float
+    storage_before: str = "float"
+    quantize: str = "none"
+    block_size: int | None = None
+    lookup_form: str | None = None
+    calibration_tokens: int = 0
+    special_tokens: int = 0
+    choice: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def embedding_compression(self) -> float:
+        """Fraction of embedding parameters removed (cluster ids aside)."""
+        return 1.0 - self.embedding_params_after / self.embedding_params_before
+
+    @property
+    def embedding_ratio(self) -> float:
+        """The float table's bytes over the embedding bytes written."""
+        return self.n_rows * self.dim * _itemsize(self.dtype) / self.embedding_bytes_after
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "embedding_compression": self.embedding_compression,
+                "embedding_ratio": self.embedding_ratio}
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / REPORT_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        mib = 2**20
+        if self.method == "quantize":
+            method = f"plain quantization, {self.quantize} ({self.storage_after})"
+        else:
+            method = f"{self.method}, k={self.n_clusters}, j={self.rank}, layout={self.layout}, U {self.storage_after}"
+        rows = [
+            ("model", self.source),
+            ("output", self.output),
+            ("method", method),
+            ("embedding table",
+             f"{self.table} ({self.n_rows} x {self.dim}, {self.dtype}, stored {self.storage_before})"),
+            ("embedding bytes", f"{self.embedding_bytes_before:,} -> {self.embedding_bytes_after:,} "
+                                f"({self.embedding_ratio:.2f}x smaller than the {self.dtype} table)"),
+            ("embedding parameters", f"{self.embedding_params_before:,} -> {self.embedding_params_after:,} "
+                                     f"({self.embedding_compression:.1%} fewer; ids {self.cluster_id_bytes:,} B)"),
+            ("model file", f"{self.file_bytes_before / mib:.1f} MiB -> {self.file_bytes_after / mib:.1f} MiB"),
+            ("relative error", f"{self.relative_error:.4f}  (||E - E'||^2 / ||E||^2)"),
+            ("parity (max abs diff)", f"{self.parity_max_abs_diff:.2e} <= {self.parity_tolerance:g}"),
+            ("calibration tokens", f"{self.calibration_tokens:,}" if self.calibration_tokens else "none (unweighted)"),
+            ("special tokens", f"{self.special_tokens} fitted (nearly) exactly" if self.special_tokens else "none"),
+        ]
+        if self.choice:
+            rows.append(("chosen", self.choice["reason"]))
+        rows.append(("time", ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())))
+        return rows
+
+    @property
+    def storage_after(self) -> str:
+        if self.quantize == "none":
+            return self.dtype
+        return f"{self.quantize} block {self.block_size}" if self.block_size else f"{self.quantize} per-tensor"
+
+
+def _itemsize(dtype: str) -> int:
+    import numpy as np
+
+    return np.dtype(dtype).itemsize
