@@ -104,6 +104,23 @@ class EmbeddingMatch:
         """Nodes besides the lookup that read the table (a tied LM head, typically)."""
         return [node for node, _ in self.table.uses() if node is not self.lookup]
 
+    def transposed_copies(self, graph: ir.Graph) -> list[tuple[ir.Value, list[ir.Node]]]:
+        """Other initializers holding this table's transpose, with their readers: a tied LM head that an
+        exporter stored as its own copy (Optimum without accelerate). Compared by content, cheapest first."""
+        if self.storage != "float":
+            return []
+        table = self.table.const_value.numpy()
+        n, d = table.shape
+        found = []
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if value is self.table or tensor is None or tuple(tensor.shape) != (d, n) or tensor.dtype != self.dtype:
+                continue
+            copy = tensor.numpy()
+            if np.array_equal(copy[:, :8], table[:8].T) and np.array_equal(copy, table.T):
+                found.append((value, [node for node, _ in value.uses()]))
+        return found
+
     def check_untied(self) -> None:
         """ValueError when another node reads the table: rewriting it would break that reader."""
         others = self.other_consumers()

@@ -50,6 +50,9 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lookup-form", choices=["contrib", "standard"], default="contrib",
                         help="how quantized storage is read: contrib (GatherBlockQuantized, ONNX Runtime) or "
                              "standard (opset-13 operators only) (default: contrib)")
+    parser.add_argument("--head", choices=["keep"], default=None,
+                        help="an LM head stored as its own transposed copy of the table: keep it dense and "
+                             "compress the lookup only, untying the model (default: refuse)")
     parser.add_argument("--target-ratio", type=float, default=None, metavar="R",
                         help="choose the method, k, j and bits (plain quantization, SVD, projective clustering) "
                              "with the lowest calibration-weighted error in table bytes / R; overrides "
@@ -140,7 +143,7 @@ def _config(args: argparse.Namespace):
                    compression=args.compression if args.compression is not None else 0.4)
     for name in ("layout", "device", "seed", "calibration_text", "calibration_dataset", "calibration_column",
                  "calibration_smoothing", "special_token_weight", "n_init", "ids_input", "quantize", "block_size",
-                 "lookup_form", "target_ratio"):
+                 "lookup_form", "target_ratio", "head"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
     return ProjClustConfig(**options)
@@ -182,6 +185,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         rows.append(("word embedding", f"{match.lookup.name}: table {match.table.name} ({n} x {d}, "
                                        f"{match.dtype.name}, stored {match.storage})"))
         rows.append(("tied", ", ".join(tied) + " (refused)" if tied else "no"))
+        for copy, readers in match.transposed_copies(model.graph):
+            rows.append(("tied (transposed copy)", f"{copy.name} read by " + ", ".join(n.name for n in readers) +
+                         (" (head kept dense: untied)" if config.head == "keep" else " (refused without --head keep)")))
         itemsize = match.dtype.numpy().itemsize
         table_bytes = n * d * itemsize
         if config.target_ratio:

@@ -178,7 +178,8 @@ class ProjClustCompressor:
             parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
             storage_before=plan.match.storage, quantize=quantize, block_size=block,
             lookup_form=config.lookup_form if quantize != "none" else None, calibration_tokens=n_tokens,
-            special_tokens=n_special, choice=choice.to_dict() if choice is not None else None, timings=timings)
+            special_tokens=n_special, choice=choice.to_dict() if choice is not None else None,
+            untied_head=plan.untied_head, timings=timings)
 
     def _tokenizer(self, required: bool):
         """The model directory's tokenizer; None (with a warning) when absent and not required."""

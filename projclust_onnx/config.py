@@ -15,6 +15,7 @@ from projclust_onnx.errors import SettingError
 CONFIG_NAME = "projclust_config.json"
 METHODS = ("projclust", "svd")
 DEFAULT_CLUSTERS = 5
+HEAD_CHOICES = ("keep",)
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy accept alike
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -40,6 +41,10 @@ class ProjClustConfig:
         target_ratio: pick the method, k, j and bits (plain quantization, SVD, projective
             clustering) that minimise the weighted reconstruction error within the float table's
             bytes / target_ratio; method, n_clusters, compression, rank and quantize are then chosen.
+        head: what to do with an LM head that holds its own transposed copy of the table (Optimum's
+            export of a tied model without accelerate): None refuses (rewriting the head with the
+            same factors is not supported yet), "keep" leaves the head dense and compresses the
+            lookup only; the model is then untied, and the report says so.
         layout: runtime subgraph, "grouped" or "onehot" (see passes.factorize_embedding).
         init, n_init, anneal_steps, max_iter, tol, z: ProjectiveClustering settings.
         seed: random_state of the clustering and of the parity check's inputs.
@@ -63,6 +68,7 @@ class ProjClustConfig:
     block_size: int = 32
     lookup_form: str = "contrib"
     target_ratio: float | None = None
+    head: str | None = None
     layout: str = "grouped"
     init: str = "kmeans"
     n_init: int = 10
@@ -119,6 +125,8 @@ class ProjClustConfig:
                 raise SettingError("compression", f"{{}}={self.compression} must lie in (0, 1), e.g. 0.4 for a 40% "
                                    "smaller table")
         _choice("layout", self.layout, LAYOUTS)
+        if self.head is not None:
+            _choice("head", self.head, HEAD_CHOICES)
         _choice("init", self.init, INIT_METHODS)
         _whole("n_init", self.n_init, 1)
         _whole("anneal_steps", self.anneal_steps, 0)

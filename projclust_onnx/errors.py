@@ -8,9 +8,15 @@ FLAGS = {
     "layout": "--runtime",
     "seed": "--seed",
     "overwrite": "--overwrite",
+    "head": "--head keep",
 }
 # How a switch is spelled in Python when the message asks the user to turn it on.
-PYTHON_SWITCHES = {"overwrite": "overwrite=True"}
+PYTHON_SWITCHES = {"overwrite": "overwrite=True", "head": "head='keep'"}
+
+
+def literal(text: str) -> str:
+    """Text for a SettingError message, with its braces kept as they are."""
+    return str(text).replace("{", "{{").replace("}", "}}")
 
 
 def flag_of(param: str) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from projclust_onnx.config import ProjClustConfig
-from projclust_onnx.errors import SettingError
+from projclust_onnx.errors import SettingError, literal
 from projclust_onnx.model_files import load_model, model_bytes
 from projclust_onnx.output_dir import check_output_dir
 
@@ -32,6 +32,7 @@ class CompressionPlan:
     quantize: str  # how U is stored: the config's choice, else as the input table was stored
     input_bytes: int
     stored_bytes: int  # bytes of the initializers the lookup reads (codes, scales, zero points)
+    untied_head: str | None = None  # the dense head's copy of the table, left as it was (head="keep")
 
     @property
     def table(self) -> np.ndarray:
@@ -61,6 +62,13 @@ def plan_compression(onnx_path: Path, source_dir: Path, save_dir: Path, config: 
         raise ValueError(str(err)) from err
     match = find_word_embedding(model.graph, config.ids_input)
     match.check_untied()
+    head = match.transposed_copies(model.graph)
+    if head and config.head != "keep":
+        readers = literal(", ".join(f"{n.op_type} {n.name!r}" for _, nodes in head for n in nodes) or "no node")
+        raise SettingError("head", f"the table's transpose is also stored as {literal(repr(head[0][0].name))}, read "
+                           f"by {readers}: a tied LM head exported as its own copy. Rewriting the head with the "
+                           "same factors is not supported yet; pass {} to compress the lookup only (the model "
+                           "becomes untied, and the head stays dense)")
     check_feedable(model, config.ids_input)
     n, d = match.shape
     if config.n_clusters > n:
@@ -77,4 +85,4 @@ def plan_compression(onnx_path: Path, source_dir: Path, save_dir: Path, config: 
     else:
         rank = factorization.rank
     return CompressionPlan(onnx_path, save_dir, model, match, rank, quantize, model_bytes(onnx_path),
-                           match.stored_bytes)
+                           match.stored_bytes, head[0][0].name if head else None)

@@ -45,6 +45,7 @@ class CompressionReport:
     calibration_tokens: int = 0
     special_tokens: int = 0
     choice: dict | None = None
+    untied_head: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -90,6 +91,9 @@ class CompressionReport:
         ]
         if self.choice:
             rows.append(("chosen", self.choice["reason"]))
+        if self.untied_head:
+            rows.append(("LM head", f"kept dense ({self.untied_head}): the model is now UNTIED, input and output "
+                                    "embeddings differ"))
         rows.append(("time", ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())))
         return rows
 

@@ -54,9 +54,18 @@ def test_compress_prints_a_summary_and_writes_the_directory(model_dir, tmp_path)
 def test_inspect_shows_the_match_and_the_budget(model_dir):
     done = run(*CLI, "inspect", "--model", str(model_dir), "--compression", "0.5", "--clusters", "2")
     assert done.returncode == 0, done.stderr
-    assert "word_lookup: table bert.embeddings.word_embeddings.weight (60 x 8, FLOAT)" in done.stdout
-    assert "rejected Gather" in done.stdout and "position_lookup" in done.stdout
-    assert "n*j + k*j*d + ids" in done.stdout
+    assert "word_lookup: table bert.embeddings.word_embeddings.weight (60 x 8, FLOAT, stored float)" in done.stdout
+    assert "rejected lookup" in done.stdout and "position_lookup" in done.stdout
+    assert "U + V + ids = " in done.stdout and "<= (1-c) * stored table = 960" in done.stdout
+
+
+def test_inspect_prints_the_byte_arithmetic_of_quantized_factors(tmp_path):
+    model_dir = write_model_dir(tmp_path / "wide", embedding_model(2048, 128, position=False)[0]).parent
+    done = run(*CLI, "inspect", "--model", str(model_dir), "--compression", "0.9", "--clusters", "3",
+               "--quantize", "int4")
+    assert done.returncode == 0, done.stderr
+    assert "U int4" in done.stdout and "float16 scales and zero points per block of 32" in done.stdout
+    assert "V bytes               k*j*d*2 (float16)" in done.stdout
 
 
 @pytest.mark.parametrize(

@@ -171,3 +171,40 @@ def test_fp16_model_round_trip(tmp_path):
     on_file = sum(onnx.numpy_helper.to_array(t).nbytes for t in written if t.name.startswith("projclust/"))
     assert report.embedding_bytes_after == on_file  # what the file holds, small constants included
     assert 2 * (60 * 3 + 2 * 3 * 8) + 60 <= on_file <= 2 * (60 * 3 + 2 * 3 * 8) + 60 + 64
+
+
+def test_head_stored_as_a_transposed_copy_is_never_untied_silently(tmp_path, monkeypatch):
+    """Issue 10 (first part): Optimum without accelerate stores a tied head as the table's transpose."""
+    import subprocess
+    import sys
+
+    from projclust_onnx import ProjectiveClustering
+
+    src = write_model_dir(tmp_path / "src", embedding_model(60, 8, tied_copy=True)[0]).parent
+    done = subprocess.run([sys.executable, "-m", "projclust_onnx.cli", "compress", "--model", str(src), "--output",
+                           str(tmp_path / "cli"), "-q"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "'onnx::MatMul_999', read by MatMul 'lm_head'" in done.stderr
+    assert "pass --head keep to compress the lookup only" in done.stderr
+
+    real_fit = ProjectiveClustering.fit
+    monkeypatch.setattr(ProjectiveClustering, "fit", lambda *a, **k: pytest.fail("clustered before refusing"))
+    with pytest.raises(ValueError, match="pass head='keep' to compress the lookup only"):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(ProjectiveClustering, "fit", real_fit)
+
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "keep", ProjClustConfig(**SMALL,
+                                                                                                  head="keep"))
+    assert report.untied_head == "onnx::MatMul_999"
+    assert any("UNTIED" in value for _, value in report.summary_rows())
+    names = {t.name for t in onnx.load(str(tmp_path / "keep" / "model.onnx")).graph.initializer}
+    assert "onnx::MatMul_999" in names  # the head's copy is still there, and the report does not hide it
+    assert report.file_bytes_after > report.embedding_bytes_after + 60 * 8 * 4
+
+
+def test_unrelated_matrix_of_the_transposed_shape_is_not_a_head(tmp_path):
+    model, table = embedding_model(60, 8)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(table.T) + 1, "other"))
+    src = write_model_dir(tmp_path / "src", model).parent
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert report.untied_head is None

@@ -14,6 +14,7 @@ IR_VERSION = 10  # what onnxruntime 1.31 reads
 def embedding_model(n: int = 40, d: int = 8, *, seed: int = 0, dtype=np.float32, cast: bool = False,
                     reshape: bool = False, position: bool = True, token_type: bool = False, tied: bool = False,
                     second_lookup: bool = False, ids_from_computation: bool = False, opset: int = 17,
+                    tied_copy: bool = False,
                     ids_name: str = "input_ids", table_name: str = "bert.embeddings.word_embeddings.weight"):
     """input_ids -> [Cast] -> [Reshape] -> Gather(table) (+ position, token-type tables) -> Relu -> output.
 
@@ -68,6 +69,10 @@ def embedding_model(n: int = 40, d: int = 8, *, seed: int = 0, dtype=np.float32,
     if tied:
         nodes += [helper.make_node("Transpose", [table_name], ["table_t"], perm=[1, 0], name="head_t"),
                   helper.make_node("MatMul", ["hidden", "table_t"], ["logits"], name="lm_head")]
+        outputs.append(helper.make_tensor_value_info("logits", tensor_type, ["batch", "sequence", n]))
+    if tied_copy:  # what Optimum writes for a tied head without accelerate: the transpose as its own initializer
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(table.T), "onnx::MatMul_999"))
+        nodes.append(helper.make_node("MatMul", ["hidden", "onnx::MatMul_999"], ["logits"], name="lm_head"))
         outputs.append(helper.make_tensor_value_info("logits", tensor_type, ["batch", "sequence", n]))
     graph = helper.make_graph(nodes, "tiny", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)

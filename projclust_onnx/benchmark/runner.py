@@ -93,7 +93,10 @@ def model_sizes(directory: Path, onnx_path: Path, embedding: int | None = None) 
     if config_path.is_file():
         compression = json.loads(config_path.read_text())
         if report_path.is_file():
-            compression["rank"] = json.loads(report_path.read_text()).get("rank")
+            written = json.loads(report_path.read_text())
+            compression["rank"] = written.get("rank")
+            compression["chosen"] = (written.get("choice") or {}).get("chosen", {}).get("label")
+            compression["storage"] = written.get("quantize")
     if embedding is None:
         from projclust_onnx.model_files import load_model
         from projclust_onnx.passes import search_word_embedding
@@ -297,10 +300,14 @@ def model_settings(model: dict) -> str:
     c = model.get("compression")
     if not c:
         return "as given (not compressed by projclust-onnx)"
-    budget = f"{c['compression']:.0%} budget" if c.get("compression") else "rank given"
     calibration = ", ".join(Path(p).name for p in c.get("calibration_text") or []) or c.get("calibration_dataset")
-    return (f"{c['method']}, k={c['n_clusters']}, j={c.get('rank', '?')}, {budget}, layout={c['layout']}, "
-            f"calibration: {calibration or 'none'}, special-token weight {c['special_token_weight']:g}")
+    weighting = f"calibration: {calibration or 'none'}, special-token weight {c['special_token_weight']:g}"
+    if c.get("target_ratio"):
+        return f"chosen for 1/{c['target_ratio']:g} of the table's bytes: {c.get('chosen', '?')}, {weighting}"
+    budget = f"{c['compression']:.0%} budget" if c.get("compression") else "rank given"
+    storage = f", U {c['storage']}" if c.get("storage") not in (None, "none") else ""
+    return (f"{c['method']}, k={c['n_clusters']}, j={c.get('rank', '?')}{storage}, {budget}, layout={c['layout']}, "
+            f"{weighting}")
 
 
 def markdown_report(report: dict) -> str:
