@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, nargs="+", default=[3, 5, 8])
     parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     parser.add_argument("--ratios", type=float, nargs="*", default=list(RATIOS), help="target ratios to choose at")
+    parser.add_argument("--chooser-only", action="store_true",
+                        help="only the originals, ONNX Runtime's quantizers and the chooser (no budget grid)")
     args = parser.parse_args()
 
     records = load_records(args.texts)
@@ -166,7 +168,8 @@ def main() -> None:
         work = Path(tmp)
         for name, path in ort_baselines(source.onnx_path, work):
             rows.append({"family": name, "weighting": "-", "budget": None, "j": None, **study.score(path)})
-        rows += factor_rows(study, weightings, (1, *args.clusters), args.budgets, STORAGES, work, "mini")
+        if not args.chooser_only:
+            rows += factor_rows(study, weightings, (1, *args.clusters), args.budgets, STORAGES, work, "mini")
         for ratio in args.ratios:
             out = work / f"chosen-{ratio}"
             report = source.compress(out, dataclasses.replace(calibrated, target_ratio=ratio), verbose=False)
@@ -174,7 +177,7 @@ def main() -> None:
                          "j": report.rank, "chosen": report.choice["chosen"]["label"],
                          **study.score(out / "model.onnx")})
         accuracy_rows = []
-        if args.classifier:
+        if args.classifier and not args.chooser_only:
             texts_all, labels = labeled_texts(records, ["text"], "label")
             classifier = Model(Path(args.classifier) / "model.onnx", texts_all, labels)
             accuracy_rows.append({"family": "fp32 (original)", "budget": 0.0,
@@ -207,12 +210,14 @@ def write_results(rows: list[dict], accuracy_rows: list[dict], args, tokens: int
             ["family", "budget", "embedding bytes", "x smaller", "accuracy", "agreement cos"],
             [[r["family"], fmt_budget(r["budget"]), f"{r['embedding_bytes']:,}", f"{r['ratio']:.2f}",
               f"{r['accuracy']:.4f}", f"{r['fidelity']:.4f}"] for r in accuracy_rows])
-    plot = RESULTS.parent / "frontier_minilm.png"
+    stem = "frontier_minilm_chooser" if args.chooser_only else "frontier_minilm"
+    plot = RESULTS.parent / f"{stem}.png"
     plot_frontier(rows, plot)
-    (RESULTS.parent / "frontier_minilm.json").write_text(json.dumps({"fidelity": rows, "accuracy": accuracy_rows},
+    (RESULTS.parent / f"{stem}.json").write_text(json.dumps({"fidelity": rows, "accuracy": accuracy_rows},
                                                                     indent=1, default=str) + "\n")
     body += f"\n\n![bytes against fidelity]({plot.name})"
-    append_results("Size frontier: MiniLM word embedding, bytes against sentence-embedding fidelity", body)
+    title = "Size frontier: MiniLM word embedding, bytes against sentence-embedding fidelity"
+    append_results(title + (" (chooser and ONNX Runtime only)" if args.chooser_only else ""), body)
 
 
 if __name__ == "__main__":
