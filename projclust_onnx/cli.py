@@ -306,7 +306,7 @@ def run_guarded(func, args: argparse.Namespace, prog: str = PROG, title: str | N
         with sigterm_as_exit():
             return func(args)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{prog}: interrupted; no partial output was left behind", file=sys.stderr)
         return 130
     except (ValueError, CLIError, ir.passes.PreconditionError) as err:
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)

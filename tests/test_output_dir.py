@@ -143,7 +143,9 @@ def test_sigint_during_stage_creation_leaves_nothing(tmp_path, monkeypatch):
 
     def mkdir_then_interrupt(path, mode=0o777, *args, **kwargs):
         real_mkdir(path, mode, *args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)
+        # To the main thread itself: a process-wide kill may land on one of ONNX Runtime's worker
+        # threads (from earlier tests) and surface in the main thread only some bytecodes later.
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     monkeypatch.setattr(os, "mkdir", mkdir_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
