@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from projclust_onnx.chooser import weighted_error
 from projclust_onnx.config import ProjClustConfig
 from projclust_onnx.model_files import copy_companions, load_model, model_bytes, resolve_onnx_file, save_model
 from projclust_onnx.output_dir import check_room, staged_directory
@@ -104,8 +105,8 @@ class ProjClustCompressor:
                                                    dtype=plan.match.dtype.numpy(), quantize=plan.quantize)
 
             with phases("rewrite", "rewriting the graph"):
-                model, reference = plan.model, load_model(self.onnx_path)
-                with_cleanup(DensifyEmbeddingPass(dense_of(result), config.ids_input))(reference)
+                model, reference, dense = plan.model, load_model(self.onnx_path), dense_of(result)
+                with_cleanup(DensifyEmbeddingPass(dense, config.ids_input))(reference)
                 with_cleanup(rewrite_pass(result, config))(model)
 
             with phases("parity", "checking the rewritten model under ONNX Runtime"):
@@ -113,8 +114,8 @@ class ProjClustCompressor:
                                       seed=config.seed, workdir=stage)
                 del reference
 
-            report = self._report(plan, config, result, parity, model, table32, n_tokens, n_special, choice,
-                                  phases.timings)
+            report = self._report(plan, config, result, parity, model, weighted_error(table32, dense, None),
+                                  n_tokens, n_special, choice, phases.timings)
             saved_config = config if config.target_ratio is not None else \
                 dataclasses.replace(config, quantize=plan.quantize)
             with phases("save", f"writing {plan.save_dir}"):
@@ -153,7 +154,7 @@ class ProjClustCompressor:
         return choose(table32, n * d * plan.itemsize / config.target_ratio, metric, fit=fit, sample_weight=weights,
                       table_itemsize=plan.itemsize, progress=say)
 
-    def _report(self, plan, config, result, parity, model, table32, n_tokens, n_special, choice,
+    def _report(self, plan, config, result, parity, model, relative_error: float, n_tokens, n_special, choice,
                 timings) -> CompressionReport:
         from projclust_onnx.factorization import EmbeddingFactorization
 
@@ -174,7 +175,7 @@ class ProjClustCompressor:
             dtype=str(plan.match.dtype.numpy()), embedding_params_before=n * d, embedding_params_after=params,
             cluster_id_bytes=ids, embedding_bytes_before=plan.stored_bytes, embedding_bytes_after=written,
             file_bytes_before=plan.input_bytes, file_bytes_after=0,
-            relative_error=_relative_error(table32, dense_of(result)),
+            relative_error=relative_error,
             parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
             storage_before=plan.match.storage, quantize=quantize, block_size=block,
             lookup_form=config.lookup_form if quantize != "none" else None, calibration_tokens=n_tokens,
@@ -231,11 +232,6 @@ def rewrite_pass(result, config: ProjClustConfig):
     if hasattr(result, "reconstruct"):
         return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form)
     return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form)
-
-
-def _relative_error(table: np.ndarray, approx: np.ndarray) -> float:
-    X = np.asarray(table, dtype=np.float64)
-    return float(((X - approx.astype(np.float64)) ** 2).sum() / (X ** 2).sum())
 
 
 def _check_saved(path: Path) -> None:
