@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from projclust_onnx.quantization import storage_name
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["EmbeddingMatch", "EmbeddingSearch", "search_word_embedding", "find_word_embedding"]
@@ -61,7 +63,7 @@ class EmbeddingMatch:
         elif self.lookup.op_type == "Gather":  # quantize_dynamic: the scale's type is the embeddings'
             self._dtype, self._bits, self._shape = self.nodes[-1].inputs[1].const_value.dtype, 8, (n, width)
         else:
-            bits = self.lookup.attributes["bits"].as_int() if "bits" in self.lookup.attributes else 4
+            bits = _bits_of(self.lookup)
             packed = bits == 4 and self.table.const_value.dtype == ir.DataType.UINT8
             self._dtype, self._bits = self.lookup.inputs[2].const_value.dtype, bits
             self._shape = (n, width * 2 if packed else width)
@@ -94,11 +96,13 @@ class EmbeddingMatch:
         if self.storage == "float":
             return self.table.const_value.numpy()
         if self.lookup.op_type == "Gather":
-            dequant = self.nodes[-1]
-            scale, zero = (v.const_value.numpy() for v in dequant.inputs[1:3])
-            codes = self.table.const_value.numpy().astype(np.float32)
-            return ((codes - zero.astype(np.float32)) * scale).astype(scale.dtype)
-        return _block_quantized(self.lookup)[0].dequantize().astype(self.dtype.numpy())
+            from projclust_onnx.quantization import PerTensorQuantized
+
+            scale, zero = (v.const_value.numpy() for v in self.nodes[-1].inputs[1:3])
+            stored = PerTensorQuantized(self.table.const_value.numpy(), scale, zero)
+        else:
+            stored = _block_quantized(self.lookup)
+        return stored.dequantize().astype(self.dtype.numpy())
 
     def other_consumers(self) -> list[ir.Node]:
         """Nodes besides the lookup that read the table (a tied LM head, typically)."""
@@ -193,20 +197,23 @@ def _constants(node: ir.Node, first: int) -> bool:
     return all(v is None or v.const_value is not None for v in node.inputs[first:])
 
 
+def _bits_of(node: ir.Node) -> int:
+    """Bits per value of a GatherBlockQuantized node (its `bits` attribute, 4 when absent)."""
+    return node.attributes["bits"].as_int() if "bits" in node.attributes else 4
+
+
 def _block_quantized(node: ir.Node):
-    """(BlockQuantized, bits) of a GatherBlockQuantized node's initializers, decoded to our layout."""
-    from projclust_onnx.quantization import BlockQuantized, pack4
+    """The BlockQuantized storage of a GatherBlockQuantized node's initializers, in our layout."""
+    from projclust_onnx.quantization import BlockQuantized, pack4, unpack4
 
     data, _, scales, *rest = node.inputs
     zero = rest[0] if rest else None
-    bits = node.attributes["bits"].as_int() if "bits" in node.attributes else 4
+    bits = _bits_of(node)
     block = node.attributes["block_size"].as_int()
     signed = data.const_value.dtype in (ir.DataType.INT4, ir.DataType.INT8)
     if data.const_value.dtype in (ir.DataType.UINT4, ir.DataType.INT4):
         codes = data.const_value.numpy().astype(np.int16)  # unpacked, one value per element
     elif bits == 4:
-        from projclust_onnx.quantization import unpack4
-
         packed = data.const_value.numpy()
         codes = unpack4(packed, packed.shape[1] * 2).astype(np.int16)
     else:
@@ -218,8 +225,6 @@ def _block_quantized(node: ir.Node):
     elif zero.const_value.dtype in (ir.DataType.UINT4, ir.DataType.INT4) or bits == 8:
         zeros = zero.const_value.numpy().astype(np.int16).reshape(n, -1)[:, :n_blocks]
     else:
-        from projclust_onnx.quantization import unpack4
-
         zeros = unpack4(zero.const_value.numpy(), n_blocks).astype(np.int16)
     if signed:  # shift to the unsigned codes our layout stores: same values
         half = 2 ** (bits - 1)
@@ -227,7 +232,7 @@ def _block_quantized(node: ir.Node):
     codes, zeros = codes.astype(np.uint8), zeros.astype(np.uint8)
     if bits == 4:
         codes, zeros = pack4(codes), pack4(zeros)
-    return BlockQuantized(codes, scales.const_value.numpy(), zeros, bits, block), bits
+    return BlockQuantized(codes, scales.const_value.numpy(), zeros, bits, block)
 
 
 def _lookup_of(node: ir.Node, search: EmbeddingSearch):
@@ -243,8 +248,7 @@ def _lookup_of(node: ir.Node, search: EmbeddingSearch):
                 len(table.const_value.shape) != 2:
             search.reject(node, "not a 2-D table gathered along axis 0 and quantized along axis 1")
             return None
-        bits = attrs["bits"].as_int() if "bits" in attrs else 4
-        return table, node.outputs[0], [node], f"int{bits} block {attrs['block_size'].as_int()}"
+        return table, node.outputs[0], [node], storage_name(f"int{_bits_of(node)}", attrs["block_size"].as_int())
     if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
         return None
     table = _table_of(node)
@@ -262,7 +266,7 @@ def _lookup_of(node: ir.Node, search: EmbeddingSearch):
     if rank == 2 and dtype in (ir.DataType.UINT8, ir.DataType.INT8) and len(readers) == 1 and \
             readers[0].op_type == "DequantizeLinear" and _constants(readers[0], 1) and \
             all(v is None or v.const_value.size == 1 for v in readers[0].inputs[1:]):
-        return table, readers[0].outputs[0], [node, readers[0]], "int8 per-tensor"
+        return table, readers[0].outputs[0], [node, readers[0]], storage_name("int8", None)
     if rank == 1 and dtype in _INT_TYPES:
         return table, node.outputs[0], [node], "cluster ids"
     if rank == 2 and dtype == ir.DataType.UINT8:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from projclust_onnx.budget import BITS, QUANTIZE, factorized_bytes, rank_for_bytes
-from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized
+from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized, storage_name
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        storage = self.quantize if self.quantize == "none" else \
-            f"{self.quantize} " + (f"block {self.block_size}" if self.block_size else "per-tensor")
+        storage = self.quantize if self.quantize == "none" else storage_name(self.quantize, self.block_size)
         if self.method == "quantize":
             return f"plain {storage}"
         return f"{self.method} k={self.n_clusters} j={self.rank}, U {storage}"

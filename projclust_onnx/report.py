@@ -101,7 +101,9 @@ class CompressionReport:
     def storage_after(self) -> str:
         if self.quantize == "none":
             return self.dtype
-        return f"{self.quantize} block {self.block_size}" if self.block_size else f"{self.quantize} per-tensor"
+        from projclust_onnx.quantization import storage_name
+
+        return storage_name(self.quantize, self.block_size)
 
 
 def _itemsize(dtype: str) -> int:
