@@ -7,11 +7,13 @@ One pass per rewrite; compose them with onnx-ir's PassManager, e.g. through
 from projclust_onnx.passes.builder import LOOKUP_FORMS
 from projclust_onnx.passes.densify_embedding import DensifyEmbeddingPass
 from projclust_onnx.passes.factorize_embedding import DEFAULT_LAYOUT, LAYOUTS, FactorizeEmbeddingPass, check_opset
+from projclust_onnx.passes.factorize_head import FactorizeHeadPass
 from projclust_onnx.passes.pipeline import factorize_embedding_pipeline, with_cleanup
 from projclust_onnx.passes.quantize_embedding import QuantizeEmbeddingPass
 from projclust_onnx.passes.word_embedding import (
     EmbeddingMatch,
     EmbeddingSearch,
+    Head,
     find_word_embedding,
     search_word_embedding,
 )
@@ -26,6 +28,8 @@ __all__ = [
     "EmbeddingMatch",
     "EmbeddingSearch",
     "FactorizeEmbeddingPass",
+    "FactorizeHeadPass",
+    "Head",
     "check_opset",
     "factorize_embedding_pipeline",
     "find_word_embedding",

@@ -22,16 +22,28 @@ CONTRIB_DOMAIN = "com.microsoft"
 
 
 class Builder:
-    """Inserts named nodes before `anchor` and registers initializers, all under projclust/."""
+    """Inserts named nodes before `anchor` (in the anchor's graph, which may be an If branch) and registers
+    initializers under projclust/ in `graph`, the model's main graph, so that every branch shares them.
 
-    def __init__(self, graph: ir.Graph, anchor: ir.Node, prefix: str = PREFIX) -> None:
+    `scope` keeps node outputs apart when the same rewrite happens in several branches;
+    a constant asked for twice by name is stored once.
+    """
+
+    def __init__(self, graph: ir.Graph, anchor: ir.Node, prefix: str = PREFIX, scope: str = "") -> None:
         self.graph = graph
         self.anchor = anchor
         self.prefix = prefix
+        self.scope = f"{scope}/" if scope else ""
 
     def const(self, name: str, array: np.ndarray) -> ir.Value:
         full = f"{self.prefix}/{name}"
         array = np.require(array, requirements="C")  # ascontiguousarray would make 0-d arrays 1-d
+        existing = self.graph.initializers.get(full)
+        if existing is not None:
+            stored = existing.const_value
+            if tuple(stored.shape) != array.shape or stored.dtype != ir.DataType.from_numpy(array.dtype):
+                raise ValueError(f"initializer {full!r} already holds a different tensor")
+            return existing
         tensor = ir.tensor(array, name=full)
         value = ir.Value(name=full, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
                          const_value=tensor)
@@ -39,9 +51,10 @@ class Builder:
         return value
 
     def op(self, op_type: str, inputs: list[ir.Value], name: str, domain: str = "", **attributes) -> ir.Value:
-        node = ir.node(op_type, inputs, attributes or None, domain=domain, name=f"{self.prefix}/{name}")
-        node.outputs[0].name = f"{self.prefix}/{name}"
-        self.graph.insert_before(self.anchor, node)
+        full = f"{self.prefix}/{self.scope}{name}"
+        node = ir.node(op_type, inputs, attributes or None, domain=domain, name=full)
+        node.outputs[0].name = full
+        self.anchor.graph.insert_before(self.anchor, node)
         return node.outputs[0]
 
     def cast(self, value: ir.Value, dtype: np.dtype, name: str, source_dtype: np.dtype) -> ir.Value:
@@ -108,10 +121,14 @@ def per_tensor_lookup(b: Builder, q, ids: ir.Value, name: str) -> ir.Value:
 
 def replace_lookup(graph: ir.Graph, match, out: ir.Value) -> None:
     """Let `out` stand where the match's embeddings were, keeping their name, and drop the old lookup."""
-    old = match.output
+    replace_output(match.output, out, match.nodes)
+
+
+def replace_output(old: ir.Value, out: ir.Value, nodes: list[ir.Node]) -> None:
+    """Let `out` stand where `old` was, keeping its name, and drop `nodes` (which produced it) from their graphs."""
     old_name = old.name
     out.shape, out.type = old.shape, old.type
     ir.convenience.replace_all_uses_with(old, out, replace_graph_outputs=True)
-    for node in reversed(match.nodes):
-        graph.remove(node, safe=True)
+    for node in reversed(nodes):
+        node.graph.remove(node, safe=True)
     out.name = old_name  # downstream readers (and Netron users) see the same value name

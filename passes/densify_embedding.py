@@ -16,22 +16,31 @@ __all__ = ["DensifyEmbeddingPass"]
 
 
 class DensifyEmbeddingPass(ir.passes.InPlacePass):
-    """Make the word-embedding lookup a plain Gather of `table` (n, d), in the embeddings' dtype."""
+    """Make the word-embedding lookup a plain Gather of `table` (n, d), in the embeddings' dtype, and a tied
+    head's transposed copy `table`^T (unless heads=False)."""
 
-    def __init__(self, table: np.ndarray, ids_input: str = "input_ids") -> None:
+    def __init__(self, table: np.ndarray, ids_input: str = "input_ids", heads: bool = True) -> None:
         super().__init__()
         self.table = table
         self.ids_input = ids_input
+        self.heads = heads  # False: a head's own transposed copy stays as it was (kept dense, untied)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         try:
-            match = search_word_embedding(model.graph, self.ids_input).single()
+            search = search_word_embedding(model.graph, self.ids_input)
+            match = search.single()
+            heads = match.heads(model.graph) if match.storage == "float" and self.heads else []
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
         table = self.table.astype(match.dtype.numpy())
+        for head in heads:  # a tied head's own transposed copy holds the same dense table
+            if head.form == "copy":
+                head.weight.const_value = ir.tensor(np.ascontiguousarray(table.T), name=head.weight.name)
         if match.storage == "float":
             match.table.const_value = ir.tensor(table, name=match.table.name)
             return ir.passes.PassResult(model, modified=True)
-        b = Builder(model.graph, match.nodes[-1], prefix="reference")
-        replace_lookup(model.graph, match, b.op("Gather", [b.const("table", table), match.lookup.inputs[1]], "rows"))
+        for i, occurrence in enumerate(search.all()):
+            b = Builder(model.graph, occurrence.nodes[-1], prefix="reference", scope=f"lookup{i}" if i else "")
+            replace_lookup(model.graph, occurrence,
+                           b.op("Gather", [b.const("table", table), occurrence.lookup.inputs[1]], "rows"))
         return ir.passes.PassResult(model, modified=True)

@@ -79,8 +79,11 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
     """
 
     def __init__(self, factorization: EmbeddingFactorization, layout: str = DEFAULT_LAYOUT,
-                 ids_input: str = "input_ids", lookup_form: str = "contrib") -> None:
+                 ids_input: str = "input_ids", lookup_form: str = "contrib", tied: bool = False) -> None:
         super().__init__()
+        if tied and factorization.U_q is not None:
+            raise ValueError("tied=True reads U per cluster as FactorizeHeadPass stores it; quantized U is not "
+                             "supported there")
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r} must be one of {LAYOUTS}")
         if lookup_form not in LOOKUP_FORMS:
@@ -89,6 +92,7 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
         self.layout = layout
         self.ids_input = ids_input
         self.lookup_form = lookup_form
+        self.tied = tied
 
     def requires(self, model: ir.Model) -> None:
         check_opset(model)
@@ -112,7 +116,8 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
         self._check(match)
-        self._rewrite(model.graph, match)
+        for i, occurrence in enumerate(search.all()):  # one per If branch in a merged decoder
+            self._rewrite(model.graph, occurrence, scope=f"lookup{i}" if i else "")
         return ir.passes.PassResult(model, modified=True)
 
     def _check(self, match: EmbeddingMatch) -> None:
@@ -126,26 +131,57 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
                 f"the factorization is {f.n_rows} x {f.dim} but the table {match.table.name!r} is "
                 f"{match.shape[0]} x {match.shape[1]}; fit it on this model's table")
 
-    def _rewrite(self, graph: ir.Graph, match: EmbeddingMatch) -> None:
+    def _rewrite(self, graph: ir.Graph, match: EmbeddingMatch, scope: str = "") -> None:
         f = self.factorization
         np_dtype = match.dtype.numpy()
-        builder = Builder(graph, match.nodes[-1])
+        builder = Builder(graph, match.nodes[-1], scope=scope)
         ids = match.lookup.inputs[1]
         flat = builder.op("Reshape", [ids, builder.const("flat_shape", np.array([-1], np.int64))], "flat_ids")
-        if f.U_q is None:
+        if self.tied:
+            u, cid = _clustered_lookup(builder, flat, f, np_dtype)
+            y = _onehot_middle(builder, u, cid, f, np_dtype)
+        elif f.U_q is None:
             u = builder.op("Gather", [builder.const("U", f.U.astype(np_dtype)), flat], "u")
         else:
             u = block_quantized_lookup(builder, f.U_q, flat, self.lookup_form, "U")
             u = builder.cast(u, np_dtype, "u", f.U_q.scales.dtype)
-        cid8 = builder.op("GatherElements", [builder.const("cluster_ids", f.labels), flat], "cluster_id")
-        cid = builder.op("Cast", [cid8], "cluster_id_int64", to=ir.DataType.INT64)
-        if self.layout == "onehot":
-            y = _onehot_middle(builder, u, cid, f, np_dtype)
-        else:
-            y = _grouped_middle(builder, u, cid, flat, f, np_dtype)
+        if not self.tied:
+            cid = _cluster_ids(builder, flat, f)
+            if self.layout == "onehot":
+                y = _onehot_middle(builder, u, cid, f, np_dtype)
+            else:
+                y = _grouped_middle(builder, u, cid, flat, f, np_dtype)
         out_shape = builder.op("Concat", [builder.op("Shape", [ids], "ids_shape"),
                                           builder.const("dim", np.array([f.dim], np.int64))], "out_shape", axis=0)
         replace_lookup(graph, match, builder.op("Reshape", [y, out_shape], "embeddings"))
+
+
+def _cluster_ids(b: Builder, flat: ir.Value, f: EmbeddingFactorization) -> ir.Value:
+    cid8 = b.op("GatherElements", [b.const("cluster_ids", f.labels), flat], "cluster_id")
+    return b.op("Cast", [cid8], "cluster_id_int64", to=ir.DataType.INT64)
+
+
+def _clustered_lookup(b: Builder, flat: ir.Value, f: EmbeddingFactorization, np_dtype):
+    """(u (T, j), cluster ids (T,)) read from U stored per cluster, as the factorized head stores it."""
+    from projclust_onnx.passes.factorize_head import ClusterOrder, cluster_rows
+
+    cid = _cluster_ids(b, flat, f)
+    order = ClusterOrder(f.labels, f.n_clusters)
+    index = np.int32 if f.n_rows < 2**31 else np.int64
+    local = b.op("Cast", [b.op("GatherElements", [b.const("row_in_cluster", order.row_in_cluster.astype(index)),
+                                                  flat], "local_row")], "local_row_int64",
+                 to=ir.DataType.INT64)
+    zero = b.const("zero_index", np.array(0, np.int64))
+    u = None
+    for c, u_c in enumerate(cluster_rows(b, f, np_dtype)):
+        if u_c is None:
+            continue
+        hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"branch{c}/hit")
+        rows = b.op("Gather", [u_c, b.op("Where", [hit, local, zero], f"branch{c}/row")], f"branch{c}/u")
+        u = rows if u is None else b.op(
+            "Where", [b.op("Unsqueeze", [hit, b.const("axis1", np.array([1], np.int64))], f"branch{c}/hit_col"),
+                      rows, u], f"branch{c}/u_so_far")
+    return u, cid
 
 
 def _branch_weights(b: Builder, name: str, V: np.ndarray, np_dtype) -> ir.Value:

@@ -10,7 +10,15 @@ Squeeze, Unsqueeze, Flatten, Identity). Three stored forms are recognised::
 
 Initializer names are never consulted: they differ by head and exporter. Position and
 token-type tables are lookups too, but their indices come from other inputs or are
-computed, so they are rejected (and logged with the reason).
+computed, so they are rejected (and logged with the reason). Subgraphs are searched too:
+a merged decoder reads the table in both branches of an If.
+
+A tied LM head reads the same table, in one of three forms (see `Head`)::
+
+    copy:       MatMul(hidden, T)              T a separate initializer equal to table^T
+                                               (Optimum's export without accelerate)
+    transpose:  MatMul(hidden, Transpose(table))
+    gemm:       Gemm(hidden, table, transB=1[, bias])
 """
 
 from __future__ import annotations
@@ -25,13 +33,43 @@ from projclust_onnx.quantization import storage_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingMatch", "EmbeddingSearch", "search_word_embedding", "find_word_embedding"]
+__all__ = ["EmbeddingMatch", "EmbeddingSearch", "Head", "search_word_embedding", "find_word_embedding"]
 
 # Ops that change only the shape or integer type of the ids on their way to the Gather.
 _ID_PASSTHROUGH = frozenset({"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 _FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 _INT_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT32,
                         ir.DataType.INT32, ir.DataType.INT64})
+
+
+@dataclass
+class Head:
+    """One LM-head product with the table: logits = hidden @ table^T [+ bias].
+
+    node: the MatMul or Gemm; form: "copy", "transpose" or "gemm"; weight: what the node
+    reads as its second input (the transposed copy, the Transpose's output, or the table);
+    removed: nodes a rewrite drops besides `node` (the Transpose).
+    """
+
+    node: ir.Node
+    form: str
+    weight: ir.Value
+    removed: list[ir.Node] = field(default_factory=list)
+
+    @property
+    def hidden(self) -> ir.Value:
+        return self.node.inputs[0]
+
+    @property
+    def bias(self) -> ir.Value | None:
+        return self.node.inputs[2] if self.form == "gemm" and len(self.node.inputs) > 2 else None
+
+    @property
+    def logits(self) -> ir.Value:
+        return self.node.outputs[0]
+
+    def describe(self) -> str:
+        return f"{self.node.op_type} {self.node.name!r} ({self.form})"
 
 
 @dataclass
@@ -50,6 +88,7 @@ class EmbeddingMatch:
     output: ir.Value = None
     nodes: list[ir.Node] = field(default_factory=list)
     storage: str = "float"
+    lookups: list[ir.Node] = field(default_factory=list)  # every lookup of this table (one per If branch)
 
     def __post_init__(self) -> None:
         # Read once, while the lookup is in the graph: a rewrite detaches its inputs.
@@ -105,8 +144,9 @@ class EmbeddingMatch:
         return stored.dequantize().astype(self.dtype.numpy())
 
     def other_consumers(self) -> list[ir.Node]:
-        """Nodes besides the lookup that read the table (a tied LM head, typically)."""
-        return [node for node, _ in self.table.uses() if node is not self.lookup]
+        """Nodes besides the lookups that read the table (a tied LM head, typically)."""
+        lookups = set(self.lookups) if self.lookups else {self.lookup}
+        return [node for node, _ in self.table.uses() if node not in lookups]
 
     def transposed_copies(self, graph: ir.Graph) -> list[tuple[ir.Value, list[ir.Node]]]:
         """Other initializers holding this table's transpose, with their readers: a tied LM head that an
@@ -125,6 +165,33 @@ class EmbeddingMatch:
                 found.append((value, [node for node, _ in value.uses()]))
         return found
 
+    def heads(self, graph: ir.Graph) -> list[Head]:
+        """Every LM-head product with this table, in any of the three forms; ValueError naming a reader
+        of the table (or of its transposed copy) that is neither a lookup nor a head."""
+        heads, strangers = [], []
+        for node in self.other_consumers():
+            if node.op_type == "Transpose" and _is_2d_transpose(node):
+                readers = [n for n, _ in node.outputs[0].uses()]
+                if readers and all(_is_matmul_head(n, node.outputs[0]) for n in readers):
+                    heads += [Head(n, "transpose", node.outputs[0], [node]) for n in readers]
+                    continue
+            elif node.op_type == "Gemm" and _is_gemm_head(node, self.table):
+                heads.append(Head(node, "gemm", self.table))
+                continue
+            strangers.append(node)
+        for copy, readers in self.transposed_copies(graph):
+            for node in readers:
+                if _is_matmul_head(node, copy):
+                    heads.append(Head(node, "copy", copy))
+                else:
+                    strangers.append(node)
+        if strangers:
+            users = ", ".join(f"{n.op_type} {n.name!r}" for n in strangers)
+            raise ValueError(f"the word-embedding table {self.table.name!r} (or its transposed copy) is also read "
+                             f"by {users}, which is neither a lookup nor an LM head (MatMul or Gemm with the "
+                             "table's transpose); such a model is not supported")
+        return heads
+
     def check_untied(self) -> None:
         """ValueError when another node reads the table: rewriting it would break that reader."""
         others = self.other_consumers()
@@ -132,8 +199,28 @@ class EmbeddingMatch:
             users = ", ".join(f"{n.op_type} {n.name!r}" for n in others)
             raise ValueError(
                 f"the word-embedding table {self.table.name!r} is also read by {users} "
-                "(a tied LM head); tied tables are not supported yet. Export with untied "
-                "weights, or compress an encoder-only model")
+                "(a tied LM head); this rewrite leaves heads alone. Rewrite the head with the same "
+                "factors (the default of projclust-onnx compress), or export with untied weights")
+
+
+def _is_2d_transpose(node: ir.Node) -> bool:
+    perm = node.attributes.get("perm")
+    return perm is None or list(perm.as_ints()) == [1, 0]
+
+
+def _is_matmul_head(node: ir.Node, weight: ir.Value) -> bool:
+    return node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2 and \
+        node.inputs[1] is weight and node.inputs[0] is not weight
+
+
+def _is_gemm_head(node: ir.Node, table: ir.Value) -> bool:
+    attrs = node.attributes
+
+    def attr(name: str, default):
+        return attrs[name].value if name in attrs else default
+
+    return node.inputs[1] is table and node.inputs[0] is not table and attr("transB", 0) == 1 and \
+        attr("transA", 0) == 0 and attr("alpha", 1.0) == 1.0 and attr("beta", 1.0) == 1.0
 
 
 @dataclass
@@ -165,11 +252,19 @@ class EmbeddingSearch:
             detail = "; ".join(f"{name}: {why}" for name, why in self.rejected) or "no Gather at all"
             raise ValueError("no word-embedding lookup found (a Gather of a 2-D initializer indexed by "
                              f"the token ids); candidates rejected: {detail}")
-        if len(self.matches) > 1:
+        tables = {id(m.table) for m in self.matches}
+        if len(tables) > 1:
             names = [f"{m.gather.name} ({m.table.name}, {m.shape[0]}x{m.shape[1]})" for m in self.matches]
             raise ValueError(f"{len(self.matches)} word-embedding candidates found: {names}; "
-                             "the pass rewrites exactly one lookup of the token ids")
+                             "the pass rewrites the lookups of exactly one table of the token ids")
+        for match in self.matches:
+            match.lookups = [m.lookup for m in self.matches]
         return self.matches[0]
+
+    def all(self) -> list[EmbeddingMatch]:
+        """Every lookup of the one word table (several when the branches of an If each read it)."""
+        self.single()
+        return list(self.matches)
 
     def reject(self, node: ir.Node, reason: str) -> None:
         self.rejected.append((node.name or node.op_type, reason))
@@ -284,7 +379,7 @@ def search_word_embedding(graph: ir.Graph, ids_input: str = "input_ids") -> Embe
         raise ValueError(f"the model has no graph input named {ids_input!r} (inputs: {names}); "
                          "pass the token-id input's name as ids_input")
     ids_value = id_inputs[0]
-    for node in graph:
+    for node in ir.traversal.RecursiveGraphIterator(graph):
         if node.op_type == "EmbedLayerNormalization":
             search.fused.append(node)
         if node.op_type == "GatherElements" and node.domain in ("", "ai.onnx"):

@@ -59,6 +59,9 @@ def rank_for_bytes(n_rows: int, dim: int, n_clusters: int, budget_bytes: float, 
     while rank >= step and factorized_bytes(n_rows, dim, n_clusters, rank, table_itemsize, quantize,
                                             block_size) > budget_bytes:
         rank -= step
+    while rank + step < dim and factorized_bytes(n_rows, dim, n_clusters, rank + step, table_itemsize, quantize,
+                                                 block_size) <= budget_bytes:
+        rank += step  # the estimate fell short (packed zero points round up per block)
     if rank < 1:
         raise ValueError(
             f"{budget_bytes:,.0f} bytes with n_clusters={n_clusters} and quantize={quantize!r} leave no room for "

@@ -50,9 +50,12 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lookup-form", choices=["contrib", "standard"], default="contrib",
                         help="how quantized storage is read: contrib (GatherBlockQuantized, ONNX Runtime) or "
                              "standard (opset-13 operators only) (default: contrib)")
-    parser.add_argument("--head", choices=["keep"], default=None,
-                        help="an LM head stored as its own transposed copy of the table: keep it dense and "
-                             "compress the lookup only, untying the model (default: refuse)")
+    parser.add_argument("--head", choices=["factorize", "keep"], default="factorize",
+                        help="a tied LM head (MatMul/Gemm with the table's transpose, or its own transposed copy): "
+                             "factorize rewrites it with the same factors, so the model stays tied and the head "
+                             "costs n*j + k*j*d instead of n*d per position (float factors only); keep leaves "
+                             "its copy dense and compresses the lookup only, untying the model "
+                             "(default: factorize)")
     parser.add_argument("--target-ratio", type=float, default=None, metavar="R",
                         help="choose the method, k, j and bits (plain quantization, SVD, projective clustering) "
                              "with the lowest calibration-weighted error in table bytes / R; overrides "
@@ -170,24 +173,39 @@ def run_inspect(args: argparse.Namespace) -> int:
     config = _config(args)
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
                                                      verbose=False)
-    model = load_model(compressor.onnx_path)
-    search = search_word_embedding(model.graph, args.ids_input)
-    rows = [("model file", str(compressor.onnx_path)), ("graph inputs", ", ".join(v.name for v in model.graph.inputs))]
-    for name, reason in search.rejected:
-        rows.append(("rejected lookup", f"{name}: {reason}"))
-    for node in search.factorized:
-        rows.append(("already factorized", f"{node.name} (cluster-id lookup)"))
-    if not search.matches:
-        rows.append(("word embedding", "none found"))
-    for match in search.matches:
+    rows, found, tied_any = [], [], False
+    for path in compressor.onnx_paths:
+        model = load_model(path)
+        rows += [("model file", str(path)), ("graph inputs", ", ".join(v.name for v in model.graph.inputs))]
+        if args.ids_input not in {v.name for v in model.graph.inputs}:
+            rows.append(("word embedding", f"none (no input {args.ids_input!r}): copied unchanged"))
+            continue
+        search = search_word_embedding(model.graph, args.ids_input)
+        for name, reason in search.rejected:
+            rows.append(("rejected lookup", f"{name}: {reason}"))
+        for node in search.factorized:
+            rows.append(("already factorized", f"{node.name} (cluster-id lookup)"))
+        if not search.matches:
+            rows.append(("word embedding", "none found"))
+            continue
+        match = search.matches[0]
         n, d = match.shape
-        tied = [f"{c.op_type} {c.name}" for c in match.other_consumers()]
+        lookups = f", read by {len(search.matches)} lookups (If branches)" if len(search.matches) > 1 else ""
         rows.append(("word embedding", f"{match.lookup.name}: table {match.table.name} ({n} x {d}, "
-                                       f"{match.dtype.name}, stored {match.storage})"))
-        rows.append(("tied", ", ".join(tied) + " (refused)" if tied else "no"))
-        for copy, readers in match.transposed_copies(model.graph):
-            rows.append(("tied (transposed copy)", f"{copy.name} read by " + ", ".join(n.name for n in readers) +
-                         (" (head kept dense: untied)" if config.head == "keep" else " (refused without --head keep)")))
+                                       f"{match.dtype.name}, stored {match.storage}){lookups}"))
+        try:
+            heads = match.heads(model.graph) if match.storage == "float" else []
+            tied = ", ".join(h.describe() for h in heads) or "no"
+            if heads:
+                tied += " (kept dense where it is its own copy: untied)" if config.head == "keep" else \
+                    " (rewritten with the same factors)"
+                tied_any = tied_any or config.head != "keep"
+        except ValueError as err:
+            tied = f"refused: {err}"
+        rows.append(("tied LM head", tied))
+        found.append(match)
+    for match in found[:1]:  # the byte arithmetic, once: files of one export share the table's shape
+        n, d = match.shape
         itemsize = match.dtype.numpy().itemsize
         table_bytes = n * d * itemsize
         if config.target_ratio:
@@ -197,7 +215,8 @@ def run_inspect(args: argparse.Namespace) -> int:
             continue
         quantize = config.quantize or {None: "none", 8: "int8", 4: "int4"}[match.bits]
         k, b = config.n_clusters, config.block_size
-        j = config.rank_for(n, d, itemsize, quantize, match.stored_bytes)
+        extra = 8 * n if tied_any else 0
+        j = config.rank_for(n, d, itemsize, quantize, match.stored_bytes, extra_bytes=extra)
         ids = n * id_dtype(k).itemsize if k > 1 else 0
         if quantize == "none":
             u_text, u_bytes, v_bytes = f"n*j*{itemsize} = {n}*{j}*{itemsize}", n * j * itemsize, k * j * d * itemsize
@@ -215,8 +234,11 @@ def run_inspect(args: argparse.Namespace) -> int:
             ("U bytes", f"{u_text} = {u_bytes:,}"),
             ("V bytes", f"{v_text} = {k}*{j}*{d}*{v_bytes // max(k * j * d, 1)} = {v_bytes:,}"),
             ("cluster ids", f"{id_dtype(k).name}, {ids:,} bytes" if k > 1 else "none (k=1)"),
-            ("budget (bytes)", f"U + V + ids = {total:,} <= (1-c) * stored table = {budget} (stored "
-                               f"{match.stored_bytes:,}; {table_bytes / total:.2f}x smaller than the "
+            *([("index maps", f"row in cluster and vocabulary order, int32: 2*4*n = {extra:,} bytes (tied head)")]
+              if extra else []),
+            ("budget (bytes)", f"U + V + ids{' + maps' if extra else ''} = {total + extra:,} <= (1-c) * stored "
+                               f"table = {budget} (stored "
+                               f"{match.stored_bytes:,}; {table_bytes / (total + extra):.2f}x smaller than the "
                                f"{match.dtype.name} table)"),
             ("embedding parameters",
              f"{n * d:,} -> {n * j + k * j * d:,} ({1 - (n * j + k * j * d) / (n * d):.1%} fewer)"),

@@ -21,7 +21,14 @@ import numpy as np
 
 from projclust_onnx.chooser import weighted_error
 from projclust_onnx.config import ProjClustConfig
-from projclust_onnx.model_files import copy_companions, load_model, model_bytes, resolve_onnx_file, save_model
+from projclust_onnx.model_files import (
+    copy_companions,
+    copy_model_file,
+    load_model,
+    model_bytes,
+    resolve_onnx_files,
+    save_model,
+)
 from projclust_onnx.output_dir import check_room, staged_directory
 from projclust_onnx.passes import DensifyEmbeddingPass, with_cleanup
 from projclust_onnx.passes.builder import PREFIX
@@ -35,21 +42,28 @@ TASKS = ("feature-extraction", "text-classification")
 
 
 class ProjClustCompressor:
-    """Compresses the word embedding of one ONNX model; build it with from_pretrained."""
+    """Compresses the word embedding of an ONNX export (every file that reads it); build it with from_pretrained."""
 
-    def __init__(self, onnx_path: Path, source: str, export_dir: tempfile.TemporaryDirectory | None = None) -> None:
-        self.onnx_path = Path(onnx_path)
+    def __init__(self, onnx_path: Path | list[Path], source: str,
+                 export_dir: tempfile.TemporaryDirectory | None = None) -> None:
+        self.onnx_paths = [Path(p) for p in onnx_path] if isinstance(onnx_path, (list, tuple)) else [Path(onnx_path)]
         self.source = source
         self._export_dir = export_dir  # keeps an exported model alive as long as the compressor
+
+    @property
+    def onnx_path(self) -> Path:
+        """The first (for most exports the only) model file."""
+        return self.onnx_paths[0]
 
     @classmethod
     def from_pretrained(cls, model_name_or_path: str | Path, file_name: str | None = None,
                         task: str = "feature-extraction", verbose: bool | None = None) -> ProjClustCompressor:
-        """From an ONNX file or model directory, or a Hugging Face model (local directory or hub id),
-        which is exported first with optimum (library_name="transformers") for `task`."""
+        """From an ONNX file or export directory (every .onnx file in it, unless `file_name` picks one),
+        or a Hugging Face model (local directory or hub id), which is exported first with optimum
+        (library_name="transformers") for `task`."""
         path = Path(model_name_or_path).expanduser()
         if path.is_file() or (path.is_dir() and any(path.glob("*.onnx"))):
-            return cls(resolve_onnx_file(path, file_name), str(model_name_or_path))
+            return cls(resolve_onnx_files(path, file_name), str(model_name_or_path))
         if path.is_dir() and not (path / "config.json").is_file():
             raise ValueError(f"{path} holds neither a .onnx file nor a Hugging Face config.json; "
                              "give an ONNX model directory, a Hugging Face model directory or a hub id")
@@ -58,7 +72,7 @@ class ProjClustCompressor:
         export_dir = tempfile.TemporaryDirectory(prefix="projclust-export-")
         with Phases(verbose)("export", f"exporting {model_name_or_path} to ONNX with Optimum ({task})"):
             export_onnx(str(model_name_or_path), Path(export_dir.name), task)
-        return cls(resolve_onnx_file(Path(export_dir.name)), str(model_name_or_path), export_dir)
+        return cls(resolve_onnx_files(Path(export_dir.name)), str(model_name_or_path), export_dir)
 
     @property
     def source_dir(self) -> Path:
@@ -66,65 +80,91 @@ class ProjClustCompressor:
 
     def compress(self, save_dir: str | Path, config: ProjClustConfig | None = None, overwrite: bool = False,
                  verbose: bool | None = None, factorization=None) -> CompressionReport:
-        """Fit (or choose) the table's new storage, rewrite the graph, check it under ONNX Runtime, write save_dir.
+        """Fit (or choose) the table's new storage, rewrite every file that reads it (lookups, and tied
+        heads with the same factors), check each under ONNX Runtime, write save_dir.
 
-        `factorization` (an EmbeddingFactorization, e.g. fine-tuned factors) skips the
-        fit and is applied as it is. Every check that cannot depend on the fit runs
-        first; nothing is written unless every check passes; the input is only read.
-        `verbose` (default: when stderr is a terminal) reports each phase.
+        Files whose tables hold the same values share one fit. `factorization` (an
+        EmbeddingFactorization, e.g. fine-tuned factors) skips the fit and is applied as it
+        is. Every check that cannot depend on the fit runs first; nothing is written unless
+        every check passes; the input is only read. `verbose` (default: when stderr is a
+        terminal) reports each phase.
         """
         from projclust_onnx.parity import check_parity
 
         config = config or ProjClustConfig()
         phases = Phases(verbose)
-        with phases("load", f"reading and checking {self.onnx_path}"):
-            plan = plan_compression(self.onnx_path, self.source_dir, Path(save_dir), config, overwrite=overwrite,
+        names = ", ".join(p.name for p in self.onnx_paths)
+        with phases("load", f"reading and checking {self.source_dir / names if len(self.onnx_paths) == 1 else names}"):
+            plan = plan_compression(self.onnx_paths, self.source_dir, Path(save_dir), config, overwrite=overwrite,
                                     factorization=factorization)
         n, d = plan.shape
-        table32 = plan.table.astype(np.float32)
         n_tokens = n_special = 0
         choice = None
+        results = {}
+        # Read before any rewrite: a rewrite detaches the lookups' inputs.
+        tables = {key: files[0].match.dense().astype(np.float32) for key, files in plan.groups().items()}
         with staged_directory(plan.save_dir, overwrite) as stage:
             # Room for the parity check's two models (the reference is as large as the input),
             # which are gone before the smaller output is written.
-            check_room(stage, 2 * plan.input_bytes)
+            check_room(stage, 2 * max(f.input_bytes for f in plan.files))
             if factorization is not None:
-                result = factorization
+                results = {key: factorization for key in plan.groups()}
             else:
                 with phases("weights", "weighting rows (tokenizer, calibration text)"):
                     weights, metric, n_tokens, n_special = self._weights(config, n)
-                if config.target_ratio is not None:
-                    with phases("clustering", f"choosing the storage of {n} x {d} rows within 1/"
-                                              f"{config.target_ratio:g} of its bytes"):
-                        choice = self._choose(plan, config, table32, weights, metric, phases)
-                    result = choice.result
-                else:
-                    with phases("clustering", f"clustering {n} x {d} rows: {config.method}, k={config.n_clusters}, "
-                                              f"j={plan.rank}, U {plan.quantize}"):
-                        result = fit_factorization(table32, config, plan.rank, weights, phases.verbose,
-                                                   dtype=plan.match.dtype.numpy(), quantize=plan.quantize)
+                for key, table32 in tables.items():
+                    if config.target_ratio is not None:
+                        with phases("clustering", f"choosing the storage of {n} x {d} rows within 1/"
+                                                  f"{config.target_ratio:g} of its bytes"):
+                            choice = self._choose(plan, config, table32, weights, metric, phases)
+                        results[key] = choice.result
+                    else:
+                        with phases("clustering", f"clustering {n} x {d} rows: {config.method}, "
+                                                  f"k={config.n_clusters}, j={plan.rank}, U {plan.quantize}"):
+                            results[key] = fit_factorization(table32, config, plan.rank, weights, phases.verbose,
+                                                             dtype=plan.match.dtype.numpy(), quantize=plan.quantize)
 
-            with phases("rewrite", "rewriting the graph"):
-                model, reference, dense = plan.model, load_model(self.onnx_path), dense_of(result)
-                with_cleanup(DensifyEmbeddingPass(dense, config.ids_input))(reference)
-                with_cleanup(rewrite_pass(result, config))(model)
+            parities, written, files_report = [], 0, []
+            for file in plan.files:
+                result = results[file.table_key]
+                where = f" ({file.onnx_path.name})" if len(plan.files) > 1 else ""
+                with phases("rewrite", f"rewriting the graph{where}"):
+                    model, reference, dense = file.model, load_model(file.onnx_path), dense_of(result)
+                    with_cleanup(DensifyEmbeddingPass(dense, config.ids_input, heads=bool(file.heads)))(reference)
+                    with_cleanup(rewrite_pass(result, config, tied=bool(file.heads)))(model)
+                with phases("parity", f"checking the rewritten model under ONNX Runtime{where}"):
+                    parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=n,
+                                          dtype=file.match.dtype, seed=config.seed, workdir=stage)
+                    parities.append(parity)
+                    del reference
+                with phases("save", f"writing {plan.save_dir / file.onnx_path.name}", announce=file is plan.first):
+                    out_path = stage / file.onnx_path.name
+                    save_model(model, out_path)
+                    _check_saved(out_path)
+                file_written = _written_bytes(model)
+                written += file_written
+                files_report.append({
+                    "file": file.onnx_path.name, "lookups": len(file.match.lookups or [file.match.lookup]),
+                    "heads": [h.describe() for h in file.heads], "untied_head": file.untied_head,
+                    "table_copies": file.table_copies, "embedding_bytes_before": file.stored_bytes,
+                    "embedding_bytes_after": file_written, "file_bytes_before": file.input_bytes,
+                    "file_bytes_after": model_bytes(out_path), "parity_max_abs_diff": parity.max_abs_diff})
+            for name, why in plan.skipped:
+                copy_model_file(self.source_dir / name, stage)
+                files_report.append({"file": name, "copied unchanged": why,
+                                     "file_bytes_after": model_bytes(stage / name)})
 
-            with phases("parity", "checking the rewritten model under ONNX Runtime"):
-                parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=n, dtype=plan.match.dtype,
-                                      seed=config.seed, workdir=stage)
-                del reference
-
-            report = self._report(plan, config, result, parity, model, weighted_error(table32, dense, None),
-                                  n_tokens, n_special, choice, phases.timings)
+            first = results[plan.first.table_key]
+            report = self._report(plan, config, first, parities, written,
+                                  weighted_error(tables[plan.first.table_key], dense_of(first), None), n_tokens, n_special, choice,
+                                  phases.timings)
+            report.files = files_report
             saved_config = config if config.target_ratio is not None else \
                 dataclasses.replace(config, quantize=plan.quantize)
-            with phases("save", f"writing {plan.save_dir}"):
-                out_path = stage / self.onnx_path.name
-                save_model(model, out_path)
-                _check_saved(out_path)
+            with phases("save", f"writing {plan.save_dir}", announce=False):  # announced with the first file
                 copy_companions(self.source_dir, stage, skip={REPORT_NAME})
                 saved_config.save_pretrained(stage)
-                report.file_bytes_after = model_bytes(out_path)
+                report.file_bytes_after = sum(model_bytes(stage / f["file"]) for f in files_report)
             report.save(stage)
         return report
 
@@ -154,13 +194,11 @@ class ProjClustCompressor:
         return choose(table32, n * d * plan.itemsize / config.target_ratio, metric, fit=fit, sample_weight=weights,
                       table_itemsize=plan.itemsize, progress=say)
 
-    def _report(self, plan, config, result, parity, model, relative_error: float, n_tokens, n_special, choice,
-                timings) -> CompressionReport:
+    def _report(self, plan, config, result, parities, written: int, relative_error: float, n_tokens, n_special,
+                choice, timings) -> CompressionReport:
         from projclust_onnx.factorization import EmbeddingFactorization
 
         n, d = plan.shape
-        written = sum(v.const_value.nbytes for name, v in model.graph.initializers.items()
-                      if name.startswith(f"{PREFIX}/") and v.const_value is not None)
         factored = isinstance(result, EmbeddingFactorization)
         if factored:
             method = "svd" if result.n_clusters == 1 else "projclust"
@@ -169,25 +207,29 @@ class ProjClustCompressor:
         else:
             method, k, rank, ids, params = "quantize", None, None, 0, n * d
             quantize, block = f"int{getattr(result, 'bits', 8)}", getattr(result, "block_size", None)
+        heads = [f"{f.onnx_path.name}: {h.describe()}" if len(plan.files) > 1 else h.describe()
+                 for f in plan.files for h in f.heads]
         return CompressionReport(
             source=self.source, output=str(plan.save_dir), method=method, n_clusters=k, rank=rank,
-            layout=config.layout, table=str(plan.match.table.name), n_rows=n, dim=d,
-            dtype=str(plan.match.dtype.numpy()), embedding_params_before=n * d, embedding_params_after=params,
-            cluster_id_bytes=ids, embedding_bytes_before=plan.stored_bytes, embedding_bytes_after=written,
-            file_bytes_before=plan.input_bytes, file_bytes_after=0,
+            layout="onehot (tied head)" if plan.tied else config.layout, table=str(plan.match.table.name),
+            n_rows=n, dim=d, dtype=str(plan.match.dtype.numpy()), embedding_params_before=n * d,
+            embedding_params_after=params, cluster_id_bytes=ids, embedding_bytes_before=plan.stored_bytes,
+            embedding_bytes_after=written, file_bytes_before=plan.input_bytes, file_bytes_after=0,
             relative_error=relative_error,
-            parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
+            parity_max_abs_diff=max(p.max_abs_diff for p in parities), parity_tolerance=parities[0].tolerance,
             storage_before=plan.match.storage, quantize=quantize, block_size=block,
             lookup_form=config.lookup_form if quantize != "none" else None, calibration_tokens=n_tokens,
             special_tokens=n_special, choice=choice.to_dict() if choice is not None else None,
-            untied_head=plan.untied_head, timings=timings)
+            untied_head=plan.untied_head, heads=heads, table_copies=sum(f.table_copies for f in plan.files),
+            timings=timings)
 
     def _tokenizer(self, required: bool):
         """The model directory's tokenizer; None (with a warning) when absent and not required."""
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(self.source_dir)
+            with quiet_third_party():
+                return AutoTokenizer.from_pretrained(self.source_dir)
         except Exception as err:
             if required:
                 raise ValueError(f"calibration needs the model's tokenizer, but {self.source_dir} has none "
@@ -225,13 +267,25 @@ def dense_of(result) -> np.ndarray:
     return result.reconstruct() if hasattr(result, "reconstruct") else result.dequantize()
 
 
-def rewrite_pass(result, config: ProjClustConfig):
-    """The pass that writes `result` into the graph: the k-branch factors, or plain quantized storage."""
-    from projclust_onnx.passes import FactorizeEmbeddingPass, QuantizeEmbeddingPass
+def rewrite_pass(result, config: ProjClustConfig, tied: bool = False):
+    """The pass that writes `result` into the graph: the k-branch factors (with the tied heads first
+    when `tied`), or plain quantized storage."""
+    import onnx_ir as ir
 
+    from projclust_onnx.passes import FactorizeEmbeddingPass, FactorizeHeadPass, QuantizeEmbeddingPass
+
+    if tied:
+        return ir.passes.Sequential(FactorizeHeadPass(result, config.ids_input),
+                                    FactorizeEmbeddingPass(result, config.layout, config.ids_input, tied=True))
     if hasattr(result, "reconstruct"):
         return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form)
     return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form)
+
+
+def _written_bytes(model) -> int:
+    """Bytes of the initializers the rewrite wrote (all under projclust/)."""
+    return sum(v.const_value.nbytes for name, v in model.graph.initializers.items()
+               if name.startswith(f"{PREFIX}/") and v.const_value is not None)
 
 
 def _check_saved(path: Path) -> None:

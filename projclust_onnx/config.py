@@ -15,7 +15,7 @@ from projclust_onnx.errors import SettingError
 CONFIG_NAME = "projclust_config.json"
 METHODS = ("projclust", "svd")
 DEFAULT_CLUSTERS = 5
-HEAD_CHOICES = ("keep",)
+HEAD_CHOICES = ("factorize", "keep")
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy accept alike
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -41,10 +41,12 @@ class ProjClustConfig:
         target_ratio: pick the method, k, j and bits (plain quantization, SVD, projective
             clustering) that minimise the weighted reconstruction error within the float table's
             bytes / target_ratio; method, n_clusters, compression, rank and quantize are then chosen.
-        head: what to do with an LM head that holds its own transposed copy of the table (Optimum's
-            export of a tied model without accelerate): None refuses (rewriting the head with the
-            same factors is not supported yet), "keep" leaves the head dense and compresses the
-            lookup only; the model is then untied, and the report says so.
+        head: what to do with a tied LM head (the table read by MatMul or Gemm, directly, through
+            Transpose, or as its own transposed copy, which is how Optimum exports a tied model
+            without accelerate): "factorize" (default) rewrites it with the same factors, so the
+            model stays tied and the head costs n*j + k*j*d multiply-adds per position instead of
+            n*d; float factors only. "keep" leaves it dense and compresses the lookup only: the
+            model is then untied, and the report says so.
         layout: runtime subgraph, "grouped" or "onehot" (see passes.factorize_embedding).
         init, n_init, anneal_steps, max_iter, tol, z: ProjectiveClustering settings.
         seed: random_state of the clustering and of the parity check's inputs.
@@ -68,7 +70,7 @@ class ProjClustConfig:
     block_size: int = 32
     lookup_form: str = "contrib"
     target_ratio: float | None = None
-    head: str | None = None
+    head: str = "factorize"
     layout: str = "grouped"
     init: str = "kmeans"
     n_init: int = 10
@@ -125,8 +127,9 @@ class ProjClustConfig:
                 raise SettingError("compression", f"{{}}={self.compression} must lie in (0, 1), e.g. 0.4 for a 40% "
                                    "smaller table")
         _choice("layout", self.layout, LAYOUTS)
-        if self.head is not None:
-            _choice("head", self.head, HEAD_CHOICES)
+        if self.head is None:  # configs saved before the head pass existed
+            self.head = "factorize"
+        _choice("head", self.head, HEAD_CHOICES)
         _choice("init", self.init, INIT_METHODS)
         _whole("n_init", self.n_init, 1)
         _whole("anneal_steps", self.anneal_steps, 0)
@@ -144,12 +147,20 @@ class ProjClustConfig:
         self.calibration_text = [str(p) for p in self.calibration_text]
 
     def rank_for(self, n_rows: int, dim: int, param_bytes: int = 4, quantize: str | None = None,
-                 stored_bytes: int | None = None) -> int:
+                 stored_bytes: int | None = None, extra_bytes: int = 0) -> int:
         """The rank j this config gives a table of n_rows x dim whose values are param_bytes wide
         (the float type the model computes in) and which is stored in stored_bytes (default:
-        as floats; less for a table ONNX Runtime already quantized)."""
+        as floats; less for a table ONNX Runtime already quantized). `extra_bytes` must fit in
+        the budget besides U, V and the cluster ids (the index maps of a rewritten tied head)."""
         quantize = quantize or self.quantize or "none"
         if self.rank is None:
+            if extra_bytes:
+                stored = n_rows * dim * param_bytes if stored_bytes is None else stored_bytes
+                try:
+                    return rank_for_bytes(n_rows, dim, self.n_clusters, (1 - self.compression) * stored - extra_bytes,
+                                          param_bytes, quantize, self.block_size)
+                except ValueError as err:
+                    raise SettingError("compression", f"{{}}={self.compression}: {err}") from None
             if stored_bytes is None or stored_bytes == n_rows * dim * param_bytes:
                 return rank_for_budget(n_rows, dim, self.n_clusters, self.compression, param_bytes, quantize,
                                        self.block_size)

@@ -8,10 +8,9 @@ FLAGS = {
     "layout": "--runtime",
     "seed": "--seed",
     "overwrite": "--overwrite",
-    "head": "--head keep",
 }
 # How a switch is spelled in Python when the message asks the user to turn it on.
-PYTHON_SWITCHES = {"overwrite": "overwrite=True", "head": "head='keep'"}
+PYTHON_SWITCHES = {"overwrite": "overwrite=True"}
 
 
 def literal(text: str) -> str:

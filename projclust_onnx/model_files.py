@@ -42,6 +42,27 @@ def resolve_onnx_file(path: Path, file_name: str | None = None) -> Path:
     return found[0]
 
 
+def resolve_onnx_files(path: Path, file_name: str | None = None) -> list[Path]:
+    """The .onnx files meant by a file path, or a directory (all its .onnx files, or `file_name`)."""
+    if path.is_file() or file_name is not None:
+        return [resolve_onnx_file(path, file_name)]
+    found = onnx_files(path)
+    if not found:
+        raise ValueError(f"{path} holds no .onnx file; export one first (optimum-cli export onnx ...) "
+                         "or pass a Hugging Face model directory or hub id")
+    return found
+
+
+def copy_model_file(path: Path, dest_dir: Path) -> None:
+    """Copy a model file the rewrite leaves alone, with the external-data files it refers to."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    for name in [path.name, *sorted(locations)]:
+        shutil.copy2(path.parent / name, dest_dir / name)
+
+
 def load_model(path: Path) -> ir.Model:
     """Load an ONNX model with its external data, or raise ValueError saying what is wrong."""
     import onnx

@@ -28,8 +28,8 @@ class Phases:
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, key: str, text: str) -> Iterator[None]:
-        if self.verbose:
+    def __call__(self, key: str, text: str, announce: bool = True) -> Iterator[None]:
+        if self.verbose and announce:
             print(f"{self.prefix}: {text} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:

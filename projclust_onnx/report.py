@@ -46,6 +46,9 @@ class CompressionReport:
     special_tokens: int = 0
     choice: dict | None = None
     untied_head: str | None = None
+    heads: list[str] = field(default_factory=list)  # tied LM heads rewritten with the factors
+    table_copies: int = 1  # dense copies of the table the input files held (lookups' tables, heads' copies)
+    files: list[dict] = field(default_factory=list)  # per model file: what was rewritten, bytes, parity
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -55,8 +58,8 @@ class CompressionReport:
 
     @property
     def embedding_ratio(self) -> float:
-        """The float table's bytes over the embedding bytes written."""
-        return self.n_rows * self.dim * _itemsize(self.dtype) / self.embedding_bytes_after
+        """The float table's bytes (times the copies the files held) over the embedding bytes written."""
+        return self.table_copies * self.n_rows * self.dim * _itemsize(self.dtype) / self.embedding_bytes_after
 
     def to_dict(self) -> dict:
         return {**asdict(self), "embedding_compression": self.embedding_compression,
@@ -80,7 +83,8 @@ class CompressionReport:
             ("embedding table",
              f"{self.table} ({self.n_rows} x {self.dim}, {self.dtype}, stored {self.storage_before})"),
             ("embedding bytes", f"{self.embedding_bytes_before:,} -> {self.embedding_bytes_after:,} "
-                                f"({self.embedding_ratio:.2f}x smaller than the {self.dtype} table)"),
+                                f"({self.embedding_ratio:.2f}x smaller than the {self.dtype} table" +
+                                (f"'s {self.table_copies} copies)" if self.table_copies > 1 else ")")),
             ("embedding parameters", f"{self.embedding_params_before:,} -> {self.embedding_params_after:,} "
                                      f"({self.embedding_compression:.1%} fewer; ids {self.cluster_id_bytes:,} B)"),
             ("model file", f"{self.file_bytes_before / mib:.1f} MiB -> {self.file_bytes_after / mib:.1f} MiB"),
@@ -91,6 +95,14 @@ class CompressionReport:
         ]
         if self.choice:
             rows.append(("chosen", self.choice["reason"]))
+        if self.heads:
+            rows.append(("LM head", "rewritten with the same factors (still tied): " + "; ".join(self.heads)))
+        if len(self.files) > 1:
+            for f in self.files:
+                what = f"copied unchanged ({f['copied unchanged']})" if "copied unchanged" in f else \
+                    f"{f['file_bytes_before'] / mib:.2f} MiB -> {f['file_bytes_after'] / mib:.2f} MiB" + \
+                    (f", {len(f['heads'])} head(s) rewritten" if f["heads"] else "")
+                rows.append(("file " + f["file"], what))
         if self.untied_head:
             rows.append(("LM head", f"kept dense ({self.untied_head}): the model is now UNTIED, input and output "
                                     "embeddings differ"))

@@ -120,11 +120,13 @@ def test_unreadable_models_are_refused(tmp_path, make, match):
     [
         ({"ids_from_computation": True}, ProjClustConfig(**SMALL), "no word-embedding lookup found"),
         ({"second_lookup": True}, ProjClustConfig(**SMALL), "2 word-embedding candidates"),
-        ({"tied": True}, ProjClustConfig(**SMALL), "tied LM head"),
+        ({"stranger": True}, ProjClustConfig(**SMALL), "ReduceSum 'table_sum', which is neither a lookup nor"),
+        ({"tied": True}, ProjClustConfig(**SMALL, quantize="int4", block_size=16),
+         "quantize='int4' cannot be used with a tied LM head"),
         ({}, ProjClustConfig(n_clusters=61, rank=2), "n_clusters=61 must be <= the table's 60 rows"),
         ({}, ProjClustConfig(n_clusters=2, rank=8), "rank=8 must be < the table's dim=8"),
     ],
-    ids=["no-embedding", "two-candidates", "tied", "k>n", "rank>=d"],
+    ids=["no-embedding", "two-candidates", "stranger", "tied-int4", "k>n", "rank>=d"],
 )
 def test_bad_models_and_settings_are_refused_before_any_write(tmp_path, model_kwargs, config, match):
     src = write_model_dir(tmp_path / "src", embedding_model(60, 8, **model_kwargs)[0]).parent
@@ -141,13 +143,40 @@ def test_directory_without_a_model_is_refused(tmp_path):
         ProjClustCompressor.from_pretrained(tmp_path / "missing.onnx")
 
 
-def test_several_onnx_files_need_a_file_name(tmp_path):
+def test_every_onnx_file_of_a_directory_is_compressed_one_fit_per_distinct_table(tmp_path, monkeypatch):
+    from projclust_onnx import ProjectiveClustering
+
     src = write_model_dir(tmp_path / "src", embedding_model(60, 8)[0]).parent
     (src / "model.onnx").rename(src / "encoder.onnx")
     onnx.save(embedding_model(60, 8, seed=1)[0], str(src / "decoder.onnx"))
-    with pytest.raises(ValueError, match="several .onnx files"):
-        ProjClustCompressor.from_pretrained(src)
-    assert ProjClustCompressor.from_pretrained(src, file_name="decoder.onnx").onnx_path.name == "decoder.onnx"
+    onnx.save(embedding_model(60, 8, seed=1, tied_copy=True)[0], str(src / "decoder_with_head.onnx"))
+    fits = []
+    real_fit = ProjectiveClustering.fit
+    monkeypatch.setattr(ProjectiveClustering, "fit", lambda self, X, **kw: fits.append(X.copy()) or
+                        real_fit(self, X, **kw))
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert len(fits) == 2  # decoder and decoder_with_head share a table: one fit
+    assert sorted(f["file"] for f in report.files) == ["decoder.onnx", "decoder_with_head.onnx", "encoder.onnx"]
+    assert report.table_copies == 4 and len(report.heads) == 1
+    for name in ("decoder.onnx", "decoder_with_head.onnx", "encoder.onnx"):
+        inits = onnx.load(str(tmp_path / "out" / name)).graph.initializer
+        assert not [t.name for t in inits if sorted(t.dims) == [8, 60]], name
+    assert ProjClustCompressor.from_pretrained(src, file_name="decoder.onnx").onnx_paths == [src / "decoder.onnx"]
+
+
+def test_files_without_the_ids_input_are_copied_unchanged(tmp_path):
+    from onnx import TensorProto, helper
+
+    src = write_model_dir(tmp_path / "src", embedding_model(60, 8)[0]).parent
+    pixels = helper.make_graph([helper.make_node("Relu", ["pixels"], ["out"])], "vision",
+                               [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 3])],
+                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(pixels, opset_imports=[helper.make_opsetid("", 17)], ir_version=10),
+              str(src / "vision.onnx"))
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert (tmp_path / "out" / "vision.onnx").read_bytes() == (src / "vision.onnx").read_bytes()
+    assert any("copied unchanged" in f for f in report.files)
+    assert report.file_bytes_after == sum(p.stat().st_size for p in (tmp_path / "out").glob("*.onnx"))
 
 
 def test_large_models_are_written_with_external_data(model_dir, tmp_path, monkeypatch):
@@ -173,33 +202,43 @@ def test_fp16_model_round_trip(tmp_path):
     assert 2 * (60 * 3 + 2 * 3 * 8) + 60 <= on_file <= 2 * (60 * 3 + 2 * 3 * 8) + 60 + 64
 
 
-def test_head_stored_as_a_transposed_copy_is_never_untied_silently(tmp_path, monkeypatch):
-    """Issue 10 (first part): Optimum without accelerate stores a tied head as the table's transpose."""
-    import subprocess
-    import sys
-
+def test_head_stored_as_a_transposed_copy_is_rewritten_or_kept_but_never_untied_silently(tmp_path, monkeypatch):
+    """Issue 10: Optimum without accelerate stores a tied head as the table's transpose."""
     from projclust_onnx import ProjectiveClustering
 
     src = write_model_dir(tmp_path / "src", embedding_model(60, 8, tied_copy=True)[0]).parent
-    done = subprocess.run([sys.executable, "-m", "projclust_onnx.cli", "compress", "--model", str(src), "--output",
-                           str(tmp_path / "cli"), "-q"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "'onnx::MatMul_999', read by MatMul 'lm_head'" in done.stderr
-    assert "pass --head keep to compress the lookup only" in done.stderr
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert report.heads == ["MatMul 'lm_head' (copy)"] and report.untied_head is None
+    assert report.table_copies == 2 and report.embedding_bytes_before == 2 * 60 * 8 * 4
+    names = {t.name for t in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.initializer}
+    assert "onnx::MatMul_999" not in names and "bert.embeddings.word_embeddings.weight" not in names
+    assert report.embedding_bytes_after < 60 * 8 * 4  # both copies replaced by less than one
 
-    real_fit = ProjectiveClustering.fit
     monkeypatch.setattr(ProjectiveClustering, "fit", lambda *a, **k: pytest.fail("clustered before refusing"))
-    with pytest.raises(ValueError, match="pass head='keep' to compress the lookup only"):
-        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
-    assert not (tmp_path / "out").exists()
-    monkeypatch.setattr(ProjectiveClustering, "fit", real_fit)
+    with pytest.raises(ValueError, match="set head to 'keep'"):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "q", ProjClustConfig(**SMALL, quantize="int8",
+                                                                                          block_size=16))
+    assert not (tmp_path / "q").exists()
+    monkeypatch.undo()
 
     report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "keep", ProjClustConfig(**SMALL,
                                                                                                   head="keep"))
-    assert report.untied_head == "onnx::MatMul_999"
+    assert report.untied_head == "onnx::MatMul_999" and not report.heads
     assert any("UNTIED" in value for _, value in report.summary_rows())
     names = {t.name for t in onnx.load(str(tmp_path / "keep" / "model.onnx")).graph.initializer}
     assert "onnx::MatMul_999" in names  # the head's copy is still there, and the report does not hide it
     assert report.file_bytes_after > report.embedding_bytes_after + 60 * 8 * 4
+
+
+@pytest.mark.parametrize("form", ["tied", "gemm_head"])
+def test_heads_reading_the_table_itself_are_rewritten(tmp_path, form):
+    src = write_model_dir(tmp_path / "src", embedding_model(60, 8, **{form: True})[0]).parent
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert len(report.heads) == 1 and ("transpose" if form == "tied" else "gemm") in report.heads[0]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
+    assert "Transpose" not in ops  # no Transpose of an initializer left for ONNX Runtime to fold into a copy
+    with pytest.raises(ValueError, match="reads the word table itself, so it cannot be kept dense"):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "keep", ProjClustConfig(**SMALL, head="keep"))
 
 
 def test_unrelated_matrix_of_the_transposed_shape_is_not_a_head(tmp_path):

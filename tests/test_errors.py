@@ -168,7 +168,7 @@ def test_parity_input_kinds_are_checked_before_clustering(tmp_path, no_clusterin
     from onnx import TensorProto, helper
 
     model, _ = embedding_model(60, 8)
-    model.graph.input.append(helper.make_tensor_value_info("past", TensorProto.FLOAT, [1, 2]))
+    model.graph.input.append(helper.make_tensor_value_info("prompt", TensorProto.STRING, [1]))
     src = write_model_dir(tmp_path / "src", model).parent
-    with pytest.raises(ValueError, match="input 'past' of type FLOAT is not supported by the parity check"):
+    with pytest.raises(ValueError, match="input 'prompt' of type STRING is not supported by the parity check"):
         ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))

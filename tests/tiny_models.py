@@ -14,7 +14,7 @@ IR_VERSION = 10  # what onnxruntime 1.31 reads
 def embedding_model(n: int = 40, d: int = 8, *, seed: int = 0, dtype=np.float32, cast: bool = False,
                     reshape: bool = False, position: bool = True, token_type: bool = False, tied: bool = False,
                     second_lookup: bool = False, ids_from_computation: bool = False, opset: int = 17,
-                    tied_copy: bool = False,
+                    tied_copy: bool = False, gemm_head: bool = False, stranger: bool = False,
                     ids_name: str = "input_ids", table_name: str = "bert.embeddings.word_embeddings.weight"):
     """input_ids -> [Cast] -> [Reshape] -> Gather(table) (+ position, token-type tables) -> Relu -> output.
 
@@ -74,6 +74,16 @@ def embedding_model(n: int = 40, d: int = 8, *, seed: int = 0, dtype=np.float32,
         inits.append(numpy_helper.from_array(np.ascontiguousarray(table.T), "onnx::MatMul_999"))
         nodes.append(helper.make_node("MatMul", ["hidden", "onnx::MatMul_999"], ["logits"], name="lm_head"))
         outputs.append(helper.make_tensor_value_info("logits", tensor_type, ["batch", "sequence", n]))
+    if gemm_head:  # Gemm(hidden rows, table, transB=1) + a bias, as a 2-D head
+        inits += [numpy_helper.from_array(np.array([-1, d], np.int64), "rows_shape"),
+                  numpy_helper.from_array(rng.standard_normal(n).astype(dtype), "head_bias")]
+        nodes += [helper.make_node("Reshape", ["hidden", "rows_shape"], ["hidden_rows"], name="head_rows"),
+                  helper.make_node("Gemm", ["hidden_rows", table_name, "head_bias"], ["logits"], transB=1,
+                                   name="lm_head_gemm")]
+        outputs.append(helper.make_tensor_value_info("logits", tensor_type, ["rows", n]))
+    if stranger:  # some other reader of the table: neither a lookup nor a head
+        nodes.append(helper.make_node("ReduceSum", [table_name], ["table_sum"], keepdims=0, name="table_sum"))
+        outputs.append(helper.make_tensor_value_info("table_sum", tensor_type, []))
     graph = helper.make_graph(nodes, "tiny", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)
     onnx.checker.check_model(model, full_check=True)

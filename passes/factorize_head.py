@@ -1,0 +1,133 @@
+"""Rewrite a tied LM head with the word embedding's factors: logits from U and V, no dense table.
+
+A tied head computes logits[t] = h . A[t]. With A[t] ~ U[t] @ V[c(t)] that is
+U[t] . (V[c(t)] @ h): project h once onto every branch, then one small product per
+cluster::
+
+    h2 = Reshape(hidden, [-1, d])                      (M, d)
+    P  = Gemm(h2, V, transB=1)                         (M, k*j)    V stacked (k*j, d)
+    for c with rows:
+        L_c = Gemm(Slice(P, c*j..(c+1)*j), U_c, transB=1)   (M, n_c)  U_c: cluster c's rows of U
+    L  = Concat(L_0..L_{k-1}, axis=1)                  (M, n)      rows in cluster order
+    logits = Reshape(Gather(L, vocab_order, axis=1), [*hidden.shape[:-1], n])  [+ bias]
+
+That is n*j + k*j*d multiply-adds per position instead of n*d. U is stored once, per
+cluster (`U/cluster{c}`), and read as it is stored: there is no Transpose or Slice of an
+initializer for ONNX Runtime to constant-fold into a second copy. The lookup side reads
+the same U_c (FactorizeEmbeddingPass with tied=True); the cluster-order tables
+(`cluster_ids`, `row_in_cluster`, `vocab_order`) are the small integer maps between
+token ids and those rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+from projclust_onnx.passes.builder import Builder, replace_output
+from projclust_onnx.passes.factorize_embedding import check_opset
+from projclust_onnx.passes.word_embedding import Head, search_word_embedding
+
+if TYPE_CHECKING:
+    from projclust_onnx.factorization import EmbeddingFactorization
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FactorizeHeadPass", "ClusterOrder", "cluster_rows"]
+
+
+class ClusterOrder:
+    """Where each token's row sits when U is stored per cluster: cluster, row within it, place in the concat."""
+
+    def __init__(self, labels: np.ndarray, k: int) -> None:
+        labels = np.asarray(labels).astype(np.int64)
+        order = np.argsort(labels, kind="stable")  # token ids in cluster order
+        self.sizes = np.bincount(labels, minlength=k)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        self.vocab_order = np.empty(len(labels), np.int64)
+        self.vocab_order[order] = np.arange(len(labels))  # token id -> column of the concatenated logits
+        self.row_in_cluster = self.vocab_order - self.starts[labels]
+        self.members = [order[s:s + m] for s, m in zip(self.starts, self.sizes)]
+
+
+def cluster_rows(b: Builder, f: EmbeddingFactorization, np_dtype) -> list[ir.Value | None]:
+    """U_c for each cluster as the shared initializers `U/cluster{c}` (None for an empty cluster)."""
+    order = ClusterOrder(f.labels, f.n_clusters)
+    return [b.const(f"U/cluster{c}", f.U[rows].astype(np_dtype)) if len(rows) else None
+            for c, rows in enumerate(order.members)]
+
+
+def stacked_branches(b: Builder, f: EmbeddingFactorization, np_dtype) -> ir.Value:
+    """V as one (k*j, d) initializer `V`, shared by the head and the lookup."""
+    return b.const("V", f.V.reshape(f.n_clusters * f.rank, f.dim).astype(np_dtype))
+
+
+class FactorizeHeadPass(ir.passes.InPlacePass):
+    """Replace every LM-head product with the word table (MatMul with its transposed copy, MatMul with
+    Transpose(table), Gemm with transB=1) by the factorized head above.
+
+    Run it before FactorizeEmbeddingPass(tied=True), which rewrites the lookups and drops the
+    table: the heads are found through the table. Float factors only (U_q must be None).
+    """
+
+    def __init__(self, factorization: EmbeddingFactorization, ids_input: str = "input_ids") -> None:
+        super().__init__()
+        if factorization.U_q is not None:
+            raise ValueError("the head pass takes float factors; quantized U is not supported for a tied head")
+        self.factorization = factorization
+        self.ids_input = ids_input
+
+    def requires(self, model: ir.Model) -> None:
+        check_opset(model)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        try:
+            match = search_word_embedding(model.graph, self.ids_input).single()
+            heads = match.heads(model.graph)
+        except ValueError as err:
+            raise ir.passes.PreconditionError(str(err)) from err
+        f = self.factorization
+        if match.shape != (f.n_rows, f.dim):
+            raise ir.passes.PreconditionError(
+                f"the factorization is {f.n_rows} x {f.dim} but the table {match.table.name!r} is "
+                f"{match.shape[0]} x {match.shape[1]}; fit it on this model's table")
+        for i, head in enumerate(heads):
+            self._rewrite(model.graph, head, match.dtype.numpy(), scope=f"head{i}" if i else "head")
+        return ir.passes.PassResult(model, modified=bool(heads))
+
+    def _rewrite(self, graph: ir.Graph, head: Head, np_dtype, scope: str) -> None:
+        f = self.factorization
+        k, j, d, n = f.n_clusters, f.rank, f.dim, f.n_rows
+        b = Builder(graph, head.node, scope=scope)
+        order = ClusterOrder(f.labels, k)
+        rows = cluster_rows(b, f, np_dtype)
+        flat = b.op("Reshape", [head.hidden, b.const("hidden_shape", np.array([-1, d], np.int64))], "hidden_2d")
+        projected = b.op("Gemm", [flat, stacked_branches(b, f, np_dtype)], "projected", transB=1)
+        parts = []
+        for c, u_c in enumerate(rows):
+            if u_c is None:
+                continue
+            p_c = b.op("Slice", [projected, b.const(f"slice/start{c}", np.array([c * j], np.int64)),
+                                 b.const(f"slice/end{c}", np.array([(c + 1) * j], np.int64)),
+                                 b.const("slice/axis1", np.array([1], np.int64))], f"cluster{c}/projected")
+            parts.append(b.op("Gemm", [p_c, u_c], f"cluster{c}/logits", transB=1))
+        clustered = parts[0] if len(parts) == 1 else b.op("Concat", parts, "clustered_logits", axis=1)
+        index = np.int32 if n < 2**31 else np.int64
+        logits = b.op("Gather", [clustered, b.const("vocab_order", order.vocab_order.astype(index))],
+                      "logits_2d", axis=1)
+        if head.form == "gemm":
+            if head.bias is not None:
+                logits = b.op("Add", [logits, head.bias], "logits_biased")
+        else:
+            lead = b.op("Slice", [b.op("Shape", [head.hidden], "hidden_dims"),
+                                  b.const("slice/zero", np.array([0], np.int64)),
+                                  b.const("slice/last", np.array([-1], np.int64))], "leading_dims")
+            shape = b.op("Concat", [lead, b.const("vocab", np.array([n], np.int64))], "logits_shape", axis=0)
+            logits = b.op("Reshape", [logits, shape], "logits")
+        replace_output(head.logits, logits, [head.node])
+        for node in head.removed:  # the Transpose, once no head reads it
+            if not any(True for _ in node.outputs[0].uses()):
+                node.graph.remove(node, safe=True)
+        logger.info("rewrote the LM head %s with the factors", head.describe())

@@ -1,0 +1,65 @@
+"""Tiny randomly initialised Hugging Face checkpoints (vocab 5000, hidden 64), exported as users export them.
+
+No real decoder ships offline, so the structure of every exported text model is tested on
+these: built from transformers config classes, saved, then exported by Optimum's exporter
+(what `optimum-cli export onnx` runs) without accelerate, so a tied head is written as its
+own transposed copy of the table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+VOCAB, HIDDEN = 5000, 64
+
+# architecture -> (config class name, model class name, extra config arguments)
+_SMALL = dict(num_attention_heads=2, intermediate_size=128)
+ARCHITECTURES = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=HIDDEN, n_layer=2, n_head=2, n_positions=128)),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=HIDDEN, num_hidden_layers=2, num_key_value_heads=2,
+                                                      tie_word_embeddings=True, max_position_embeddings=128,
+                                                      **_SMALL)),
+    "llama-untied": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=HIDDEN, num_hidden_layers=2,
+                                                             num_key_value_heads=2, tie_word_embeddings=False,
+                                                             max_position_embeddings=128, **_SMALL)),
+    "bert": ("BertConfig", "BertForMaskedLM", dict(hidden_size=HIDDEN, num_hidden_layers=2,
+                                                   max_position_embeddings=128, **_SMALL)),
+    "t5": ("T5Config", "T5ForConditionalGeneration", dict(d_model=HIDDEN, d_kv=32, d_ff=128, num_layers=2,
+                                                         num_decoder_layers=2, num_heads=2,
+                                                         decoder_start_token_id=0, pad_token_id=0,
+                                                         eos_token_id=1)),
+    "bart": ("BartConfig", "BartForConditionalGeneration", dict(d_model=HIDDEN, encoder_layers=2, decoder_layers=2,
+                                                               encoder_attention_heads=2, decoder_attention_heads=2,
+                                                               encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                                               max_position_embeddings=128)),
+}
+TASKS = {"gpt2": "text-generation-with-past", "llama": "text-generation-with-past",
+         "llama-untied": "text-generation-with-past", "bert": "fill-mask",
+         "t5": "text2text-generation-with-past", "bart": "text2text-generation-with-past"}
+
+
+def build_checkpoint(architecture: str, directory: Path, seed: int = 0) -> Path:
+    """Save a tiny random `architecture` checkpoint (config, safetensors, generation config) to `directory`."""
+    import torch
+    import transformers
+
+    config_name, model_name, extra = ARCHITECTURES[architecture]
+    config = getattr(transformers, config_name)(vocab_size=VOCAB, **extra)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(config).eval()
+    model.save_pretrained(directory)
+    return directory
+
+
+def export_checkpoint(architecture: str, directory: Path, task: str | None = None) -> Path:
+    """Build the checkpoint and export it with Optimum for its task (default: the one listed in TASKS)."""
+    from optimum.exporters.onnx import main_export
+
+    from projclust_onnx.compressor import quiet_third_party
+
+    checkpoint = build_checkpoint(architecture, directory / "hf")
+    out = directory / "onnx"
+    with quiet_third_party():
+        main_export(str(checkpoint), output=out, task=task or TASKS[architecture], library_name="transformers",
+                    do_validation=False)
+    return out
