@@ -25,8 +25,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX model directory or file, Hugging Face model directory, or hub id "
                              "(default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--file-name", default=None,
-                        help="which .onnx file of a directory holding several (default: model.onnx)")
-    parser.add_argument("--task", default="feature-extraction", choices=["feature-extraction", "text-classification"],
+                        help="compress only this .onnx file of the directory (default: every .onnx file that "
+                             "reads the word table)")
+    from projclust_onnx.tasks import EXPORT_TASKS
+
+    parser.add_argument("--task", default="feature-extraction", choices=list(EXPORT_TASKS),
                         help="export task when --model is a Hugging Face model (default: feature-extraction)")
     parser.add_argument("--ids-input", default="input_ids",
                         help="name of the token-id graph input (default: input_ids)")

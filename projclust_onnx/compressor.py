@@ -35,10 +35,11 @@ from projclust_onnx.passes.builder import PREFIX
 from projclust_onnx.plan import plan_compression
 from projclust_onnx.progress import Phases
 from projclust_onnx.report import REPORT_NAME, CompressionReport
+from projclust_onnx.tasks import EXPORT_TASKS
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("feature-extraction", "text-classification")
+TASKS = EXPORT_TASKS
 
 
 class ProjClustCompressor:
@@ -155,8 +156,8 @@ class ProjClustCompressor:
                                      "file_bytes_after": model_bytes(stage / name)})
 
             first = results[plan.first.table_key]
-            report = self._report(plan, config, first, parities, written,
-                                  weighted_error(tables[plan.first.table_key], dense_of(first), None), n_tokens, n_special, choice,
+            error = weighted_error(tables[plan.first.table_key], dense_of(first), None)
+            report = self._report(plan, config, first, parities, written, error, n_tokens, n_special, choice,
                                   phases.timings)
             report.files = files_report
             saved_config = config if config.target_ratio is not None else \

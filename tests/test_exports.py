@@ -94,7 +94,6 @@ def test_generation_matches_the_pytorch_model_holding_the_reconstruction(exports
     ours = ORTModelForCausalLM.from_pretrained(tmp_path / "out")
 
     import onnx_ir as ir
-
     from projclust_onnx.passes.factorize_head import ClusterOrder  # rebuild the table from the written factors
 
     model = ir.load(tmp_path / "out" / "model.onnx")

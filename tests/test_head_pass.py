@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx_ir.passes.common import CheckerPass, RemoveUnusedNodesPass, TopologicalSortPass
+from projclust_onnx.passes import FactorizeEmbeddingPass, FactorizeHeadPass, find_word_embedding
+from projclust_onnx.passes.factorize_head import ClusterOrder
 from tiny_models import embedding_model
 
 from projclust_onnx.factorization import EmbeddingFactorization
-from projclust_onnx.passes import FactorizeEmbeddingPass, FactorizeHeadPass, find_word_embedding
-from projclust_onnx.passes.factorize_head import ClusterOrder
 
 FORMS = {"copy": {"tied_copy": True}, "transpose": {"tied": True}, "gemm": {"gemm_head": True}}
 

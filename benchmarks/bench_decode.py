@@ -1,0 +1,170 @@
+"""Decode-step latency of a tied LM head, dense vs rewritten with the factors, at a Qwen2.5-0.5B-size table.
+
+A Qwen2-shaped causal LM (vocab 151936, hidden 896, two layers, tied embeddings, random
+weights: timing does not depend on them) is exported by Optimum for
+text-generation-with-past and compressed by 40% with k clusters; the factors are random
+too (compress(factorization=...)), since a fit of random weights would only cost time.
+Measured in one run, interleaved, batch 1:
+
+- head alone: the table's lookup and the head's product for one position
+  (input_ids (1, 1) -> Gather -> MatMul with the transposed copy -> logits), dense vs factorized;
+- the whole decode step with a KV cache of `--past` positions;
+- peak RSS of creating each session and running it once (own process each).
+
+    python benchmarks/bench_decode.py [--clusters 4] [--compression 0.4] [--past 128] [--repeats 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from common import append_results, markdown_table
+from onnx import TensorProto, helper, numpy_helper
+
+from projclust_onnx import ProjClustCompressor, ProjClustConfig
+from projclust_onnx.benchmark.runner import measure_memory
+from projclust_onnx.budget import rank_for_bytes
+from projclust_onnx.factorization import EmbeddingFactorization
+from projclust_onnx.threads import session_options
+
+VOCAB, HIDDEN = 151936, 896
+
+
+def qwen_export(directory: Path, layers: int) -> Path:
+    """A random tied Qwen2 with the 0.5B model's table, exported with its KV cache."""
+    import torch
+    import transformers
+    from optimum.exporters.onnx import main_export
+
+    from projclust_onnx.compressor import quiet_third_party
+
+    config = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=4864,
+                                      num_hidden_layers=layers, num_attention_heads=14, num_key_value_heads=2,
+                                      tie_word_embeddings=True, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(config).eval().save_pretrained(directory / "hf")
+    with quiet_third_party():
+        main_export(str(directory / "hf"), output=directory / "onnx", task="text-generation-with-past",
+                    library_name="transformers", do_validation=False)
+    return directory / "onnx"
+
+
+def head_only(directory: Path, table: np.ndarray) -> Path:
+    """input_ids -> Gather(table) -> MatMul(table^T as its own copy) -> logits: the lookup and the tied head."""
+    n, d = table.shape
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["hidden"], name="lookup"),
+         helper.make_node("MatMul", ["hidden", "head"], ["logits"], name="lm_head")], "head",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", n])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.ascontiguousarray(table.T), "head")])
+    directory.mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10),
+              str(directory / "model.onnx"))
+    return directory
+
+
+def random_factors(n: int, d: int, k: int, rank: int, seed: int = 0) -> EmbeddingFactorization:
+    rng = np.random.default_rng(seed)
+    return EmbeddingFactorization(labels=rng.integers(0, k, n), U=rng.standard_normal((n, rank), np.float32),
+                                  V=(rng.standard_normal((k, rank, d), np.float32) / np.sqrt(rank)))
+
+
+def decode_feeds(session, past: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in session.get_inputs():
+        if spec.name == "input_ids":
+            feeds[spec.name] = np.array([[42]], np.int64)
+        elif spec.name == "attention_mask":
+            feeds[spec.name] = np.ones((1, past + 1), np.int64)
+        elif spec.name == "position_ids":
+            feeds[spec.name] = np.array([[past]], np.int64)
+        else:  # past_key_values.*: (1, kv heads, past, head dim)
+            shape = [1 if d == "batch_size" else past if isinstance(d, str) else d for d in spec.shape]
+            feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def interleaved_p50(sessions: dict, feeds: dict, repeats: int) -> dict[str, float]:
+    """Median milliseconds per run, the models taking turns so drift hits all alike."""
+    times = {name: [] for name in sessions}
+    for name, s in sessions.items():  # warm up
+        for _ in range(3):
+            s.run(None, feeds[name])
+    for _ in range(repeats):
+        for name, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, feeds[name])
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    import onnxruntime as ort
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clusters", type=int, default=4)
+    parser.add_argument("--compression", type=float, default=0.4)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--past", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+
+    k = args.clusters
+    rank = rank_for_bytes(VOCAB, HIDDEN, k, (1 - args.compression) * VOCAB * HIDDEN * 4 - 8 * VOCAB)
+    factors = random_factors(VOCAB, HIDDEN, k, rank)
+    config = ProjClustConfig(compression=args.compression, n_clusters=k)
+    with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
+        tmp = Path(tmp)
+        print(f"exporting a random Qwen2 ({VOCAB} x {HIDDEN}, {args.layers} layers) ...", file=sys.stderr)
+        export = qwen_export(tmp / "qwen", args.layers)
+        rng = np.random.default_rng(1)
+        table = (0.02 * rng.standard_normal((VOCAB, HIDDEN))).astype(np.float32)
+        dirs = {"head dense": head_only(tmp / "head_dense", table), "step dense": export}
+        print("compressing (random factors, no fit) ...", file=sys.stderr)
+        for what, src in (("head", dirs["head dense"]), ("step", export)):
+            out = tmp / f"{what}_factorized"
+            report = ProjClustCompressor.from_pretrained(src).compress(out, config, factorization=factors,
+                                                                       verbose=False)
+            assert report.heads, f"{what}: the head was not rewritten"
+            dirs[f"{what} factorized"] = out
+        paths = {name: d / "model.onnx" for name, d in dirs.items()}
+        options = session_options(0, spinning=True)
+        sessions = {name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                    for name, p in paths.items()}
+        feeds = {name: ({"input_ids": np.array([[42]], np.int64)} if name.startswith("head")
+                        else decode_feeds(s, args.past)) for name, s in sessions.items()}
+        p50 = interleaved_p50(sessions, feeds, args.repeats)
+        del sessions
+        memory = {name: measure_memory(p, ["CPUExecutionProvider"], 1, 1, VOCAB) for name, p in paths.items()
+                  if name.startswith("head")}
+        sizes = {name: sum(f.stat().st_size for f in dirs[name].glob("*.onnx*")) for name in dirs}
+
+    rows = []
+    for what in ("head", "step"):
+        dense, fact = p50[f"{what} dense"], p50[f"{what} factorized"]
+        mem = (f"{memory[f'{what} dense'].get('peak_mb', float('nan')):.0f} -> "
+               f"{memory[f'{what} factorized'].get('peak_mb', float('nan')):.0f}") if what == "head" else "n/a"
+        rows.append([f"{'head alone (lookup + head)' if what == 'head' else 'whole decode step'}",
+                     round(dense, 2), round(fact, 2), round(dense / fact, 2),
+                     f"{sizes[f'{what} dense'] / 2**20:.0f} -> {sizes[f'{what} factorized'] / 2**20:.0f}", mem])
+    macs_dense, macs_fact = VOCAB * HIDDEN, VOCAB * rank + k * rank * HIDDEN
+    body = (f"Random Qwen2 with the 0.5B table ({VOCAB} x {HIDDEN}, tied), {args.layers} layers, batch 1, one new "
+            f"token with {args.past} cached positions; factorized at {args.compression:.0%} with k={k}, j={rank} "
+            f"(head multiply-adds per position {macs_dense / 1e6:.1f}M -> {macs_fact / 1e6:.1f}M, "
+            f"{macs_dense / macs_fact:.2f}x fewer). p50 of {args.repeats} interleaved runs, CPU provider.\n\n"
+            + markdown_table(["what", "dense ms", "factorized ms", "speedup", "file MiB", "session peak RSS MiB"],
+                             rows))
+    append_results("Decode step with a tied head factorized (bench_decode.py)", body)
+
+
+if __name__ == "__main__":
+    main()
