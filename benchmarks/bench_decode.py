@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--compression", type=float, default=0.4)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--past", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=100)
     args = parser.parse_args()
 
     k = args.clusters
@@ -137,32 +137,36 @@ def main() -> None:
             assert report.heads, f"{what}: the head was not rewritten"
             dirs[f"{what} factorized"] = out
         paths = {name: d / "model.onnx" for name, d in dirs.items()}
-        options = session_options(0, spinning=True)
-        sessions = {name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                    for name, p in paths.items()}
-        feeds = {name: ({"input_ids": np.array([[42]], np.int64)} if name.startswith("head")
-                        else decode_feeds(s, args.past)) for name, s in sessions.items()}
-        p50 = interleaved_p50(sessions, feeds, args.repeats)
-        del sessions
+        p50 = {}
+        for spinning in (False, True):  # ONNX Runtime spins its pool's threads by default
+            options = session_options(0, spinning=spinning)
+            sessions = {name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                        for name, p in paths.items()}
+            feeds = {name: ({"input_ids": np.array([[42]], np.int64)} if name.startswith("head")
+                            else decode_feeds(s, args.past)) for name, s in sessions.items()}
+            p50[spinning] = interleaved_p50(sessions, feeds, args.repeats)
+            del sessions
         memory = {name: measure_memory(p, ["CPUExecutionProvider"], 1, 1, VOCAB) for name, p in paths.items()
                   if name.startswith("head")}
         sizes = {name: sum(f.stat().st_size for f in dirs[name].glob("*.onnx*")) for name in dirs}
 
     rows = []
-    for what in ("head", "step"):
-        dense, fact = p50[f"{what} dense"], p50[f"{what} factorized"]
-        mem = (f"{memory[f'{what} dense'].get('peak_mb', float('nan')):.0f} -> "
-               f"{memory[f'{what} factorized'].get('peak_mb', float('nan')):.0f}") if what == "head" else "n/a"
-        rows.append([f"{'head alone (lookup + head)' if what == 'head' else 'whole decode step'}",
-                     round(dense, 2), round(fact, 2), round(dense / fact, 2),
-                     f"{sizes[f'{what} dense'] / 2**20:.0f} -> {sizes[f'{what} factorized'] / 2**20:.0f}", mem])
+    for spinning in (False, True):
+        for what in ("head", "step"):
+            dense, fact = p50[spinning][f"{what} dense"], p50[spinning][f"{what} factorized"]
+            mem = (f"{memory[f'{what} dense'].get('peak_mb', float('nan')):.0f} -> "
+                   f"{memory[f'{what} factorized'].get('peak_mb', float('nan')):.0f}") if what == "head" else "n/a"
+            rows.append([f"{'head alone (lookup + head)' if what == 'head' else 'whole decode step'}",
+                         "on" if spinning else "off", round(dense, 2), round(fact, 2), round(dense / fact, 2),
+                         f"{sizes[f'{what} dense'] / 2**20:.0f} -> {sizes[f'{what} factorized'] / 2**20:.0f}", mem])
     macs_dense, macs_fact = VOCAB * HIDDEN, VOCAB * rank + k * rank * HIDDEN
     body = (f"Random Qwen2 with the 0.5B table ({VOCAB} x {HIDDEN}, tied), {args.layers} layers, batch 1, one new "
             f"token with {args.past} cached positions; factorized at {args.compression:.0%} with k={k}, j={rank} "
             f"(head multiply-adds per position {macs_dense / 1e6:.1f}M -> {macs_fact / 1e6:.1f}M, "
-            f"{macs_dense / macs_fact:.2f}x fewer). p50 of {args.repeats} interleaved runs, CPU provider.\n\n"
-            + markdown_table(["what", "dense ms", "factorized ms", "speedup", "file MiB", "session peak RSS MiB"],
-                             rows))
+            f"{macs_dense / macs_fact:.2f}x fewer). p50 of {args.repeats} interleaved runs, CPU provider, with "
+            "the thread pool's spinning off and on (ONNX Runtime's default is on).\n\n"
+            + markdown_table(["what", "thread spinning", "dense ms", "factorized ms", "speedup", "file MiB",
+                              "session peak RSS MiB"], rows))
     append_results("Decode step with a tied head factorized (bench_decode.py)", body)
 
 

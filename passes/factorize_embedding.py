@@ -137,9 +137,9 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
         builder = Builder(graph, match.nodes[-1], scope=scope)
         ids = match.lookup.inputs[1]
         flat = builder.op("Reshape", [ids, builder.const("flat_shape", np.array([-1], np.int64))], "flat_ids")
-        if self.tied:
+        if self.tied:  # grouped: branch c reads the V_c the head reads
             u, cid = _clustered_lookup(builder, flat, f, np_dtype)
-            y = _onehot_middle(builder, u, cid, f, np_dtype)
+            y = _grouped_middle(builder, u, cid, flat, f, np_dtype)
         elif f.U_q is None:
             u = builder.op("Gather", [builder.const("U", f.U.astype(np_dtype)), flat], "u")
         else:
@@ -176,11 +176,11 @@ def _clustered_lookup(b: Builder, flat: ir.Value, f: EmbeddingFactorization, np_
     for c, u_c in enumerate(cluster_rows(b, f, np_dtype)):
         if u_c is None:
             continue
-        hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"branch{c}/hit")
-        rows = b.op("Gather", [u_c, b.op("Where", [hit, local, zero], f"branch{c}/row")], f"branch{c}/u")
+        hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"cluster{c}/hit")
+        rows = b.op("Gather", [u_c, b.op("Where", [hit, local, zero], f"cluster{c}/row")], f"cluster{c}/u")
         u = rows if u is None else b.op(
-            "Where", [b.op("Unsqueeze", [hit, b.const("axis1", np.array([1], np.int64))], f"branch{c}/hit_col"),
-                      rows, u], f"branch{c}/u_so_far")
+            "Where", [b.op("Unsqueeze", [hit, b.const("axis1", np.array([1], np.int64))], f"cluster{c}/hit_col"),
+                      rows, u], f"cluster{c}/u_so_far")
     return u, cid
 
 

@@ -5,16 +5,16 @@ U[t] . (V[c(t)] @ h): project h once onto every branch, then one small product p
 cluster::
 
     h2 = Reshape(hidden, [-1, d])                      (M, d)
-    P  = Gemm(h2, V, transB=1)                         (M, k*j)    V stacked (k*j, d)
     for c with rows:
-        L_c = Gemm(Slice(P, c*j..(c+1)*j), U_c, transB=1)   (M, n_c)  U_c: cluster c's rows of U
+        P_c = Gemm(h2, V_c, transB=1)                  (M, j)      V_c (j, d), the lookup's branch c
+        L_c = Gemm(P_c, U_c, transB=1)                 (M, n_c)    U_c: cluster c's rows of U
     L  = Concat(L_0..L_{k-1}, axis=1)                  (M, n)      rows in cluster order
     logits = Reshape(Gather(L, vocab_order, axis=1), [*hidden.shape[:-1], n])  [+ bias]
 
 That is n*j + k*j*d multiply-adds per position instead of n*d. U is stored once, per
 cluster (`U/cluster{c}`), and read as it is stored: there is no Transpose or Slice of an
 initializer for ONNX Runtime to constant-fold into a second copy. The lookup side reads
-the same U_c (FactorizeEmbeddingPass with tied=True); the cluster-order tables
+the same U_c and V_c (FactorizeEmbeddingPass with tied=True); the cluster-order tables
 (`cluster_ids`, `row_in_cluster`, `vocab_order`) are the small integer maps between
 token ids and those rows.
 """
@@ -59,9 +59,9 @@ def cluster_rows(b: Builder, f: EmbeddingFactorization, np_dtype) -> list[ir.Val
             for c, rows in enumerate(order.members)]
 
 
-def stacked_branches(b: Builder, f: EmbeddingFactorization, np_dtype) -> ir.Value:
-    """V as one (k*j, d) initializer `V`, shared by the head and the lookup."""
-    return b.const("V", f.V.reshape(f.n_clusters * f.rank, f.dim).astype(np_dtype))
+def branch(b: Builder, f: EmbeddingFactorization, c: int, np_dtype) -> ir.Value:
+    """V_c as the initializer `branch{c}/V`, which the lookup's grouped branches read too."""
+    return b.const(f"branch{c}/V", f.V[c].astype(np_dtype))
 
 
 class FactorizeHeadPass(ir.passes.InPlacePass):
@@ -99,19 +99,16 @@ class FactorizeHeadPass(ir.passes.InPlacePass):
 
     def _rewrite(self, graph: ir.Graph, head: Head, np_dtype, scope: str) -> None:
         f = self.factorization
-        k, j, d, n = f.n_clusters, f.rank, f.dim, f.n_rows
+        k, d, n = f.n_clusters, f.dim, f.n_rows
         b = Builder(graph, head.node, scope=scope)
         order = ClusterOrder(f.labels, k)
         rows = cluster_rows(b, f, np_dtype)
         flat = b.op("Reshape", [head.hidden, b.const("hidden_shape", np.array([-1, d], np.int64))], "hidden_2d")
-        projected = b.op("Gemm", [flat, stacked_branches(b, f, np_dtype)], "projected", transB=1)
         parts = []
         for c, u_c in enumerate(rows):
             if u_c is None:
                 continue
-            p_c = b.op("Slice", [projected, b.const(f"slice/start{c}", np.array([c * j], np.int64)),
-                                 b.const(f"slice/end{c}", np.array([(c + 1) * j], np.int64)),
-                                 b.const("slice/axis1", np.array([1], np.int64))], f"cluster{c}/projected")
+            p_c = b.op("Gemm", [flat, branch(b, f, c, np_dtype)], f"cluster{c}/projected", transB=1)
             parts.append(b.op("Gemm", [p_c, u_c], f"cluster{c}/logits", transB=1))
         clustered = parts[0] if len(parts) == 1 else b.op("Concat", parts, "clustered_logits", axis=1)
         index = np.int32 if n < 2**31 else np.int64

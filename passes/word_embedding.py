@@ -379,6 +379,7 @@ def search_word_embedding(graph: ir.Graph, ids_input: str = "input_ids") -> Embe
         raise ValueError(f"the model has no graph input named {ids_input!r} (inputs: {names}); "
                          "pass the token-id input's name as ids_input")
     ids_value = id_inputs[0]
+    other_inputs = []  # lookups fed by another token-id input (decoder_input_ids of a one-file seq2seq export)
     for node in ir.traversal.RecursiveGraphIterator(graph):
         if node.op_type == "EmbedLayerNormalization":
             search.fused.append(node)
@@ -392,7 +393,10 @@ def search_word_embedding(graph: ir.Graph, ids_input: str = "input_ids") -> Embe
         if found is None:
             continue
         table, output, nodes, storage = found
-        if _trace_to_graph_input(node.inputs[1]) is not ids_value:
+        source = _trace_to_graph_input(node.inputs[1])
+        if source is not ids_value:
+            if source is not None and storage not in ("cluster ids", "codes"):
+                other_inputs.append(EmbeddingMatch(node, table, source, output, nodes, storage))
             search.reject(node, f"indices do not come from the graph input {ids_input!r}")
             continue
         if storage == "cluster ids":
@@ -402,6 +406,13 @@ def search_word_embedding(graph: ir.Graph, ids_input: str = "input_ids") -> Embe
             search.standard_quantized.append(node)  # uint8 codes read without DequantizeLinear: builder.py
             continue
         search.matches.append(EmbeddingMatch(node, table, ids_value, output, nodes, storage))
+    # The same table read from another graph input (an encoder's and a decoder's ids in one file) is the
+    # same word embedding: those lookups are rewritten too.
+    tables = {id(m.table) for m in search.matches}
+    for match in other_inputs:
+        if id(match.table) in tables:
+            search.matches.append(match)
+            search.rejected = [r for r in search.rejected if r[0] != (match.lookup.name or match.lookup.op_type)]
     # Float tables gathered by the same ids as uint8 codes are the scales of a block-quantized
     # lookup in the standard-opset form, not word embeddings.
     code_ids = {n.inputs[1] for n in search.standard_quantized}

@@ -212,7 +212,7 @@ class ProjClustCompressor:
                  for f in plan.files for h in f.heads]
         return CompressionReport(
             source=self.source, output=str(plan.save_dir), method=method, n_clusters=k, rank=rank,
-            layout="onehot (tied head)" if plan.tied else config.layout, table=str(plan.match.table.name),
+            layout="grouped (tied head)" if plan.tied else config.layout, table=str(plan.match.table.name),
             n_rows=n, dim=d, dtype=str(plan.match.dtype.numpy()), embedding_params_before=n * d,
             embedding_params_after=params, cluster_id_bytes=ids, embedding_bytes_before=plan.stored_bytes,
             embedding_bytes_after=written, file_bytes_before=plan.input_bytes, file_bytes_after=0,

@@ -18,10 +18,12 @@ from tiny_checkpoints import HIDDEN, VOCAB, build_checkpoint, export_checkpoint
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
 
 ORT_CLASSES = {"gpt2": "ORTModelForCausalLM", "llama": "ORTModelForCausalLM", "llama-untied": "ORTModelForCausalLM",
-               "bert": "ORTModelForMaskedLM", "t5": "ORTModelForSeq2SeqLM", "bart": "ORTModelForSeq2SeqLM"}
+               "qwen2": "ORTModelForCausalLM", "mistral": "ORTModelForCausalLM", "phi": "ORTModelForCausalLM",
+               "bert": "ORTModelForMaskedLM", "roberta": "ORTModelForMaskedLM", "distilbert": "ORTModelForMaskedLM",
+               "t5": "ORTModelForSeq2SeqLM", "bart": "ORTModelForSeq2SeqLM"}
+UNTIED = {"llama-untied", "mistral", "phi"}  # their own lm_head matrix: not a copy of the table
 SLOW = pytest.mark.slow
-ARCHITECTURES = ["gpt2", pytest.param("llama", marks=SLOW), pytest.param("llama-untied", marks=SLOW),
-                 pytest.param("bert", marks=SLOW), pytest.param("t5", marks=SLOW), pytest.param("bart", marks=SLOW)]
+ARCHITECTURES = ["gpt2", *(pytest.param(a, marks=SLOW) for a in ORT_CLASSES if a != "gpt2")]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def test_export_directory_is_compressed_whole_and_loads_in_its_ortmodel_class(ar
     done = run_cli("compress", "--model", str(src), "--output", str(out), "--compression", "0.4", "--clusters", "4",
                    "-q")
     assert done.returncode == 0, done.stderr
-    untied_heads = 1 if architecture == "llama-untied" else 0  # its own lm_head matrix, not a table copy
+    untied_heads = 1 if architecture in UNTIED else 0
     copies = table_copies(src) - untied_heads
     assert copies >= 1 and table_copies(out) == untied_heads  # tied: no 5000 x 64 or 64 x 5000 left anywhere
     assert onnx_bytes(src) - onnx_bytes(out) >= 0.35 * copies * VOCAB * HIDDEN * 4
@@ -70,8 +72,9 @@ def test_export_directory_is_compressed_whole_and_loads_in_its_ortmodel_class(ar
 
     model = getattr(ortm, ORT_CLASSES[architecture]).from_pretrained(out)
     ids = torch.tensor([[5, 17, 42, 99, 4999]])
-    if architecture == "bert":
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids)).logits
+    if ORT_CLASSES[architecture] == "ORTModelForMaskedLM":
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        logits = model(**{k: v for k, v in inputs.items() if k in model.input_names}).logits
         assert tuple(logits.shape) == (1, 5, VOCAB) and torch.isfinite(logits).all()
     else:
         generated = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
@@ -101,11 +104,10 @@ def test_generation_matches_the_pytorch_model_holding_the_reconstruction(exports
     labels = inits["projclust/cluster_ids"].astype(np.int64)
     k = int(labels.max()) + 1
     order = ClusterOrder(labels, k)
-    V = inits["projclust/V"].reshape(k, -1, HIDDEN)
     dense = np.empty((VOCAB, HIDDEN), np.float32)
     for c, rows in enumerate(order.members):
         if len(rows):
-            dense[rows] = inits[f"projclust/U/cluster{c}"] @ V[c]
+            dense[rows] = inits[f"projclust/U/cluster{c}"] @ inits[f"projclust/branch{c}/V"]
 
     reference = transformers.GPT2LMHeadModel.from_pretrained(build_checkpoint("gpt2", tmp_path / "hf"))
     with torch.no_grad():
@@ -132,3 +134,26 @@ def test_quantized_factors_with_a_tied_head_are_refused_before_clustering(export
                    "int4", "-q")
     assert done.returncode == 2 and "cannot be used with a tied LM head" in done.stderr
     assert "set --head to 'keep'" in done.stderr and not (tmp_path / "out").exists()
+
+
+@SLOW
+def test_one_file_seq2seq_export_rewrites_the_decoder_lookup_of_the_same_table(tmp_path):
+    """optimum's --monolith t5: the encoder reads the table from input_ids, the decoder from decoder_input_ids."""
+    import onnxruntime as ort
+    from optimum.exporters.onnx import main_export
+
+    from projclust_onnx.compressor import quiet_third_party
+
+    checkpoint = build_checkpoint("t5", tmp_path / "hf")
+    with quiet_third_party():
+        main_export(str(checkpoint), output=tmp_path / "onnx", task="text2text-generation", monolith=True,
+                    library_name="transformers", do_validation=False)
+    assert [p.name for p in (tmp_path / "onnx").glob("*.onnx")] == ["model.onnx"]
+    report = ProjClustCompressor.from_pretrained(tmp_path / "onnx").compress(
+        tmp_path / "out", ProjClustConfig(compression=0.4, n_clusters=4, n_init=1), verbose=False)
+    assert report.files[0]["lookups"] == 2 and len(report.heads) == 1
+    assert table_copies(tmp_path / "out") == 0
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.array([[5, 17, 4999]])
+    feeds = {i.name: (ids if "input_ids" in i.name else np.ones_like(ids)) for i in session.get_inputs()}
+    assert session.run(["logits"], feeds)[0].shape == (1, 3, VOCAB)

@@ -22,8 +22,20 @@ ARCHITECTURES = {
     "llama-untied": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=HIDDEN, num_hidden_layers=2,
                                                              num_key_value_heads=2, tie_word_embeddings=False,
                                                              max_position_embeddings=128, **_SMALL)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=HIDDEN, num_hidden_layers=2, num_key_value_heads=2,
+                                                      tie_word_embeddings=True, max_position_embeddings=128,
+                                                      **_SMALL)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(hidden_size=HIDDEN, num_hidden_layers=2,
+                                                            num_key_value_heads=2, max_position_embeddings=128,
+                                                            **_SMALL)),
+    "phi": ("PhiConfig", "PhiForCausalLM", dict(hidden_size=HIDDEN, num_hidden_layers=2, max_position_embeddings=128,
+                                                **_SMALL)),
     "bert": ("BertConfig", "BertForMaskedLM", dict(hidden_size=HIDDEN, num_hidden_layers=2,
                                                    max_position_embeddings=128, **_SMALL)),
+    "roberta": ("RobertaConfig", "RobertaForMaskedLM", dict(hidden_size=HIDDEN, num_hidden_layers=2,
+                                                            max_position_embeddings=130, **_SMALL)),
+    "distilbert": ("DistilBertConfig", "DistilBertForMaskedLM", dict(dim=HIDDEN, n_layers=2, n_heads=2,
+                                                                     hidden_dim=128, max_position_embeddings=128)),
     "t5": ("T5Config", "T5ForConditionalGeneration", dict(d_model=HIDDEN, d_kv=32, d_ff=128, num_layers=2,
                                                          num_decoder_layers=2, num_heads=2,
                                                          decoder_start_token_id=0, pad_token_id=0,
@@ -34,7 +46,9 @@ ARCHITECTURES = {
                                                                max_position_embeddings=128)),
 }
 TASKS = {"gpt2": "text-generation-with-past", "llama": "text-generation-with-past",
-         "llama-untied": "text-generation-with-past", "bert": "fill-mask",
+         "llama-untied": "text-generation-with-past", "qwen2": "text-generation-with-past",
+         "mistral": "text-generation-with-past", "phi": "text-generation-with-past",
+         "bert": "fill-mask", "roberta": "fill-mask", "distilbert": "fill-mask",
          "t5": "text2text-generation-with-past", "bart": "text2text-generation-with-past"}
 
 
