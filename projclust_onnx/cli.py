@@ -167,7 +167,7 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from projclust_onnx.budget import BITS, factorized_bytes, id_dtype, rank_for_budget
+    from projclust_onnx.budget import BITS, factorized_bytes, id_dtype, rank_for_bytes
     from projclust_onnx.compressor import ProjClustCompressor
     from projclust_onnx.model_files import load_model
     from projclust_onnx.passes import search_word_embedding
@@ -176,7 +176,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     config = _config(args)
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
                                                      verbose=False)
-    rows, found, tied_any = [], [], False
+    rows, found, tied_any, held_copies = [], [], False, 0
     for path in compressor.onnx_paths:
         model = load_model(path)
         rows += [("model file", str(path)), ("graph inputs", ", ".join(v.name for v in model.graph.inputs))]
@@ -184,14 +184,22 @@ def run_inspect(args: argparse.Namespace) -> int:
             rows.append(("word embedding", f"none (no input {args.ids_input!r}): copied unchanged"))
             continue
         search = search_word_embedding(model.graph, args.ids_input)
+        computed = [name for name, reason in search.rejected if reason == "data is not an initializer"]
         for name, reason in search.rejected:
-            rows.append(("rejected lookup", f"{name}: {reason}"))
+            if reason != "data is not an initializer":
+                rows.append(("rejected lookup", f"{name}: {reason}"))
+        if computed:
+            rows.append(("other Gathers", f"{len(computed)} of computed tensors (not tables)"))
         for node in search.factorized:
             rows.append(("already factorized", f"{node.name} (cluster-id lookup)"))
         if not search.matches:
             rows.append(("word embedding", "none found"))
             continue
-        match = search.matches[0]
+        try:
+            match = search.single()  # every lookup of one table (both branches of a merged decoder)
+        except ValueError as err:
+            rows.append(("word embedding", f"refused: {err}"))
+            continue
         n, d = match.shape
         lookups = f", read by {len(search.matches)} lookups (If branches)" if len(search.matches) > 1 else ""
         rows.append(("word embedding", f"{match.lookup.name}: table {match.table.name} ({n} x {d}, "
@@ -203,10 +211,12 @@ def run_inspect(args: argparse.Namespace) -> int:
                 tied += " (kept dense where it is its own copy: untied)" if config.head == "keep" else \
                     " (rewritten with the same factors)"
                 tied_any = tied_any or config.head != "keep"
+                held_copies += len({id(h.weight) for h in heads if h.form == "copy"}) if config.head != "keep" else 0
         except ValueError as err:
             tied = f"refused: {err}"
         rows.append(("tied LM head", tied))
         found.append(match)
+        held_copies += 1
     for match in found[:1]:  # the byte arithmetic, once: files of one export share the table's shape
         n, d = match.shape
         itemsize = match.dtype.numpy().itemsize
@@ -246,9 +256,13 @@ def run_inspect(args: argparse.Namespace) -> int:
             ("embedding parameters",
              f"{n * d:,} -> {n * j + k * j * d:,} ({1 - (n * j + k * j * d) / (n * d):.1%} fewer)"),
         ]
+        if held_copies > 1:
+            files = len(found)
+            rows.append(("table copies", f"{held_copies} in {files} file(s) (lookups, heads' transposed copies): "
+                                         f"{held_copies * table_bytes:,} -> {files * (total + extra):,} bytes"))
         if config.compression and k > 1:
-            rows.append(("svd at same budget",
-                         f"j={rank_for_budget(n, d, 1, config.compression, itemsize, quantize, b)}"))
+            svd = rank_for_bytes(n, d, 1, (1 - config.compression) * match.stored_bytes - extra, itemsize, quantize, b)
+            rows.append(("svd at same budget", f"j={svd}"))
     print(format_table(args.title, rows))
     return 0
 

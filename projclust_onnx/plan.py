@@ -129,10 +129,14 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
             skipped.append((path.name, str(err)))
             skipped_bytes.append((path.name, model_bytes(path)))
             continue
+        except SettingError as err:
+            if len(paths) == 1:
+                raise
+            raise SettingError(err.param, f"{literal(path.name)}: {err.message}") from err
         except ValueError as err:
             if len(paths) == 1:
                 raise
-            raise type(err)(f"{path.name}: {err}") from err
+            raise ValueError(f"{path.name}: {err}") from err
         files.append(plan)
     if not files:
         raise ValueError("no file holds a word-embedding lookup of the token ids: " +
@@ -184,8 +188,10 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
         check_opset(model)
     except ir.passes.PreconditionError as err:
         raise ValueError(str(err)) from err
-    if config.ids_input not in {v.name for v in model.graph.inputs}:
-        raise _NoLookup(f"no graph input named {config.ids_input!r}")
+    names = [v.name for v in model.graph.inputs]
+    if config.ids_input not in names:
+        raise _NoLookup(f"the model has no graph input named {config.ids_input!r} (inputs: {names}); pass the "
+                        "token-id input's name as ids_input")
     search = search_word_embedding(model.graph, config.ids_input)
     if not search.matches and not (search.factorized or search.fused or search.standard_quantized):
         try:

@@ -19,7 +19,8 @@ from projclust_onnx import ProjClustCompressor, ProjClustConfig
 
 ORT_CLASSES = {"gpt2": "ORTModelForCausalLM", "llama": "ORTModelForCausalLM", "llama-untied": "ORTModelForCausalLM",
                "qwen2": "ORTModelForCausalLM", "mistral": "ORTModelForCausalLM", "phi": "ORTModelForCausalLM",
-               "bert": "ORTModelForMaskedLM", "roberta": "ORTModelForMaskedLM", "distilbert": "ORTModelForMaskedLM",
+               **dict.fromkeys(("bert", "roberta", "distilbert", "xlm-roberta", "albert", "electra", "deberta-v2",
+                                "mpnet"), "ORTModelForMaskedLM"),
                "t5": "ORTModelForSeq2SeqLM", "bart": "ORTModelForSeq2SeqLM"}
 UNTIED = {"llama-untied", "mistral", "phi"}  # their own lm_head matrix: not a copy of the table
 SLOW = pytest.mark.slow
@@ -157,3 +158,10 @@ def test_one_file_seq2seq_export_rewrites_the_decoder_lookup_of_the_same_table(t
     ids = np.array([[5, 17, 4999]])
     feeds = {i.name: (ids if "input_ids" in i.name else np.ones_like(ids)) for i in session.get_inputs()}
     assert session.run(["logits"], feeds)[0].shape == (1, 3, VOCAB)
+
+
+def test_inspect_shows_the_head_and_every_table_copy(exports):
+    done = run_cli("inspect", "--model", str(exports("gpt2")), "--compression", "0.4", "--clusters", "4")
+    assert done.returncode == 0, done.stderr
+    assert "MatMul '/lm_head/MatMul' (copy) (rewritten with the same factors)" in done.stdout
+    assert "2 in 1 file(s)" in done.stdout and "index maps" in done.stdout

@@ -34,6 +34,17 @@ ARCHITECTURES = {
                                                    max_position_embeddings=128, **_SMALL)),
     "roberta": ("RobertaConfig", "RobertaForMaskedLM", dict(hidden_size=HIDDEN, num_hidden_layers=2,
                                                             max_position_embeddings=130, **_SMALL)),
+    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForMaskedLM", dict(hidden_size=HIDDEN, num_hidden_layers=2,
+                                                                     max_position_embeddings=130, **_SMALL)),
+    "albert": ("AlbertConfig", "AlbertForMaskedLM", dict(embedding_size=HIDDEN, hidden_size=HIDDEN,
+                                                         num_hidden_layers=2, max_position_embeddings=128, **_SMALL)),
+    "electra": ("ElectraConfig", "ElectraForMaskedLM", dict(embedding_size=HIDDEN, hidden_size=HIDDEN,
+                                                            num_hidden_layers=2, max_position_embeddings=128,
+                                                            **_SMALL)),
+    "deberta-v2": ("DebertaV2Config", "DebertaV2ForMaskedLM", dict(hidden_size=HIDDEN, num_hidden_layers=2,
+                                                                   max_position_embeddings=128, **_SMALL)),
+    "mpnet": ("MPNetConfig", "MPNetForMaskedLM", dict(hidden_size=HIDDEN, num_hidden_layers=2,
+                                                      max_position_embeddings=130, **_SMALL)),
     "distilbert": ("DistilBertConfig", "DistilBertForMaskedLM", dict(dim=HIDDEN, n_layers=2, n_heads=2,
                                                                      hidden_dim=128, max_position_embeddings=128)),
     "t5": ("T5Config", "T5ForConditionalGeneration", dict(d_model=HIDDEN, d_kv=32, d_ff=128, num_layers=2,
@@ -48,7 +59,8 @@ ARCHITECTURES = {
 TASKS = {"gpt2": "text-generation-with-past", "llama": "text-generation-with-past",
          "llama-untied": "text-generation-with-past", "qwen2": "text-generation-with-past",
          "mistral": "text-generation-with-past", "phi": "text-generation-with-past",
-         "bert": "fill-mask", "roberta": "fill-mask", "distilbert": "fill-mask",
+         "bert": "fill-mask", "roberta": "fill-mask", "distilbert": "fill-mask", "xlm-roberta": "fill-mask",
+         "albert": "fill-mask", "electra": "fill-mask", "deberta-v2": "fill-mask", "mpnet": "fill-mask",
          "t5": "text2text-generation-with-past", "bart": "text2text-generation-with-past"}
 
 
