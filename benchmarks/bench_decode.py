@@ -9,7 +9,9 @@ Measured in one run, interleaved, batch 1:
 - head alone: the table's lookup and the head's product for one position
   (input_ids (1, 1) -> Gather -> MatMul with the transposed copy -> logits), dense vs factorized;
 - the whole decode step with a KV cache of `--past` positions;
-- peak RSS of creating each session and running it once (own process each).
+- peak RSS of creating each head session and running it once (own process each), with ONNX
+  Runtime's weight prepacking on (default) and off: prepacking keeps a packed second copy of
+  a weight that the Gather also reads.
 
     python benchmarks/bench_decode.py [--clusters 4] [--compression 0.4] [--past 128] [--repeats 50]
 """
@@ -29,7 +31,6 @@ from common import append_results, markdown_table
 from onnx import TensorProto, helper, numpy_helper
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.benchmark.runner import measure_memory
 from projclust_onnx.budget import rank_for_bytes
 from projclust_onnx.factorization import EmbeddingFactorization
 from projclust_onnx.threads import session_options
@@ -93,6 +94,31 @@ def decode_feeds(session, past: int) -> dict[str, np.ndarray]:
     return feeds
 
 
+_RSS_CODE = r"""
+import json, sys, numpy as np, onnxruntime as ort
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+base = peak()
+options = ort.SessionOptions()
+options.add_session_config_entry("session.disable_prepacking", sys.argv[2])
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+session.run(None, {"input_ids": np.array([[42]], np.int64)})
+print(json.dumps(peak() - base))
+"""
+
+
+def session_peak_mb(path: Path, prepacking: bool) -> float:
+    """Growth of peak RSS for creating a session on `path` and one run, in a process of its own."""
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _RSS_CODE, str(path), "0" if prepacking else "1"],
+                          capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def interleaved_p50(sessions: dict, feeds: dict, repeats: int) -> dict[str, float]:
     """Median milliseconds per run, the models taking turns so drift hits all alike."""
     times = {name: [] for name in sessions}
@@ -146,16 +172,16 @@ def main() -> None:
                             else decode_feeds(s, args.past)) for name, s in sessions.items()}
             p50[spinning] = interleaved_p50(sessions, feeds, args.repeats)
             del sessions
-        memory = {name: measure_memory(p, ["CPUExecutionProvider"], 1, 1, VOCAB) for name, p in paths.items()
-                  if name.startswith("head")}
+        memory = {(name, prepacking): session_peak_mb(p, prepacking) for name, p in paths.items()
+                  if name.startswith("head") for prepacking in (True, False)}
         sizes = {name: sum(f.stat().st_size for f in dirs[name].glob("*.onnx*")) for name in dirs}
 
     rows = []
     for spinning in (False, True):
         for what in ("head", "step"):
             dense, fact = p50[spinning][f"{what} dense"], p50[spinning][f"{what} factorized"]
-            mem = (f"{memory[f'{what} dense'].get('peak_mb', float('nan')):.0f} -> "
-                   f"{memory[f'{what} factorized'].get('peak_mb', float('nan')):.0f}") if what == "head" else "n/a"
+            mem = " / ".join(f"{memory[(f'{what} dense', pre)]:.0f} -> {memory[(f'{what} factorized', pre)]:.0f}"
+                             for pre in (True, False)) if what == "head" else "n/a"
             rows.append([f"{'head alone (lookup + head)' if what == 'head' else 'whole decode step'}",
                          "on" if spinning else "off", round(dense, 2), round(fact, 2), round(dense / fact, 2),
                          f"{sizes[f'{what} dense'] / 2**20:.0f} -> {sizes[f'{what} factorized'] / 2**20:.0f}", mem])
@@ -166,7 +192,7 @@ def main() -> None:
             f"{macs_dense / macs_fact:.2f}x fewer). p50 of {args.repeats} interleaved runs, CPU provider, with "
             "the thread pool's spinning off and on (ONNX Runtime's default is on).\n\n"
             + markdown_table(["what", "thread spinning", "dense ms", "factorized ms", "speedup", "file MiB",
-                              "session peak RSS MiB"], rows))
+                              "session peak RSS MiB, prepacking on / off"], rows))
     append_results("Decode step with a tied head factorized (bench_decode.py)", body)
 
 

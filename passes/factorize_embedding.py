@@ -25,6 +25,13 @@ and can run on our output.
         y_c    = MatMul(GatherND(u, rows_c), V_c)         (m_c, d)
         out    = ScatterND(out, rows_c, y_c)
 
+With a tied head (tied=True, after FactorizeHeadPass), U is stored per cluster (U_c, the
+rows of cluster c) and the grouped branches read it there::
+
+    local = GatherElements(row_in_cluster, flat)         (T,)  each token's row within its cluster
+    for c with rows:
+        y_c = MatMul(Gather(U_c, GatherND(local, rows_c)), V_c)
+
 "onehot" middle (the paper's one fully-connected layer over the branch outputs;
 k*j*d multiply-adds per token, fewer and more regular ops)::
 
@@ -137,9 +144,8 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
         builder = Builder(graph, match.nodes[-1], scope=scope)
         ids = match.lookup.inputs[1]
         flat = builder.op("Reshape", [ids, builder.const("flat_shape", np.array([-1], np.int64))], "flat_ids")
-        if self.tied:  # grouped: branch c reads the V_c the head reads
-            u, cid = _clustered_lookup(builder, flat, f, np_dtype)
-            y = _grouped_middle(builder, u, cid, flat, f, np_dtype)
+        if self.tied:  # grouped: branch c reads the U_c and V_c the head reads
+            y = _clustered_middle(builder, flat, f, np_dtype)
         elif f.U_q is None:
             u = builder.op("Gather", [builder.const("U", f.U.astype(np_dtype)), flat], "u")
         else:
@@ -161,27 +167,33 @@ def _cluster_ids(b: Builder, flat: ir.Value, f: EmbeddingFactorization) -> ir.Va
     return b.op("Cast", [cid8], "cluster_id_int64", to=ir.DataType.INT64)
 
 
-def _clustered_lookup(b: Builder, flat: ir.Value, f: EmbeddingFactorization, np_dtype):
-    """(u (T, j), cluster ids (T,)) read from U stored per cluster, as the factorized head stores it."""
-    from projclust_onnx.passes.factorize_head import ClusterOrder, cluster_rows
+def _clustered_middle(b: Builder, flat: ir.Value, f: EmbeddingFactorization, np_dtype) -> ir.Value:
+    """The grouped branches reading U as the factorized head stores it, per cluster: branch c gathers its
+    tokens' rows of U_c (by their row within the cluster) and multiplies them by V_c. Empty clusters have no
+    branch."""
+    from projclust_onnx.passes.factorize_head import ClusterOrder, branch, cluster_rows
 
     cid = _cluster_ids(b, flat, f)
     order = ClusterOrder(f.labels, f.n_clusters)
     index = np.int32 if f.n_rows < 2**31 else np.int64
-    local = b.op("Cast", [b.op("GatherElements", [b.const("row_in_cluster", order.row_in_cluster.astype(index)),
-                                                  flat], "local_row")], "local_row_int64",
-                 to=ir.DataType.INT64)
-    zero = b.const("zero_index", np.array(0, np.int64))
-    u = None
+    local = b.op("GatherElements", [b.const("row_in_cluster", order.row_in_cluster.astype(index)), flat],
+                 "local_row")
+    out = _zeros(b, flat, f, np_dtype)
     for c, u_c in enumerate(cluster_rows(b, f, np_dtype)):
         if u_c is None:
             continue
-        hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"cluster{c}/hit")
-        rows = b.op("Gather", [u_c, b.op("Where", [hit, local, zero], f"cluster{c}/row")], f"cluster{c}/u")
-        u = rows if u is None else b.op(
-            "Where", [b.op("Unsqueeze", [hit, b.const("axis1", np.array([1], np.int64))], f"cluster{c}/hit_col"),
-                      rows, u], f"cluster{c}/u_so_far")
-    return u, cid
+        hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"branch{c}/hit")
+        rows = b.op("Transpose", [b.op("NonZero", [hit], f"branch{c}/nonzero")], f"branch{c}/rows")
+        u = b.op("Gather", [u_c, b.op("GatherND", [local, rows], f"branch{c}/local")], f"branch{c}/u")
+        y_c = b.op("MatMul", [u, branch(b, f, c, np_dtype)], f"branch{c}/y")
+        out = b.op("ScatterND", [out, rows, y_c], f"branch{c}/out")
+    return out
+
+
+def _zeros(b: Builder, flat: ir.Value, f: EmbeddingFactorization, np_dtype) -> ir.Value:
+    zeros_shape = b.op("Concat", [b.op("Shape", [flat], "n_tokens"),
+                                  b.const("dim_", np.array([f.dim], np.int64))], "zeros_shape", axis=0)
+    return b.op("ConstantOfShape", [zeros_shape], "zeros", value=ir.tensor(np.zeros(1, dtype=np_dtype)))
 
 
 def _branch_weights(b: Builder, name: str, V: np.ndarray, np_dtype) -> ir.Value:
@@ -204,10 +216,7 @@ def _onehot_middle(b: Builder, u: ir.Value, cid: ir.Value, f: EmbeddingFactoriza
 
 def _grouped_middle(b: Builder, u: ir.Value, cid: ir.Value, flat: ir.Value, f: EmbeddingFactorization,
                     np_dtype) -> ir.Value:
-    zeros_shape = b.op("Concat", [b.op("Shape", [flat], "n_tokens"),
-                                  b.const("dim_", np.array([f.dim], np.int64))], "zeros_shape", axis=0)
-    out = b.op("ConstantOfShape", [zeros_shape], "zeros",
-               value=ir.tensor(np.zeros(1, dtype=np_dtype)))
+    out = _zeros(b, flat, f, np_dtype)
     for c in range(f.n_clusters):
         hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"branch{c}/hit")
         rows = b.op("Transpose", [b.op("NonZero", [hit], f"branch{c}/nonzero")], f"branch{c}/rows")

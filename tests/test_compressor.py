@@ -249,3 +249,14 @@ def test_unrelated_matrix_of_the_transposed_shape_is_not_a_head(tmp_path):
     src = write_model_dir(tmp_path / "src", model).parent
     report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
     assert report.untied_head is None
+
+
+@pytest.mark.parametrize("form", ["tied_copy", "tied", "gemm_head"])
+def test_fp16_tied_heads_are_rewritten_and_checked(tmp_path, form):
+    src = write_model_dir(tmp_path / "src", embedding_model(60, 8, dtype=np.float16, **{form: True})[0]).parent
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert report.dtype == "float16" and len(report.heads) == 1
+    assert report.parity_max_abs_diff <= report.parity_tolerance
+    inits = onnx.load(str(tmp_path / "out" / "model.onnx")).graph.initializer
+    floats = [t for t in inits if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert floats and all(t.data_type == onnx.TensorProto.FLOAT16 for t in floats)  # no float32 factors slipped in
