@@ -2,7 +2,8 @@
 
 A Qwen2-shaped causal LM (vocab 151936, hidden 896, two layers, tied embeddings, random
 weights: timing does not depend on them) is exported by Optimum for
-text-generation-with-past and compressed by 40% with k clusters; the factors are random
+text-generation-with-past and compressed by 40% with k clusters (float U), and by 90% with
+4-bit U (MatMulNBits in the head); the factors are random
 too (compress(factorization=...)), since a fit of random weights would only cost time.
 Measured in one run, interleaved, batch 1:
 
@@ -13,7 +14,7 @@ Measured in one run, interleaved, batch 1:
   Runtime's weight prepacking on (default) and off: prepacking keeps a packed second copy of
   a weight that the Gather also reads.
 
-    python benchmarks/bench_decode.py [--clusters 4] [--compression 0.4] [--past 128] [--repeats 50]
+    python benchmarks/bench_decode.py [--clusters 4] [--compression 0.4] [--int4-compression 0.9] [--past 128]
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ def random_factors(n: int, d: int, k: int, rank: int, seed: int = 0) -> Embeddin
                                   V=(rng.standard_normal((k, rank, d), np.float32) / np.sqrt(rank)))
 
 
+def random_int4_factors(n: int, d: int, k: int, rank: int, seed: int = 0) -> EmbeddingFactorization:
+    """Random factors with U stored in 4 bits (blocks of 32), decoded in float32 as a tied head reads it."""
+    from projclust_onnx.quantization import BlockQuantized
+
+    f = random_factors(n, d, k, rank, seed)
+    U_q = BlockQuantized.quantize(f.U, 4, 32)
+    return EmbeddingFactorization(labels=f.labels, U=U_q.dequantize(np.float32), V=f.V.astype(np.float16), U_q=U_q)
+
+
 def decode_feeds(session, past: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     feeds = {}
@@ -139,6 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clusters", type=int, default=4)
     parser.add_argument("--compression", type=float, default=0.4)
+    parser.add_argument("--int4-compression", type=float, default=0.9)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--past", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=100)
@@ -146,8 +157,12 @@ def main() -> None:
 
     k = args.clusters
     rank = rank_for_bytes(VOCAB, HIDDEN, k, (1 - args.compression) * VOCAB * HIDDEN * 4 - 8 * VOCAB)
-    factors = random_factors(VOCAB, HIDDEN, k, rank)
-    config = ProjClustConfig(compression=args.compression, n_clusters=k)
+    q_rank = rank_for_bytes(VOCAB, HIDDEN, k, (1 - args.int4_compression) * VOCAB * HIDDEN * 4 - 8 * VOCAB, 4,
+                            "int4", 32)
+    variants = {"factorized": (random_factors(VOCAB, HIDDEN, k, rank),
+                               ProjClustConfig(compression=args.compression, n_clusters=k)),
+                "int4": (random_int4_factors(VOCAB, HIDDEN, k, q_rank),
+                         ProjClustConfig(compression=args.int4_compression, n_clusters=k, quantize="int4"))}
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
         tmp = Path(tmp)
         print(f"exporting a random Qwen2 ({VOCAB} x {HIDDEN}, {args.layers} layers) ...", file=sys.stderr)
@@ -157,11 +172,12 @@ def main() -> None:
         dirs = {"head dense": head_only(tmp / "head_dense", table), "step dense": export}
         print("compressing (random factors, no fit) ...", file=sys.stderr)
         for what, src in (("head", dirs["head dense"]), ("step", export)):
-            out = tmp / f"{what}_factorized"
-            report = ProjClustCompressor.from_pretrained(src).compress(out, config, factorization=factors,
-                                                                       verbose=False)
-            assert report.heads, f"{what}: the head was not rewritten"
-            dirs[f"{what} factorized"] = out
+            for variant, (factors, config) in variants.items():
+                out = tmp / f"{what}_{variant}"
+                report = ProjClustCompressor.from_pretrained(src).compress(out, config, factorization=factors,
+                                                                           verbose=False)
+                assert report.heads, f"{what}: the head was not rewritten"
+                dirs[f"{what} {variant}"] = out
         paths = {name: d / "model.onnx" for name, d in dirs.items()}
         p50 = {}
         for spinning in (False, True):  # ONNX Runtime spins its pool's threads by default
@@ -177,21 +193,26 @@ def main() -> None:
         sizes = {name: sum(f.stat().st_size for f in dirs[name].glob("*.onnx*")) for name in dirs}
 
     rows = []
+    labels = {"factorized": f"float U, {args.compression:.0%}, j={rank}",
+              "int4": f"int4 U (blocks of 32), {args.int4_compression:.0%}, j={q_rank}"}
     for spinning in (False, True):
         for what in ("head", "step"):
-            dense, fact = p50[spinning][f"{what} dense"], p50[spinning][f"{what} factorized"]
-            mem = " / ".join(f"{memory[(f'{what} dense', pre)]:.0f} -> {memory[(f'{what} factorized', pre)]:.0f}"
-                             for pre in (True, False)) if what == "head" else "n/a"
-            rows.append([f"{'head alone (lookup + head)' if what == 'head' else 'whole decode step'}",
-                         "on" if spinning else "off", round(dense, 2), round(fact, 2), round(dense / fact, 2),
-                         f"{sizes[f'{what} dense'] / 2**20:.0f} -> {sizes[f'{what} factorized'] / 2**20:.0f}", mem])
+            for variant, label in labels.items():
+                dense, fact = p50[spinning][f"{what} dense"], p50[spinning][f"{what} {variant}"]
+                mem = " / ".join(f"{memory[(f'{what} dense', pre)]:.0f} -> {memory[(f'{what} {variant}', pre)]:.0f}"
+                                 for pre in (True, False)) if what == "head" else "n/a"
+                rows.append([f"{'head alone (lookup + head)' if what == 'head' else 'whole decode step'}", label,
+                             "on" if spinning else "off", round(dense, 2), round(fact, 2), round(dense / fact, 2),
+                             f"{sizes[f'{what} dense'] / 2**20:.0f} -> {sizes[f'{what} {variant}'] / 2**20:.0f}",
+                             mem])
     macs_dense, macs_fact = VOCAB * HIDDEN, VOCAB * rank + k * rank * HIDDEN
     body = (f"Random Qwen2 with the 0.5B table ({VOCAB} x {HIDDEN}, tied), {args.layers} layers, batch 1, one new "
             f"token with {args.past} cached positions; factorized at {args.compression:.0%} with k={k}, j={rank} "
             f"(head multiply-adds per position {macs_dense / 1e6:.1f}M -> {macs_fact / 1e6:.1f}M, "
-            f"{macs_dense / macs_fact:.2f}x fewer). p50 of {args.repeats} interleaved runs, CPU provider, with "
+            f"{macs_dense / macs_fact:.2f}x fewer), and at {args.int4_compression:.0%} of the table's bytes with "
+            f"4-bit U, j={q_rank}. p50 of {args.repeats} interleaved runs, CPU provider, with "
             "the thread pool's spinning off and on (ONNX Runtime's default is on).\n\n"
-            + markdown_table(["what", "thread spinning", "dense ms", "factorized ms", "speedup", "file MiB",
+            + markdown_table(["what", "factors", "thread spinning", "dense ms", "factorized ms", "speedup", "file MiB",
                               "session peak RSS MiB, prepacking on / off"], rows))
     append_results("Decode step with a tied head factorized (bench_decode.py)", body)
 

@@ -75,22 +75,35 @@ def block_quantized_lookup(b: Builder, q, ids: ir.Value, form: str, name: str) -
         b.graph.opset_imports.setdefault(CONTRIB_DOMAIN, 1)
         return b.op("GatherBlockQuantized", [data, ids, scales, zeros], f"{name}/rows", domain=CONTRIB_DOMAIN,
                     gather_axis=0, quantize_axis=1, block_size=q.block_size, bits=q.bits)
+    return standard_rows(b, q, data, scales, zeros, ids, name)
+
+
+def standard_rows(b: Builder, q, data: ir.Value, scales: ir.Value, zeros: ir.Value, ids: ir.Value, name: str,
+                  compute_dtype=None) -> ir.Value:
+    """Rows `ids` of BlockQuantized storage `q` held in `data` (codes, (n, m*bits/8), or (n, blocks, bytes per
+    block) as MatMulNBits keeps them), `scales` and `zeros`, decoded with opset-13 operators in the scales'
+    dtype, or in `compute_dtype` (then the scales are cast first, exactly)."""
     n, m = q.shape
     n_blocks = q.n_blocks
     codes = b.op("Gather", [data, ids], f"{name}/row_codes")
+    if len(data.shape) == 3:
+        codes = b.op("Reshape", [codes, b.const(f"{name}/packed_shape", np.array([-1, m * q.bits // 8], np.int64))],
+                     f"{name}/row_codes_2d")
     row_zeros = b.op("Gather", [zeros, ids], f"{name}/row_zero_points")
     if q.bits == 4:
         codes = _unpack4(b, codes, m, f"{name}/codes")
         row_zeros = _unpack4(b, row_zeros, n_blocks, f"{name}/zero_points")
-    dtype = ir.DataType.from_numpy(q.scales.dtype)
+    row_scales = b.op("Gather", [scales, ids], f"{name}/row_scales")
+    if compute_dtype is not None:
+        row_scales = b.cast(row_scales, compute_dtype, f"{name}/row_scales_cast", q.scales.dtype)
+    dtype = ir.DataType.from_numpy(np.dtype(compute_dtype or q.scales.dtype))
     blocks = b.op("Reshape", [b.op("Cast", [codes], f"{name}/codes_float", to=dtype),
                               b.const(f"{name}/block_shape", np.array([-1, n_blocks, q.block_size], np.int64))],
                   f"{name}/code_blocks")
     centred = b.op("Sub", [blocks, b.op("Unsqueeze", [b.op("Cast", [row_zeros], f"{name}/zeros_float", to=dtype),
                                                       b.const(f"{name}/axis2", np.array([2], np.int64))],
                                         f"{name}/zeros_col")], f"{name}/centred")
-    scaled = b.op("Mul", [centred, b.op("Unsqueeze", [b.op("Gather", [scales, ids], f"{name}/row_scales"),
-                                                      b.const(f"{name}/axis2_s", np.array([2], np.int64))],
+    scaled = b.op("Mul", [centred, b.op("Unsqueeze", [row_scales, b.const(f"{name}/axis2_s", np.array([2], np.int64))],
                                         f"{name}/scales_col")], f"{name}/scaled")
     return b.op("Reshape", [scaled, b.const(f"{name}/row_shape", np.array([-1, m], np.int64))], f"{name}/rows")
 
@@ -104,12 +117,19 @@ def _unpack4(b: Builder, packed: ir.Value, length: int, name: str) -> ir.Value:
     last = b.const(f"{name}/last_axis", np.array([-1], np.int64))
     pairs = b.op("Concat", [b.op("Unsqueeze", [low, last], f"{name}/low_col"),
                             b.op("Unsqueeze", [high, last], f"{name}/high_col")], f"{name}/pairs", axis=-1)
-    flat = b.op("Reshape", [pairs, b.const(f"{name}/pairs_shape", np.array([0, -1], np.int64))], f"{name}/values")
+    width = 2 * ((length + 1) // 2)  # a static width: a branch may have no rows, and [0, -1] cannot reshape those
+    flat = b.op("Reshape", [pairs, b.const(f"{name}/pairs_shape", np.array([-1, width], np.int64))], f"{name}/values")
     if length % 2 == 0:
         return flat
     return b.op("Slice", [flat, b.const(f"{name}/start", np.array([0], np.int64)),
                           b.const(f"{name}/end", np.array([length], np.int64)),
                           b.const(f"{name}/axis1", np.array([1], np.int64))], f"{name}/cut")
+
+
+def branch_weights(b: Builder, name: str, V: np.ndarray, np_dtype) -> ir.Value:
+    """V as stored (float16 beside quantized U, else the table's dtype), cast to the table's dtype."""
+    stored = V if V.dtype == np.float16 else V.astype(np_dtype)
+    return b.cast(b.const(name, stored), np_dtype, f"{name}_{np.dtype(np_dtype).name}", stored.dtype)
 
 
 def per_tensor_lookup(b: Builder, q, ids: ir.Value, name: str) -> ir.Value:

@@ -47,7 +47,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
-from projclust_onnx.passes.builder import LOOKUP_FORMS, Builder, block_quantized_lookup, replace_lookup
+from projclust_onnx.passes.builder import (
+    LOOKUP_FORMS,
+    Builder,
+    block_quantized_lookup,
+    branch_weights,
+    replace_lookup,
+    standard_rows,
+)
 from projclust_onnx.passes.word_embedding import EmbeddingMatch, search_word_embedding
 
 if TYPE_CHECKING:
@@ -88,9 +95,6 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
     def __init__(self, factorization: EmbeddingFactorization, layout: str = DEFAULT_LAYOUT,
                  ids_input: str = "input_ids", lookup_form: str = "contrib", tied: bool = False) -> None:
         super().__init__()
-        if tied and factorization.U_q is not None:
-            raise ValueError("tied=True reads U per cluster as FactorizeHeadPass stores it; quantized U is not "
-                             "supported there")
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r} must be one of {LAYOUTS}")
         if lookup_form not in LOOKUP_FORMS:
@@ -184,7 +188,12 @@ def _clustered_middle(b: Builder, flat: ir.Value, f: EmbeddingFactorization, np_
             continue
         hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"branch{c}/hit")
         rows = b.op("Transpose", [b.op("NonZero", [hit], f"branch{c}/nonzero")], f"branch{c}/rows")
-        u = b.op("Gather", [u_c, b.op("GatherND", [local, rows], f"branch{c}/local")], f"branch{c}/u")
+        local_c = b.op("GatherND", [local, rows], f"branch{c}/local")
+        if isinstance(u_c, ir.Value):
+            u = b.op("Gather", [u_c, local_c], f"branch{c}/u")
+        else:  # quantized, decoded in the model's dtype as MatMulNBits decodes it for the head
+            u = standard_rows(b, u_c.q, u_c.codes, u_c.scales, u_c.zero_points, local_c, f"branch{c}/U",
+                              compute_dtype=np_dtype)
         y_c = b.op("MatMul", [u, branch(b, f, c, np_dtype)], f"branch{c}/y")
         out = b.op("ScatterND", [out, rows, y_c], f"branch{c}/out")
     return out
@@ -196,12 +205,6 @@ def _zeros(b: Builder, flat: ir.Value, f: EmbeddingFactorization, np_dtype) -> i
     return b.op("ConstantOfShape", [zeros_shape], "zeros", value=ir.tensor(np.zeros(1, dtype=np_dtype)))
 
 
-def _branch_weights(b: Builder, name: str, V: np.ndarray, np_dtype) -> ir.Value:
-    """V as stored (float16 beside quantized U, else the table's dtype), cast to the table's dtype."""
-    stored = V if V.dtype == np.float16 else V.astype(np_dtype)
-    return b.cast(b.const(name, stored), np_dtype, f"{name}_{np.dtype(np_dtype).name}", stored.dtype)
-
-
 def _onehot_middle(b: Builder, u: ir.Value, cid: ir.Value, f: EmbeddingFactorization, np_dtype) -> ir.Value:
     k, j, d = f.n_clusters, f.rank, f.dim
     mask = b.op("Equal", [b.op("Unsqueeze", [cid, b.const("axis1", np.array([1], np.int64))], "cid_col"),
@@ -211,7 +214,7 @@ def _onehot_middle(b: Builder, u: ir.Value, cid: ir.Value, f: EmbeddingFactoriza
                          b.op("Unsqueeze", [u, b.const("axis1_u", np.array([1], np.int64))], "u_row")],
                  "branch_inputs")
     block = b.op("Reshape", [block, b.const("block_shape", np.array([-1, k * j], np.int64))], "block")
-    return b.op("MatMul", [block, _branch_weights(b, "V", f.V.reshape(k * j, d), np_dtype)], "recombined")
+    return b.op("MatMul", [block, branch_weights(b, "V", f.V.reshape(k * j, d), np_dtype)], "recombined")
 
 
 def _grouped_middle(b: Builder, u: ir.Value, cid: ir.Value, flat: ir.Value, f: EmbeddingFactorization,
@@ -221,6 +224,6 @@ def _grouped_middle(b: Builder, u: ir.Value, cid: ir.Value, flat: ir.Value, f: E
         hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"branch{c}/hit")
         rows = b.op("Transpose", [b.op("NonZero", [hit], f"branch{c}/nonzero")], f"branch{c}/rows")
         u_c = b.op("GatherND", [u, rows], f"branch{c}/u")
-        y_c = b.op("MatMul", [u_c, _branch_weights(b, f"branch{c}/V", f.V[c], np_dtype)], f"branch{c}/y")
+        y_c = b.op("MatMul", [u_c, branch_weights(b, f"branch{c}/V", f.V[c], np_dtype)], f"branch{c}/y")
         out = b.op("ScatterND", [out, rows, y_c], f"branch{c}/out")
     return out

@@ -13,7 +13,11 @@ cluster::
 
 That is n*j + k*j*d multiply-adds per position instead of n*d. U is stored once, per
 cluster (`U/cluster{c}`), and read as it is stored: there is no Transpose or Slice of an
-initializer for ONNX Runtime to constant-fold into a second copy. The lookup side reads
+initializer for ONNX Runtime to constant-fold into a second copy. With quantized U
+(int8/int4), L_c = com.microsoft.MatMulNBits(P_c, codes_c, scales_c, zero points_c): the
+head reads U_c's packed codes as stored, and the lookup decodes the same bytes with
+opset-13 operators (MatMulNBits needs its codes 3-D, which GatherBlockQuantized does not
+read). The lookup side reads
 the same U_c and V_c (FactorizeEmbeddingPass with tied=True); the cluster-order tables
 (`cluster_ids`, `row_in_cluster`, `vocab_order`) are the small integer maps between
 token ids and those rows.
@@ -22,13 +26,16 @@ token ids and those rows.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
-from projclust_onnx.passes.builder import Builder, replace_output
+from projclust_onnx.passes.builder import CONTRIB_DOMAIN, Builder, branch_weights, replace_output
 from projclust_onnx.passes.factorize_embedding import check_opset
 from projclust_onnx.passes.word_embedding import Head, search_word_embedding
+
+from projclust_onnx.quantization import BlockQuantized
 
 if TYPE_CHECKING:
     from projclust_onnx.factorization import EmbeddingFactorization
@@ -52,16 +59,39 @@ class ClusterOrder:
         self.members = [order[s:s + m] for s, m in zip(self.starts, self.sizes)]
 
 
-def cluster_rows(b: Builder, f: EmbeddingFactorization, np_dtype) -> list[ir.Value | None]:
-    """U_c for each cluster as the shared initializers `U/cluster{c}` (None for an empty cluster)."""
+@dataclass
+class QuantizedRows:
+    """One cluster's rows of a quantized U, in MatMulNBits' layout: codes (n_c, blocks, bytes per block),
+    scales (n_c, blocks), zero points (n_c, zero-point bytes per row); `q` describes them."""
+
+    codes: ir.Value
+    scales: ir.Value
+    zero_points: ir.Value
+    q: BlockQuantized
+
+
+def cluster_rows(b: Builder, f: EmbeddingFactorization, np_dtype) -> list[ir.Value | QuantizedRows | None]:
+    """U_c for each cluster as shared initializers under `U/cluster{c}` (None for an empty cluster): float,
+    or, for quantized U, codes, scales and zero points (the bytes GatherBlockQuantized would hold, shaped
+    as MatMulNBits reads them)."""
     order = ClusterOrder(f.labels, f.n_clusters)
-    return [b.const(f"U/cluster{c}", f.U[rows].astype(np_dtype)) if len(rows) else None
-            for c, rows in enumerate(order.members)]
+    out = []
+    for c, rows in enumerate(order.members):
+        if not len(rows):
+            out.append(None)
+        elif f.U_q is None:
+            out.append(b.const(f"U/cluster{c}", f.U[rows].astype(np_dtype)))
+        else:
+            q = f.U_q.rows(rows)
+            codes = q.data.reshape(len(rows), q.n_blocks, q.block_size * q.bits // 8)
+            out.append(QuantizedRows(b.const(f"U/cluster{c}/codes", codes), b.const(f"U/cluster{c}/scales", q.scales),
+                                     b.const(f"U/cluster{c}/zero_points", q.zero_points), q))
+    return out
 
 
 def branch(b: Builder, f: EmbeddingFactorization, c: int, np_dtype) -> ir.Value:
     """V_c as the initializer `branch{c}/V`, which the lookup's grouped branches read too."""
-    return b.const(f"branch{c}/V", f.V[c].astype(np_dtype))
+    return branch_weights(b, f"branch{c}/V", f.V[c], np_dtype)
 
 
 class FactorizeHeadPass(ir.passes.InPlacePass):
@@ -69,13 +99,12 @@ class FactorizeHeadPass(ir.passes.InPlacePass):
     Transpose(table), Gemm with transB=1) by the factorized head above.
 
     Run it before FactorizeEmbeddingPass(tied=True), which rewrites the lookups and drops the
-    table: the heads are found through the table. Float factors only (U_q must be None).
+    table: the heads are found through the table. A quantized U (U_q) is read by com.microsoft.MatMulNBits,
+    decoded in the model's dtype; fit it with compute_dtype set accordingly (fit_factorization(tied=True)).
     """
 
     def __init__(self, factorization: EmbeddingFactorization, ids_input: str = "input_ids") -> None:
         super().__init__()
-        if factorization.U_q is not None:
-            raise ValueError("the head pass takes float factors; quantized U is not supported for a tied head")
         self.factorization = factorization
         self.ids_input = ids_input
 
@@ -109,7 +138,14 @@ class FactorizeHeadPass(ir.passes.InPlacePass):
             if u_c is None:
                 continue
             p_c = b.op("Gemm", [flat, branch(b, f, c, np_dtype)], f"cluster{c}/projected", transB=1)
-            parts.append(b.op("Gemm", [p_c, u_c], f"cluster{c}/logits", transB=1))
+            if isinstance(u_c, ir.Value):
+                parts.append(b.op("Gemm", [p_c, u_c], f"cluster{c}/logits", transB=1))
+                continue
+            graph.opset_imports.setdefault(CONTRIB_DOMAIN, 1)
+            scales = b.cast(u_c.scales, np_dtype, f"cluster{c}/scales", u_c.q.scales.dtype)
+            parts.append(b.op("MatMulNBits", [p_c, u_c.codes, scales, u_c.zero_points], f"cluster{c}/logits",
+                              domain=CONTRIB_DOMAIN, K=f.rank, N=u_c.q.shape[0], bits=u_c.q.bits,
+                              block_size=u_c.q.block_size))
         clustered = parts[0] if len(parts) == 1 else b.op("Concat", parts, "clustered_logits", axis=1)
         index = np.int32 if n < 2**31 else np.int64
         logits = b.op("Gather", [clustered, b.const("vocab_order", order.vocab_order.astype(index))],

@@ -123,7 +123,8 @@ class ProjClustCompressor:
                         with phases("clustering", f"clustering {n} x {d} rows: {config.method}, "
                                                   f"k={config.n_clusters}, j={plan.rank}, U {plan.quantize}"):
                             results[key] = fit_factorization(table32, config, plan.rank, weights, phases.verbose,
-                                                             dtype=plan.match.dtype.numpy(), quantize=plan.quantize)
+                                                             dtype=plan.match.dtype.numpy(), quantize=plan.quantize,
+                                                             tied=plan.tied)
 
             parities, written, files_report = [], 0, []
             for file in plan.files:
@@ -132,7 +133,7 @@ class ProjClustCompressor:
                 with phases("rewrite", f"rewriting the graph{where}"):
                     model, reference, dense = file.model, load_model(file.onnx_path), dense_of(result)
                     with_cleanup(DensifyEmbeddingPass(dense, config.ids_input, heads=bool(file.heads)))(reference)
-                    with_cleanup(rewrite_pass(result, config, tied=bool(file.heads)))(model)
+                    with_cleanup(rewrite_pass(result, config, tied=plan.tied))(model)
                 with phases("parity", f"checking the rewritten model under ONNX Runtime{where}"):
                     parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=n,
                                           dtype=file.match.dtype, seed=config.seed, workdir=stage)
@@ -212,14 +213,15 @@ class ProjClustCompressor:
                  for f in plan.files for h in f.heads]
         return CompressionReport(
             source=self.source, output=str(plan.save_dir), method=method, n_clusters=k, rank=rank,
-            layout="grouped (tied head)" if plan.tied else config.layout, table=str(plan.match.table.name),
+            layout="grouped (tied head)" if plan.tied and factored else config.layout, table=str(plan.match.table.name),
             n_rows=n, dim=d, dtype=str(plan.match.dtype.numpy()), embedding_params_before=n * d,
             embedding_params_after=params, cluster_id_bytes=ids, embedding_bytes_before=plan.stored_bytes,
             embedding_bytes_after=written, file_bytes_before=plan.input_bytes, file_bytes_after=0,
             relative_error=relative_error,
             parity_max_abs_diff=max(p.max_abs_diff for p in parities), parity_tolerance=parities[0].tolerance,
             storage_before=plan.match.storage, quantize=quantize, block_size=block,
-            lookup_form=config.lookup_form if quantize != "none" else None, calibration_tokens=n_tokens,
+            lookup_form=None if quantize == "none" else "standard (tied head)" if plan.tied else config.lookup_form,
+            calibration_tokens=n_tokens,
             special_tokens=n_special, choice=choice.to_dict() if choice is not None else None,
             untied_head=plan.untied_head, heads=heads, table_copies=sum(f.table_copies for f in plan.files),
             timings=timings)
@@ -250,8 +252,9 @@ def estimator_for(config: ProjClustConfig, rank: int, verbose: bool = False):
 
 
 def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sample_weight=None,
-                      verbose: bool = False, dtype=np.float32, quantize: str = "none"):
-    """Cluster `table` as `config` says and factorize it, U quantized as `quantize` says."""
+                      verbose: bool = False, dtype=np.float32, quantize: str = "none", tied: bool = False):
+    """Cluster `table` as `config` says and factorize it, U quantized as `quantize` says (decoded in the
+    model's dtype when `tied`: a tied head reads U through MatMulNBits)."""
     from projclust_onnx.budget import BITS
     from projclust_onnx.factorization import EmbeddingFactorization
 
@@ -259,7 +262,8 @@ def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sam
     estimator = estimator_for(config, rank, verbose).fit(table32, sample_weight=sample_weight)
     factorization = EmbeddingFactorization.from_estimator(estimator, table32, dtype=dtype)
     if quantize != "none":
-        factorization = factorization.quantized(BITS[quantize], config.block_size, table32, sample_weight)
+        factorization = factorization.quantized(BITS[quantize], config.block_size, table32, sample_weight,
+                                                compute_dtype=dtype if tied else None)
     return factorization
 
 

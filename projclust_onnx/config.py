@@ -45,7 +45,7 @@ class ProjClustConfig:
             Transpose, or as its own transposed copy, which is how Optimum exports a tied model
             without accelerate): "factorize" (default) rewrites it with the same factors, so the
             model stays tied and the head costs n*j + k*j*d multiply-adds per position instead of
-            n*d; float factors only. "keep" leaves it dense and compresses the lookup only: the
+            n*d (quantized U is read by MatMulNBits; target_ratio is refused). "keep" leaves it dense and compresses the lookup only: the
             model is then untied, and the report says so.
         layout: runtime subgraph, "grouped" or "onehot" (see passes.factorize_embedding).
         init, n_init, anneal_steps, max_iter, tol, z: ProjectiveClustering settings.

@@ -50,11 +50,14 @@ class EmbeddingFactorization:
         V = np.ascontiguousarray(np.transpose(estimator.bases_, (0, 2, 1))).astype(dtype)
         return cls(labels=labels, U=U, V=V)
 
-    def quantized(self, bits: int, block_size: int, X, sample_weight=None) -> EmbeddingFactorization:
+    def quantized(self, bits: int, block_size: int, X, sample_weight=None,
+                  compute_dtype=None) -> EmbeddingFactorization:
         """U stored in `bits`-bit blocks; V refit to the decoded U, per cluster, by weighted least squares
-        against X of shape (n, d), and stored in float16. The refit takes back much of the rounding error."""
+        against X of shape (n, d), and stored in float16. The refit takes back much of the rounding error.
+        `compute_dtype`: the type the runtime decodes U in (default the scales' float16; float32 where a
+        tied head reads U through MatMulNBits)."""
         U_q = BlockQuantized.quantize(self.U, bits, block_size)
-        U = U_q.dequantize()
+        U = U_q.dequantize(compute_dtype)
         X = np.asarray(X, dtype=np.float64)
         w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         w = w / w.max()

@@ -151,13 +151,12 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
         raise SettingError("n_clusters", f"{{}}={config.n_clusters} must be <= the table's {n} rows")
     quantize = config.quantize or {None: "none", 8: "int8", 4: "int4"}[first.match.bits]
     tied = any(f.heads for f in files)
-    if tied and (quantize != "none" or config.target_ratio is not None):
+    if tied and config.target_ratio is not None:
         head = next(h for f in files for h in f.heads)
-        what = f"quantize={quantize!r}" if quantize != "none" else "target_ratio"
-        raise SettingError("head", f"{what} cannot be used with a tied LM head ({literal(head.describe())}): the "
-                           "head is rewritten with float factors only. Store the factors as floats (no quantize, "
-                           "no target ratio), or set {} to 'keep' to keep the head dense (the model becomes "
-                           "untied)")
+        raise SettingError("head", f"target_ratio cannot be used with a tied LM head ({literal(head.describe())}): "
+                           "the chooser's plain quantization of the table cannot rewrite the head. Give "
+                           "compression (and quantize) instead, or set {} to 'keep' to keep the head dense (the "
+                           "model becomes untied)")
     itemsize = first.match.dtype.numpy().itemsize
     extra = 8 * n if tied else 0  # int32 row-in-cluster and vocabulary-order maps
     if config.target_ratio is not None:
@@ -169,9 +168,6 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                          f"is {n} x {d}")
     else:
         rank = factorization.rank
-    if tied and factorization is not None and factorization.U_q is not None:
-        raise ValueError("a tied LM head is rewritten with float factors only; this factorization stores U "
-                         "quantized")
     return CompressionPlan(save_dir, files, rank, quantize, skipped, skipped_bytes)
 
 

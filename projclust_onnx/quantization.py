@@ -81,12 +81,19 @@ class BlockQuantized:
             return self.data, self.zero_points
         return unpack4(self.data, self.shape[1]), unpack4(self.zero_points, self.n_blocks)
 
-    def dequantize(self) -> np.ndarray:
-        """The values the runtime computes: (code - zero point) * scale, rounded to the scales' dtype."""
+    def dequantize(self, compute_dtype=None) -> np.ndarray:
+        """The values the runtime computes: (code - zero point) * scale, rounded to the scales' dtype
+        (GatherBlockQuantized), or to `compute_dtype` when the runtime decodes in another type
+        (MatMulNBits on float32 inputs: exact, since float16 scales times small integers fit float32)."""
         codes, zeros = self.codes()
         n, m = self.shape
         blocks = codes.reshape(n, self.n_blocks, self.block_size)
-        return _decode(blocks, zeros, self.scales, self.scales.dtype).reshape(n, m)
+        return _decode(blocks, zeros, self.scales, compute_dtype or self.scales.dtype).reshape(n, m)
+
+    def rows(self, index: np.ndarray) -> BlockQuantized:
+        """The storage of rows `index` (codes, scales and zero points are packed per row)."""
+        return BlockQuantized(self.data[index], self.scales[index], self.zero_points[index], self.bits,
+                              self.block_size)
 
     @property
     def nbytes(self) -> int:

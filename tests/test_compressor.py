@@ -121,12 +121,12 @@ def test_unreadable_models_are_refused(tmp_path, make, match):
         ({"ids_from_computation": True}, ProjClustConfig(**SMALL), "no word-embedding lookup found"),
         ({"second_lookup": True}, ProjClustConfig(**SMALL), "2 word-embedding candidates"),
         ({"stranger": True}, ProjClustConfig(**SMALL), "ReduceSum 'table_sum', which is neither a lookup nor"),
-        ({"tied": True}, ProjClustConfig(**SMALL, quantize="int4", block_size=16),
-         "quantize='int4' cannot be used with a tied LM head"),
+        ({"tied": True}, ProjClustConfig(target_ratio=4, n_init=1),
+         "target_ratio cannot be used with a tied LM head"),
         ({}, ProjClustConfig(n_clusters=61, rank=2), "n_clusters=61 must be <= the table's 60 rows"),
         ({}, ProjClustConfig(n_clusters=2, rank=8), "rank=8 must be < the table's dim=8"),
     ],
-    ids=["no-embedding", "two-candidates", "stranger", "tied-int4", "k>n", "rank>=d"],
+    ids=["no-embedding", "two-candidates", "stranger", "tied-target-ratio", "k>n", "rank>=d"],
 )
 def test_bad_models_and_settings_are_refused_before_any_write(tmp_path, model_kwargs, config, match):
     src = write_model_dir(tmp_path / "src", embedding_model(60, 8, **model_kwargs)[0]).parent
@@ -216,8 +216,7 @@ def test_head_stored_as_a_transposed_copy_is_rewritten_or_kept_but_never_untied_
 
     monkeypatch.setattr(ProjectiveClustering, "fit", lambda *a, **k: pytest.fail("clustered before refusing"))
     with pytest.raises(ValueError, match="set head to 'keep'"):
-        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "q", ProjClustConfig(**SMALL, quantize="int8",
-                                                                                          block_size=16))
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "q", ProjClustConfig(target_ratio=4))
     assert not (tmp_path / "q").exists()
     monkeypatch.undo()
 

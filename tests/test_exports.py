@@ -130,9 +130,21 @@ def test_untied_decoder_compresses_the_lookup_and_leaves_its_own_head(exports, t
     assert len(heads) == 1  # lm_head.weight^T, a separate matrix in an untied model: not ours to touch
 
 
-def test_quantized_factors_with_a_tied_head_are_refused_before_clustering(exports, tmp_path):
-    done = run_cli("compress", "--model", str(exports("gpt2")), "--output", str(tmp_path / "out"), "--quantize",
-                   "int4", "-q")
+def test_tied_head_with_4_bit_factors_generates_and_a_target_ratio_is_refused(exports, tmp_path):
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    src = exports("gpt2")
+    done = run_cli("compress", "--model", str(src), "--output", str(tmp_path / "q4"), "--compression", "0.8",
+                   "--clusters", "4", "--quantize", "int4", "--block-size", "16", "-q")
+    assert done.returncode == 0, done.stderr
+    graph = onnx.load(str(tmp_path / "q4" / "model.onnx")).graph
+    assert "MatMulNBits" in {n.op_type for n in graph.node} and table_copies(tmp_path / "q4") == 0
+    assert onnx_bytes(src) - onnx_bytes(tmp_path / "q4") >= 0.75 * 2 * VOCAB * HIDDEN * 4
+    model = ORTModelForCausalLM.from_pretrained(tmp_path / "q4")
+    assert model.generate(torch.tensor([[5, 17, 42]]), max_new_tokens=8, min_new_tokens=8).shape == (1, 11)
+
+    done = run_cli("compress", "--model", str(src), "--output", str(tmp_path / "out"), "--target-ratio", "4", "-q")
     assert done.returncode == 2 and "cannot be used with a tied LM head" in done.stderr
     assert "set --head to 'keep'" in done.stderr and not (tmp_path / "out").exists()
 

@@ -18,10 +18,14 @@ from projclust_onnx.factorization import EmbeddingFactorization
 FORMS = {"copy": {"tied_copy": True}, "transpose": {"tied": True}, "gemm": {"gemm_head": True}}
 
 
-def factorization(n, d, k, j, labels, seed=0) -> EmbeddingFactorization:
+def factorization(n, d, k, j, labels, seed=0, bits=None) -> EmbeddingFactorization:
+    """Random factors; with `bits`, U stored in blocks of 16 and decoded in float32, as for a tied head."""
     rng = np.random.default_rng(seed)
-    return EmbeddingFactorization(labels=labels, U=rng.standard_normal((n, j)).astype(np.float32),
-                                  V=rng.standard_normal((k, j, d)).astype(np.float32))
+    f = EmbeddingFactorization(labels=labels, U=rng.standard_normal((n, j)).astype(np.float32),
+                               V=rng.standard_normal((k, j, d)).astype(np.float32))
+    if bits is None:
+        return f
+    return f.quantized(bits, 16, f.reconstruct(), compute_dtype=np.float32)
 
 
 def rewrite(proto, f) -> ir.Model:
@@ -39,14 +43,18 @@ def run(model: ir.Model, ids: np.ndarray) -> dict[str, np.ndarray]:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(2, 120), d=st.integers(2, 16), k=st.integers(1, 5), j=st.integers(1, 8),
-       form=st.sampled_from(sorted(FORMS)), empty=st.booleans(), seed=st.integers(0, 2**16))
-def test_head_and_lookup_compute_the_dense_reconstruction(n, d, k, j, form, empty, seed):
-    """logits = hidden @ (U V)^T (+ bias) and embeddings = (U V)[ids], with clusters of any size, empty ones too."""
+       form=st.sampled_from(sorted(FORMS)), empty=st.booleans(), seed=st.integers(0, 2**16),
+       bits=st.sampled_from([None, 8, 4]))
+def test_head_and_lookup_compute_the_dense_reconstruction(n, d, k, j, form, empty, seed, bits):
+    """logits = hidden @ (U V)^T (+ bias) and embeddings = (U V)[ids], with clusters of any size, empty ones
+    too, and U float or in 8 or 4 bits (MatMulNBits in the head, opset-13 decoding in the lookup)."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, k, n)
     if empty and k > 1:
         labels[labels == k - 1] = 0  # the last cluster owns no row
-    f = factorization(n, d, k, j, labels, seed)
+    if bits is not None:
+        j = 16 * (1 + j % 2)  # whole blocks of 16
+    f = factorization(n, d, k, j, labels, seed, bits)
     proto, _ = embedding_model(n, d, position=False, **FORMS[form])
     model = rewrite(proto, f)
     ids = rng.integers(0, n, size=(2, 5))
