@@ -259,3 +259,16 @@ def test_fp16_tied_heads_are_rewritten_and_checked(tmp_path, form):
     inits = onnx.load(str(tmp_path / "out" / "model.onnx")).graph.initializer
     floats = [t for t in inits if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
     assert floats and all(t.data_type == onnx.TensorProto.FLOAT16 for t in floats)  # no float32 factors slipped in
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_tied_head_with_quantized_factors_is_checked_against_the_reconstruction(tmp_path, dtype, quantize):
+    src = write_model_dir(tmp_path / "src", embedding_model(200, 32, dtype=dtype, tied_copy=True)[0]).parent
+    config = ProjClustConfig(n_clusters=2, rank=16, n_init=1, quantize=quantize, block_size=16)
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", config)
+    assert report.heads and report.quantize == quantize and report.lookup_form == "standard (tied head)"
+    assert report.parity_max_abs_diff <= report.parity_tolerance
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+    assert "MatMulNBits" in {n.op_type for n in graph.node}
+    assert report.embedding_bytes_after < 200 * 32 * np.dtype(dtype).itemsize  # both copies: less than one
