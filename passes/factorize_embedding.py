@@ -78,6 +78,14 @@ def check_opset(model: ir.Model) -> None:
             "Re-export with a newer opset (optimum-cli export onnx --opset 14 ...)")
 
 
+def check_shape(f: EmbeddingFactorization, match: EmbeddingMatch) -> None:
+    """PreconditionError when the factorization was fitted on a table of another shape."""
+    if match.shape != (f.n_rows, f.dim):
+        raise ir.passes.PreconditionError(
+            f"the factorization is {f.n_rows} x {f.dim} but the table {match.table.name!r} is "
+            f"{match.shape[0]} x {match.shape[1]}; fit it on this model's table")
+
+
 class FactorizeEmbeddingPass(ir.passes.InPlacePass):
     """Replace the word-embedding Gather with the k-branch subgraph of `factorization`.
 
@@ -136,11 +144,7 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
             match.check_untied()
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
-        f = self.factorization
-        if match.shape != (f.n_rows, f.dim):
-            raise ir.passes.PreconditionError(
-                f"the factorization is {f.n_rows} x {f.dim} but the table {match.table.name!r} is "
-                f"{match.shape[0]} x {match.shape[1]}; fit it on this model's table")
+        check_shape(self.factorization, match)
 
     def _rewrite(self, graph: ir.Graph, match: EmbeddingMatch, scope: str = "") -> None:
         f = self.factorization

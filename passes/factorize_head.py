@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 from projclust_onnx.passes.builder import CONTRIB_DOMAIN, Builder, branch_weights, replace_output
-from projclust_onnx.passes.factorize_embedding import check_opset
+from projclust_onnx.passes.factorize_embedding import check_opset, check_shape
 from projclust_onnx.passes.word_embedding import Head, search_word_embedding
 
 from projclust_onnx.quantization import BlockQuantized
@@ -117,11 +117,7 @@ class FactorizeHeadPass(ir.passes.InPlacePass):
             heads = match.heads(model.graph)
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
-        f = self.factorization
-        if match.shape != (f.n_rows, f.dim):
-            raise ir.passes.PreconditionError(
-                f"the factorization is {f.n_rows} x {f.dim} but the table {match.table.name!r} is "
-                f"{match.shape[0]} x {match.shape[1]}; fit it on this model's table")
+        check_shape(self.factorization, match)
         for i, head in enumerate(heads):
             self._rewrite(model.graph, head, match.dtype.numpy(), scope=f"head{i}" if i else "head")
         return ir.passes.PassResult(model, modified=bool(heads))

@@ -56,8 +56,9 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", choices=["factorize", "keep"], default="factorize",
                         help="a tied LM head (MatMul/Gemm with the table's transpose, or its own transposed copy): "
                              "factorize rewrites it with the same factors, so the model stays tied and the head "
-                             "costs n*j + k*j*d instead of n*d per position (with --quantize, through MatMulNBits); keep leaves "
-                             "its copy dense and compresses the lookup only, untying the model "
+                             "costs n*j + k*j*d instead of n*d per position (with --quantize, through "
+                             "MatMulNBits); keep leaves its copy dense and compresses the lookup only, untying the "
+                             "model "
                              "(default: factorize)")
     parser.add_argument("--target-ratio", type=float, default=None, metavar="R",
                         help="choose the method, k, j and bits (plain quantization, SVD, projective clustering) "

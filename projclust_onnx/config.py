@@ -45,8 +45,8 @@ class ProjClustConfig:
             Transpose, or as its own transposed copy, which is how Optimum exports a tied model
             without accelerate): "factorize" (default) rewrites it with the same factors, so the
             model stays tied and the head costs n*j + k*j*d multiply-adds per position instead of
-            n*d (quantized U is read by MatMulNBits; target_ratio is refused). "keep" leaves it dense and compresses the lookup only: the
-            model is then untied, and the report says so.
+            n*d; quantized U is read by MatMulNBits, and target_ratio is refused. "keep" leaves it
+            dense and compresses the lookup only: the model is then untied, and the report says so.
         layout: runtime subgraph, "grouped" or "onehot" (see passes.factorize_embedding).
         init, n_init, anneal_steps, max_iter, tol, z: ProjectiveClustering settings.
         seed: random_state of the clustering and of the parity check's inputs.
