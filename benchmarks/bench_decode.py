@@ -8,7 +8,8 @@ too (compress(factorization=...)), since a fit of random weights would only cost
 Measured in one run, interleaved, batch 1:
 
 - head alone: the table's lookup and the head's product for one position
-  (input_ids (1, 1) -> Gather -> MatMul with the transposed copy -> logits), dense vs factorized;
+  (input_ids (1, 1) -> Gather -> MatMul with the transposed copy -> logits), dense vs factorized,
+  and vs ONNX Runtime's own 4-bit quantization of the dense table and head (MatMulNBitsQuantizer);
 - the whole decode step with a KV cache of `--past` positions;
 - peak RSS of creating each head session and running it once (own process each), with ONNX
   Runtime's weight prepacking on (default) and off: prepacking keeps a packed second copy of
@@ -77,6 +78,20 @@ def random_factors(n: int, d: int, k: int, rank: int, seed: int = 0) -> Embeddin
     rng = np.random.default_rng(seed)
     return EmbeddingFactorization(labels=rng.integers(0, k, n), U=rng.standard_normal((n, rank), np.float32),
                                   V=(rng.standard_normal((k, rank, d), np.float32) / np.sqrt(rank)))
+
+
+def ort_int4(src: Path, directory: Path) -> Path:
+    """ONNX Runtime's own 4-bit weight-only quantization (blocks of 32) of the dense lookup and head:
+    GatherBlockQuantized for the table, MatMulNBits for the head's copy."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, op_types_to_quantize=("Gather", "MatMul"),
+                                          quant_axes=(("Gather", 1),))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src / "model.onnx")), algo_config=config)
+    quantizer.process()
+    directory.mkdir(parents=True)
+    onnx.save(quantizer.model.model, str(directory / "model.onnx"))
+    return directory
 
 
 def random_int4_factors(n: int, d: int, k: int, rank: int, seed: int = 0) -> EmbeddingFactorization:
@@ -178,6 +193,8 @@ def main() -> None:
                                                                            verbose=False)
                 assert report.heads, f"{what}: the head was not rewritten"
                 dirs[f"{what} {variant}"] = out
+        print("quantizing the dense head and lookup with ONNX Runtime's MatMulNBitsQuantizer ...", file=sys.stderr)
+        dirs["head ort-int4"] = ort_int4(dirs["head dense"], tmp / "head_ort_int4")
         paths = {name: d / "model.onnx" for name, d in dirs.items()}
         p50 = {}
         for spinning in (False, True):  # ONNX Runtime spins its pool's threads by default
@@ -194,10 +211,13 @@ def main() -> None:
 
     rows = []
     labels = {"factorized": f"float U, {args.compression:.0%}, j={rank}",
-              "int4": f"int4 U (blocks of 32), {args.int4_compression:.0%}, j={q_rank}"}
+              "int4": f"int4 U (blocks of 32), {args.int4_compression:.0%}, j={q_rank}",
+              "ort-int4": "none: ONNX Runtime's 4-bit quantization of the dense table and head (blocks of 32)"}
     for spinning in (False, True):
         for what in ("head", "step"):
             for variant, label in labels.items():
+                if f"{what} {variant}" not in p50[spinning]:
+                    continue
                 dense, fact = p50[spinning][f"{what} dense"], p50[spinning][f"{what} {variant}"]
                 mem = " / ".join(f"{memory[(f'{what} dense', pre)]:.0f} -> {memory[(f'{what} {variant}', pre)]:.0f}"
                                  for pre in (True, False)) if what == "head" else "n/a"
