@@ -33,7 +33,7 @@ from common import append_results, markdown_table
 from onnx import TensorProto, helper, numpy_helper
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.budget import rank_for_bytes
+from projclust_onnx.budget import index_map_bytes, rank_for_bytes
 from projclust_onnx.factorization import EmbeddingFactorization
 from projclust_onnx.threads import session_options
 
@@ -171,9 +171,9 @@ def main() -> None:
     args = parser.parse_args()
 
     k = args.clusters
-    rank = rank_for_bytes(VOCAB, HIDDEN, k, (1 - args.compression) * VOCAB * HIDDEN * 4 - 8 * VOCAB)
-    q_rank = rank_for_bytes(VOCAB, HIDDEN, k, (1 - args.int4_compression) * VOCAB * HIDDEN * 4 - 8 * VOCAB, 4,
-                            "int4", 32)
+    maps = index_map_bytes(VOCAB)
+    rank = rank_for_bytes(VOCAB, HIDDEN, k, (1 - args.compression) * VOCAB * HIDDEN * 4 - maps)
+    q_rank = rank_for_bytes(VOCAB, HIDDEN, k, (1 - args.int4_compression) * VOCAB * HIDDEN * 4 - maps, 4, "int4", 32)
     variants = {"factorized": (random_factors(VOCAB, HIDDEN, k, rank),
                                ProjClustConfig(compression=args.compression, n_clusters=k)),
                 "int4": (random_int4_factors(VOCAB, HIDDEN, k, q_rank),

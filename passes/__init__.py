@@ -15,6 +15,7 @@ from projclust_onnx.passes.word_embedding import (
     EmbeddingSearch,
     Head,
     find_word_embedding,
+    head_copies,
     search_word_embedding,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "FactorizeEmbeddingPass",
     "FactorizeHeadPass",
     "Head",
+    "head_copies",
     "check_opset",
     "factorize_embedding_pipeline",
     "find_word_embedding",

@@ -50,6 +50,12 @@ class Builder:
         self.graph.register_initializer(value)
         return value
 
+    def shared(self, name: str, make) -> ir.Value:
+        """The initializer `name` if an earlier rewrite registered it, else const(name, make()): tables that
+        every head and lookup share are built once, not once per reader."""
+        existing = self.graph.initializers.get(f"{self.prefix}/{name}")
+        return existing if existing is not None else self.const(name, make())
+
     def op(self, op_type: str, inputs: list[ir.Value], name: str, domain: str = "", **attributes) -> ir.Value:
         full = f"{self.prefix}/{self.scope}{name}"
         node = ir.node(op_type, inputs, attributes or None, domain=domain, name=full)

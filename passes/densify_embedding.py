@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from projclust_onnx.passes.builder import Builder, replace_lookup
-from projclust_onnx.passes.word_embedding import search_word_embedding
+from projclust_onnx.passes.word_embedding import head_copies, search_word_embedding
 
 __all__ = ["DensifyEmbeddingPass"]
 
@@ -33,9 +33,8 @@ class DensifyEmbeddingPass(ir.passes.InPlacePass):
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
         table = self.table.astype(match.dtype.numpy())
-        for head in heads:  # a tied head's own transposed copy holds the same dense table
-            if head.form == "copy":
-                head.weight.const_value = ir.tensor(np.ascontiguousarray(table.T), name=head.weight.name)
+        for copy in head_copies(heads):  # a tied head's own transposed copy holds the same dense table
+            copy.const_value = ir.tensor(np.ascontiguousarray(table.T), name=copy.name)
         if match.storage == "float":
             match.table.const_value = ir.tensor(table, name=match.table.name)
             return ir.passes.PassResult(model, modified=True)

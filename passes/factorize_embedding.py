@@ -187,7 +187,7 @@ def _clustered_middle(b: Builder, flat: ir.Value, f: EmbeddingFactorization, np_
     local = b.op("GatherElements", [b.const("row_in_cluster", order.row_in_cluster.astype(index)), flat],
                  "local_row")
     out = _zeros(b, flat, f, np_dtype)
-    for c, u_c in enumerate(cluster_rows(b, f, np_dtype)):
+    for c, u_c in enumerate(cluster_rows(b, f, order, np_dtype)):
         if u_c is None:
             continue
         hit = b.op("Equal", [cid, b.const(f"branch{c}/id", np.array(c, np.int64))], f"branch{c}/hit")

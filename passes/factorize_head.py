@@ -70,22 +70,23 @@ class QuantizedRows:
     q: BlockQuantized
 
 
-def cluster_rows(b: Builder, f: EmbeddingFactorization, np_dtype) -> list[ir.Value | QuantizedRows | None]:
+def cluster_rows(b: Builder, f: EmbeddingFactorization, order: ClusterOrder,
+                 np_dtype) -> list[ir.Value | QuantizedRows | None]:
     """U_c for each cluster as shared initializers under `U/cluster{c}` (None for an empty cluster): float,
     or, for quantized U, codes, scales and zero points (the bytes GatherBlockQuantized would hold, shaped
-    as MatMulNBits reads them)."""
-    order = ClusterOrder(f.labels, f.n_clusters)
+    as MatMulNBits reads them). Built once per model, whatever the number of heads and lookups."""
     out = []
     for c, rows in enumerate(order.members):
         if not len(rows):
             out.append(None)
         elif f.U_q is None:
-            out.append(b.const(f"U/cluster{c}", f.U[rows].astype(np_dtype)))
+            out.append(b.shared(f"U/cluster{c}", lambda rows=rows: f.U[rows].astype(np_dtype)))
         else:
-            q = f.U_q.rows(rows)
-            codes = q.data.reshape(len(rows), q.n_blocks, q.block_size * q.bits // 8)
-            out.append(QuantizedRows(b.const(f"U/cluster{c}/codes", codes), b.const(f"U/cluster{c}/scales", q.scales),
-                                     b.const(f"U/cluster{c}/zero_points", q.zero_points), q))
+            q = f.U_q.rows(rows)  # small beside U: codes, scales and zero points of n_c rows
+            codes = b.shared(f"U/cluster{c}/codes",
+                             lambda q=q: q.data.reshape(len(q.data), q.n_blocks, q.block_size * q.bits // 8))
+            out.append(QuantizedRows(codes, b.shared(f"U/cluster{c}/scales", lambda q=q: q.scales),
+                                     b.shared(f"U/cluster{c}/zero_points", lambda q=q: q.zero_points), q))
     return out
 
 
@@ -127,7 +128,7 @@ class FactorizeHeadPass(ir.passes.InPlacePass):
         k, d, n = f.n_clusters, f.dim, f.n_rows
         b = Builder(graph, head.node, scope=scope)
         order = ClusterOrder(f.labels, k)
-        rows = cluster_rows(b, f, np_dtype)
+        rows = cluster_rows(b, f, order, np_dtype)
         flat = b.op("Reshape", [head.hidden, b.const("hidden_shape", np.array([-1, d], np.int64))], "hidden_2d")
         parts = []
         for c, u_c in enumerate(rows):
@@ -157,6 +158,6 @@ class FactorizeHeadPass(ir.passes.InPlacePass):
             logits = b.op("Reshape", [logits, shape], "logits")
         replace_output(head.logits, logits, [head.node])
         for node in head.removed:  # the Transpose, once no head reads it
-            if not any(True for _ in node.outputs[0].uses()):
+            if not node.outputs[0].uses():
                 node.graph.remove(node, safe=True)
         logger.info("rewrote the LM head %s with the factors", head.describe())

@@ -33,7 +33,8 @@ from projclust_onnx.quantization import storage_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingMatch", "EmbeddingSearch", "Head", "search_word_embedding", "find_word_embedding"]
+__all__ = ["EmbeddingMatch", "EmbeddingSearch", "Head", "head_copies", "search_word_embedding",
+           "find_word_embedding"]
 
 # Ops that change only the shape or integer type of the ids on their way to the Gather.
 _ID_PASSTHROUGH = frozenset({"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
@@ -70,6 +71,11 @@ class Head:
 
     def describe(self) -> str:
         return f"{self.node.op_type} {self.node.name!r} ({self.form})"
+
+
+def head_copies(heads: list[Head]) -> list[ir.Value]:
+    """The distinct transposed copies of the table that `heads` read (one per file, whatever the branches)."""
+    return list({id(h.weight): h.weight for h in heads if h.form == "copy"}.values())
 
 
 @dataclass

@@ -25,6 +25,12 @@ def id_dtype(n_clusters: int) -> np.dtype:
     raise ValueError(f"n_clusters={n_clusters} is too large")
 
 
+def index_map_bytes(n_rows: int) -> int:
+    """Bytes of the two int32 maps a rewritten tied head adds: each token's row within its cluster, and
+    its column in the cluster-ordered logits (passes.factorize_head.ClusterOrder)."""
+    return 2 * 4 * n_rows
+
+
 def factorized_bytes(n_rows: int, dim: int, n_clusters: int, rank: int, table_itemsize: int = 4,
                      quantize: str = "none", block_size: int = 32) -> int:
     """Bytes of U, V and the cluster ids as stored."""

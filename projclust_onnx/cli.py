@@ -168,10 +168,10 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from projclust_onnx.budget import BITS, factorized_bytes, id_dtype, rank_for_bytes
+    from projclust_onnx.budget import BITS, factorized_bytes, id_dtype, index_map_bytes, rank_for_bytes
     from projclust_onnx.compressor import ProjClustCompressor
     from projclust_onnx.model_files import load_model
-    from projclust_onnx.passes import search_word_embedding
+    from projclust_onnx.passes import head_copies, search_word_embedding
     from projclust_onnx.quantization import block_quantized_bytes
 
     config = _config(args)
@@ -212,7 +212,7 @@ def run_inspect(args: argparse.Namespace) -> int:
                 tied += " (kept dense where it is its own copy: untied)" if config.head == "keep" else \
                     " (rewritten with the same factors)"
                 tied_any = tied_any or config.head != "keep"
-                held_copies += len({id(h.weight) for h in heads if h.form == "copy"}) if config.head != "keep" else 0
+                held_copies += len(head_copies(heads)) if config.head != "keep" else 0
         except ValueError as err:
             tied = f"refused: {err}"
         rows.append(("tied LM head", tied))
@@ -229,7 +229,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             continue
         quantize = config.quantize or {None: "none", 8: "int8", 4: "int4"}[match.bits]
         k, b = config.n_clusters, config.block_size
-        extra = 8 * n if tied_any else 0
+        extra = index_map_bytes(n) if tied_any else 0
         j = config.rank_for(n, d, itemsize, quantize, match.stored_bytes, extra_bytes=extra)
         ids = n * id_dtype(k).itemsize if k > 1 else 0
         if quantize == "none":

@@ -151,7 +151,7 @@ class ProjClustCompressor:
                     "table_copies": file.table_copies, "embedding_bytes_before": file.stored_bytes,
                     "embedding_bytes_after": file_written, "file_bytes_before": file.input_bytes,
                     "file_bytes_after": model_bytes(out_path), "parity_max_abs_diff": parity.max_abs_diff})
-            for name, why in plan.skipped:
+            for name, why, _ in plan.skipped:
                 copy_model_file(self.source_dir / name, stage)
                 files_report.append({"file": name, "copied unchanged": why,
                                      "file_bytes_after": model_bytes(stage / name)})

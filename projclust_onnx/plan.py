@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from projclust_onnx.budget import index_map_bytes
 from projclust_onnx.config import ProjClustConfig
 from projclust_onnx.errors import SettingError, literal
 from projclust_onnx.model_files import load_model, model_bytes
@@ -40,12 +41,15 @@ class FilePlan:
     @property
     def stored_bytes(self) -> int:
         """Bytes of the table copies this file holds that the rewrite replaces: the table, and a head's copies."""
-        copies = {id(h.weight): h.weight.const_value.nbytes for h in self.heads if h.form == "copy"}
-        return self.match.stored_bytes + sum(copies.values())
+        from projclust_onnx.passes import head_copies
+
+        return self.match.stored_bytes + sum(copy.const_value.nbytes for copy in head_copies(self.heads))
 
     @property
     def table_copies(self) -> int:
-        return 1 + len({id(h.weight) for h in self.heads if h.form == "copy"})
+        from projclust_onnx.passes import head_copies
+
+        return 1 + len(head_copies(self.heads))
 
 
 @dataclass
@@ -56,8 +60,7 @@ class CompressionPlan:
     files: list[FilePlan]
     rank: int | None  # None when the chooser picks it (target_ratio)
     quantize: str  # how U is stored: the config's choice, else as the input table was stored
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) copied as they are
-    skipped_bytes: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, str, int]] = field(default_factory=list)  # (file, why, bytes): copied as they are
 
     # The first file stands for the table in the report and the fit's settings.
     @property
@@ -91,7 +94,7 @@ class CompressionPlan:
 
     @property
     def input_bytes(self) -> int:
-        return sum(f.input_bytes for f in self.files) + sum(b for _, b in self.skipped_bytes)
+        return sum(f.input_bytes for f in self.files) + sum(size for _, _, size in self.skipped)
 
     @property
     def stored_bytes(self) -> int:
@@ -119,15 +122,14 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     first problem (and the file, when there are several)."""
     paths = [onnx_paths] if isinstance(onnx_paths, Path) else list(onnx_paths)
     save_dir = check_output_dir(save_dir, overwrite, [*paths, source_dir])
-    files, skipped, skipped_bytes = [], [], []
+    files, skipped = [], []
     for path in paths:
         try:
             plan = _plan_file(path, config)
         except _NoLookup as err:
             if len(paths) == 1:
                 raise ValueError(str(err)) from None
-            skipped.append((path.name, str(err)))
-            skipped_bytes.append((path.name, model_bytes(path)))
+            skipped.append((path.name, str(err), model_bytes(path)))
             continue
         except SettingError as err:
             if len(paths) == 1:
@@ -140,7 +142,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
         files.append(plan)
     if not files:
         raise ValueError("no file holds a word-embedding lookup of the token ids: " +
-                         "; ".join(f"{name}: {why}" for name, why in skipped))
+                         "; ".join(f"{name}: {why}" for name, why, _ in skipped))
     shapes = {(f.match.shape, f.match.dtype) for f in files}
     if len(shapes) > 1:
         raise ValueError(f"the files hold word tables of different shapes or types {sorted(map(str, shapes))}; "
@@ -158,7 +160,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                            "compression (and quantize) instead, or set {} to 'keep' to keep the head dense (the "
                            "model becomes untied)")
     itemsize = first.match.dtype.numpy().itemsize
-    extra = 8 * n if tied else 0  # int32 row-in-cluster and vocabulary-order maps
+    extra = index_map_bytes(n) if tied else 0
     if config.target_ratio is not None:
         rank = None
     elif factorization is None:
@@ -168,7 +170,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                          f"is {n} x {d}")
     else:
         rank = factorization.rank
-    return CompressionPlan(save_dir, files, rank, quantize, skipped, skipped_bytes)
+    return CompressionPlan(save_dir, files, rank, quantize, skipped)
 
 
 class _NoLookup(ValueError):
@@ -189,12 +191,12 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
         raise _NoLookup(f"the model has no graph input named {config.ids_input!r} (inputs: {names}); pass the "
                         "token-id input's name as ids_input")
     search = search_word_embedding(model.graph, config.ids_input)
-    if not search.matches and not (search.factorized or search.fused or search.standard_quantized):
-        try:
-            search.single()
-        except ValueError as err:
-            raise _NoLookup(str(err)) from None
-    match = search.single()
+    try:
+        match = search.single()
+    except ValueError as err:
+        if search.matches or search.factorized or search.fused or search.standard_quantized:
+            raise
+        raise _NoLookup(str(err)) from None
     heads = match.heads(model.graph) if match.storage == "float" else []
     untied = None
     if not heads:
