@@ -272,3 +272,19 @@ def test_tied_head_with_quantized_factors_is_checked_against_the_reconstruction(
     graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
     assert "MatMulNBits" in {n.op_type for n in graph.node}
     assert report.embedding_bytes_after < 200 * 32 * np.dtype(dtype).itemsize  # both copies: less than one
+
+
+def test_directory_refusals_name_the_file_and_write_nothing(tmp_path):
+    src = write_model_dir(tmp_path / "src", embedding_model(60, 8)[0]).parent
+    onnx.save(embedding_model(60, 8, stranger=True)[0], str(src / "other.onnx"))
+    with pytest.raises(ValueError, match="^other.onnx: .*ReduceSum 'table_sum', which is neither a lookup nor"):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert not (tmp_path / "out").exists()
+
+    onnx.save(embedding_model(70, 8)[0], str(src / "other.onnx"))  # a table of another shape
+    with pytest.raises(ValueError, match="word tables of different shapes or types.*--file-name"):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert not (tmp_path / "out").exists()
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    ProjClustCompressor.from_pretrained(src, file_name="model.onnx").compress(tmp_path / "one", ProjClustConfig(**SMALL))
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the input is only read
