@@ -286,5 +286,6 @@ def test_directory_refusals_name_the_file_and_write_nothing(tmp_path):
         ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
     assert not (tmp_path / "out").exists()
     before = {p.name: p.read_bytes() for p in src.iterdir()}
-    ProjClustCompressor.from_pretrained(src, file_name="model.onnx").compress(tmp_path / "one", ProjClustConfig(**SMALL))
+    one = ProjClustCompressor.from_pretrained(src, file_name="model.onnx")
+    one.compress(tmp_path / "one", ProjClustConfig(**SMALL))
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the input is only read
