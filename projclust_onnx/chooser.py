@@ -163,3 +163,18 @@ def truncated_factorization(estimator, X: np.ndarray, rank: int):
         truncated.n_features_in_ = estimator.n_features_in_
         estimator = truncated
     return EmbeddingFactorization.from_estimator(estimator, X)
+
+
+def smallest_candidate_bytes(n: int, d: int, table_itemsize: int = 4, clusters=(3, 5, 8),
+                             block_sizes=(32, 64, 128)) -> int:
+    """Bytes of the smallest storage `choose` can build for an n x d table: the bound on the ratio it reaches."""
+    from projclust_onnx.quantization import block_quantized_bytes
+
+    sizes = [n * d] + [block_quantized_bytes(n, d, BITS[q], b) for q, b in PLAIN if b is not None and d % b == 0]
+    for k in (1, *clusters):
+        for quantize in QUANTIZE:
+            for block in (block_sizes if quantize != "none" else (1,)):
+                rank = 1 if quantize == "none" else block
+                if k <= n and rank < d:
+                    sizes.append(factorized_bytes(n, d, k, rank, table_itemsize, quantize, block))
+    return min(sizes)

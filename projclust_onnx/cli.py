@@ -157,6 +157,11 @@ def _config(args: argparse.Namespace):
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from projclust_onnx.output_dir import clean_leftovers
+
+    clean_leftovers(Path(args.output))  # first: a run refused below still removes a dead run's stage
     from projclust_onnx.compressor import ProjClustCompressor
 
     config = _config(args)
@@ -335,19 +340,19 @@ def run_guarded(func, args: argparse.Namespace, prog: str = PROG, title: str | N
     """Run a subcommand; a user error becomes one line on stderr and exit code 2.
 
     `title` heads the printed table (the command as typed). SIGTERM ends the run like
-    Ctrl-C: cleanup runs, nothing half-written is left behind.
+    Ctrl-C: cleanup runs, nothing half-written is left behind, and the line says what is
+    on disk (a signal held during the final move reports the new output in place).
     """
-    import onnx_ir as ir
-
-    from projclust_onnx.output_dir import sigterm_as_exit
-
-    args.title = title or prog
     try:
-        with sigterm_as_exit():
+        import onnx_ir as ir
+
+        from projclust_onnx.output_dir import sigterm_as_interrupt
+
+        args.title = title or prog
+        with sigterm_as_interrupt():
             return func(args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; no partial output was left behind", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return interrupted(prog, err)
     except (ValueError, CLIError, ir.passes.PreconditionError) as err:
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -355,12 +360,29 @@ def run_guarded(func, args: argparse.Namespace, prog: str = PROG, title: str | N
         where = f": {err.filename}" if err.filename else ""
         print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"{prog}: error: out of memory; free memory, raise the process's memory limit (ulimit -v), or give "
+              "fewer clusters or a smaller rank", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # torch reports an allocation it cannot make as a RuntimeError
+        if "alloc" not in str(err).lower() and "out of memory" not in str(err).lower():
+            raise
+        print(f"{prog}: error: out of memory ({_one_line(err)[:200]}); free memory, raise the process's memory "
+              "limit (ulimit -v), or give fewer clusters or a smaller rank", file=sys.stderr)
+        return 2
     except ir.passes.PassError as err:
         cause = err.__cause__ or err
         while isinstance(cause, ir.passes.PassError) and cause.__cause__ is not None:
             cause = cause.__cause__
         print(f"{prog}: error: {_one_line(cause)}", file=sys.stderr)
         return 2
+
+
+def interrupted(prog: str, err: KeyboardInterrupt) -> int:
+    """One line for Ctrl-C or SIGTERM, saying what is on disk; 130 or 143 as a shell expects."""
+    outcome = getattr(err, "outcome", "no partial output was left behind")
+    print(f"{prog}: interrupted; {outcome}", file=sys.stderr)
+    return getattr(err, "exit_code", 130)
 
 
 def _one_line(err: BaseException) -> str:
@@ -384,12 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return run_guarded(args.func, args, PROG, f"{PROG} {args.command}")
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return run_guarded(args.func, args, PROG, f"{PROG} {args.command}")
+    except KeyboardInterrupt as err:  # imports and argument parsing included
+        return interrupted(PROG, err)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from projclust_onnx.model_files import (
     resolve_onnx_files,
     save_model,
 )
-from projclust_onnx.output_dir import check_room, staged_directory
+from projclust_onnx.output_dir import MANIFEST_NAME, clean_leftovers, oserrors_name, staged_directory, temp_dir
 from projclust_onnx.passes import DensifyEmbeddingPass, with_cleanup
 from projclust_onnx.passes.builder import PREFIX
 from projclust_onnx.plan import plan_compression
@@ -70,7 +70,8 @@ class ProjClustCompressor:
                              "give an ONNX model directory, a Hugging Face model directory or a hub id")
         if not path.exists():
             check_hub_id(str(model_name_or_path))
-        export_dir = tempfile.TemporaryDirectory(prefix="projclust-export-")
+        clean_leftovers(None)  # export folders of runs killed mid-export
+        export_dir = temp_dir("export")
         with Phases(verbose)("export", f"exporting {model_name_or_path} to ONNX with Optimum ({task})"):
             export_onnx(str(model_name_or_path), Path(export_dir.name), task)
         return cls(resolve_onnx_files(Path(export_dir.name)), str(model_name_or_path), export_dir)
@@ -93,6 +94,7 @@ class ProjClustCompressor:
         from projclust_onnx.parity import check_parity
 
         config = config or ProjClustConfig()
+        clean_leftovers(Path(save_dir))  # first, whatever is refused later: dead runs' stages and exports
         phases = Phases(verbose)
         names = ", ".join(p.name for p in self.onnx_paths)
         with phases("load", f"reading and checking {self.source_dir / names if len(self.onnx_paths) == 1 else names}"):
@@ -104,10 +106,7 @@ class ProjClustCompressor:
         results = {}
         # Read before any rewrite: a rewrite detaches the lookups' inputs.
         tables = {key: files[0].match.dense().astype(np.float32) for key, files in plan.groups().items()}
-        with staged_directory(plan.save_dir, overwrite) as stage:
-            # Room for the parity check's two models (the reference is as large as the input),
-            # which are gone before the smaller output is written.
-            check_room(stage, 2 * max(f.input_bytes for f in plan.files))
+        with staged_directory(plan.save_dir, overwrite) as stage, oserrors_name(stage):
             if factorization is not None:
                 results = {key: factorization for key in plan.groups()}
             else:
@@ -164,7 +163,7 @@ class ProjClustCompressor:
             saved_config = config if config.target_ratio is not None else \
                 dataclasses.replace(config, quantize=plan.quantize)
             with phases("save", f"writing {plan.save_dir}", announce=False):  # announced with the first file
-                copy_companions(self.source_dir, stage, skip={REPORT_NAME})
+                copy_companions(self.source_dir, stage, skip={REPORT_NAME, MANIFEST_NAME})
                 saved_config.save_pretrained(stage)
                 report.file_bytes_after = sum(model_bytes(stage / f["file"]) for f in files_report)
             report.save(stage)

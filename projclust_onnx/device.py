@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from projclust_onnx.errors import SettingError
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Map "auto", "cpu", "cuda" or "cuda:N" to a torch.device, refusing CUDA without a GPU."""
@@ -15,9 +17,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         try:
             spec = torch.device(device)
         except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu' or 'cuda'") from err
+            raise SettingError("device", f"{{}}={device!r} is not a device; use 'auto', 'cpu' or 'cuda'") from err
     if spec.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(spec)!r} asked for, but torch sees no CUDA GPU; use device='auto' or 'cpu'")
+        raise SettingError("device", f"{{}}={str(spec)!r} asked for, but torch sees no CUDA GPU here; use 'auto' "
+                           "(the GPU when there is one) or 'cpu'")
     if spec.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={str(spec)!r} is not supported; use 'auto', 'cpu' or 'cuda'")
+        raise SettingError("device", f"{{}}={str(spec)!r} is not supported; use 'auto', 'cpu' or 'cuda'")
     return spec

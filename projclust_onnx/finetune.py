@@ -10,7 +10,6 @@ trained factors; its numeric check compares against the dense export.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +46,17 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
     from projclust_onnx.calibration import sample_weights
     from projclust_onnx.compressor import ProjClustCompressor, export_onnx, fit_factorization
     from projclust_onnx.nn import check_untied, densify_word_embeddings, replace_word_embeddings
-    from projclust_onnx.output_dir import check_output_dir, write_text_atomic
+    from projclust_onnx.output_dir import (
+        add_to_manifest,
+        check_output_dir,
+        clean_leftovers,
+        temp_dir,
+        write_text_atomic,
+    )
     from projclust_onnx.training import predict_logits, train_classifier
 
     config = config or ProjClustConfig()
+    clean_leftovers(Path(save_dir))
     check_output_dir(Path(save_dir), overwrite, [])
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, num_labels=num_labels)
@@ -70,7 +76,7 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
         logits = predict_logits(model, tokenizer, eval_texts, max_length=max_length, device=device)
         eval_metrics = score(metrics, eval_labels, logits)
     trained = densify_word_embeddings(model)
-    with tempfile.TemporaryDirectory(prefix="projclust-finetune-") as tmp:
+    with temp_dir("finetune") as tmp:
         model.to("cpu").save_pretrained(Path(tmp) / "hf")
         tokenizer.save_pretrained(Path(tmp) / "hf")
         export_onnx(str(Path(tmp) / "hf"), Path(tmp) / "onnx", task="text-classification")
@@ -81,6 +87,7 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
                          final_loss=result.final_loss, eval_metrics=eval_metrics, compression=report.to_dict(),
                          model=model)
     write_text_atomic(Path(save_dir) / "projclust_finetune.json", json.dumps(out.to_dict(), indent=2) + "\n")
+    add_to_manifest(Path(save_dir), ["projclust_finetune.json"])
     return out
 
 

@@ -63,8 +63,11 @@ def copy_model_file(path: Path, dest_dir: Path) -> None:
         shutil.copy2(path.parent / name, dest_dir / name)
 
 
-def load_model(path: Path) -> ir.Model:
-    """Load an ONNX model with its external data, or raise ValueError saying what is wrong."""
+def load_model(path: Path, full_check: bool = False) -> ir.Model:
+    """Load an ONNX model with its external data, or raise ValueError saying what is wrong.
+
+    `full_check` adds onnx.checker's shape and type inference: a graph whose declared types
+    contradict its nodes is refused here rather than failing inside a rewrite."""
     import onnx
 
     try:
@@ -84,14 +87,24 @@ def load_model(path: Path) -> ir.Model:
     try:  # by path, so external data and models over 2 GB are checked too
         onnx.checker.check_model(str(path))
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} fails onnx.checker ({reason}); the file may be truncated or damaged: "
+        raise ValueError(f"{path} fails onnx.checker ({_first_line(err)}); the file may be truncated or damaged: "
                          "re-export it") from err
+    if full_check:
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except Exception as err:
+            raise ValueError(f"{path} fails onnx.checker's full check ({_first_line(err)}): its declared types or "
+                             "shapes contradict its nodes; fix the export (or the graph's declared outputs)") from err
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as err:
         raise ValueError(f"could not read the external data of {path}: {err}") from err
     return ir.from_proto(proto)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(err).__name__
 
 
 def model_bytes(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""Writing a model directory so that no user byte is ever lost.
+"""Writing an output directory so that no user byte is ever lost.
 
 The output is staged in a hidden directory beside the destination, created before
 any heavy work (so an unwritable or full destination fails in seconds), and moved
@@ -7,11 +7,18 @@ into place in one step:
 - without overwrite, by a rename that fails if the destination was filled meanwhile
   (a directory created by the user or a second run during the fit is never replaced);
 - with overwrite, by an atomic exchange (Linux renameat2 RENAME_EXCHANGE), so the
-  destination path always holds a complete model, the old one or the new one.
+  destination path always holds a complete output, the old one or the new one.
 
-Staging directories carry the writer's process id: a later run removes those whose
-process is gone (a SIGKILL, a power cut) and puts back a previous output that an
-interrupted two-step replacement had set aside.
+Ownership: every output carries `projclust_manifest.json`, naming this tool and every
+file it wrote. `overwrite` replaces a directory only when everything in it is listed
+there: a file the user added, a dotfile, a `.git`, a directory of another tool is never
+deleted. The current directory (and its ancestors) and home directories are never
+outputs at all.
+
+Leftovers: staging directories and temporary export folders carry the writer's process
+id, start time and boot id; every run first removes those of dead processes (a SIGKILL,
+a power cut) and puts back a previous output that an interrupted two-step replacement
+had set aside.
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import logging
 import os
 import re
 import secrets
 import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,23 +41,34 @@ from projclust_onnx.errors import SettingError
 
 logger = logging.getLogger(__name__)
 
-# What a directory must hold for --overwrite to replace it: something this tool or an
-# exporter wrote. Anything else (a home directory, a project folder) is refused.
-MODEL_MARKERS = ("*.onnx", "projclust_config.json")
+TOOL = "projclust-onnx"
+MANIFEST_NAME = "projclust_manifest.json"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Temporary folders this tool makes in TMPDIR, named by temp_dir(): removed once their process is gone.
+_TEMP_KINDS = ("export", "finetune")
 
 
 class OutputError(ValueError):
     """The output directory cannot be written, or writing it would lose data."""
 
 
-def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path],
-                     markers: tuple[str, ...] = MODEL_MARKERS) -> Path:
-    """Refuse outputs that overlap an input, an occupied directory without overwrite, and
-    (even with overwrite) a directory that holds none of `markers` (no model, no report):
-    not an earlier output. Returns the resolved path."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, carrying what is on disk now (`outcome`) and the exit code a shell expects."""
+
+    def __init__(self, signum: int, outcome: str = "no partial output was left behind") -> None:
+        super().__init__(outcome)
+        self.signum, self.outcome, self.exit_code = signum, outcome, 128 + signum
+
+
+# ---------------------------------------------------------------------- which directories may be written
+def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path]) -> Path:
+    """Refuse outputs that overlap an input, the current or a home directory, a mount point, an
+    occupied directory without overwrite, and (even with overwrite) a directory holding anything
+    this tool did not write. Returns the resolved path."""
+    if not isinstance(overwrite, bool):
+        raise SettingError("overwrite", f"{{}} must be True or False, not {overwrite!r}")
     save_dir = Path(save_dir).expanduser().resolve()
     for source in inputs:
         source = Path(source).resolve()
@@ -57,85 +77,177 @@ def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path],
         if source.is_dir() and source in save_dir.parents:
             raise OutputError(f"output {save_dir} lies inside the input directory {source}; later runs would copy it "
                               "along as part of the model: choose a directory outside the input")
+    _check_not_precious(save_dir)
     if save_dir.exists() and not save_dir.is_dir():
         raise OutputError(f"output {save_dir} exists and is not a directory; choose a directory path")
     if save_dir.is_dir():
-        held = sorted(p.name for p in save_dir.iterdir())
-        if held and not overwrite:
-            raise SettingError("overwrite", f"output directory {save_dir} is not empty; pass {{}} to replace it")
-        if held and not _holds(save_dir, markers):
-            raise OutputError(f"refusing to replace {save_dir}: it holds no {_what(markers)} ({', '.join(held[:3])}"
-                              f"{', ...' if len(held) > 3 else ''}), so it is not an earlier output; "
-                              "choose a new or empty directory")
+        if os.path.ismount(save_dir):
+            raise OutputError(f"output {save_dir} is a mount point, which the finished output cannot be moved onto "
+                              f"in one step; give a directory inside it, e.g. {save_dir / 'model'}")
+        if any(save_dir.iterdir()):
+            check_replaceable(save_dir)  # with or without overwrite: advising it would not help
+            if not overwrite:
+                raise SettingError("overwrite", f"output directory {save_dir} holds an earlier output; pass {{}} "
+                                   "to replace it, or choose another directory")
     return save_dir
 
 
-def _holds(directory: Path, markers: tuple[str, ...]) -> bool:
-    return any(any(directory.glob(pattern)) for pattern in markers)
+def _check_not_precious(save_dir: Path) -> None:
+    """The current directory, its ancestors and home directories are never outputs: replacing one
+    would pull the ground from under the user's shell or delete their files."""
+    cwd = Path.cwd().resolve()
+    if save_dir == cwd or save_dir in cwd.parents:
+        what = "the current directory" if save_dir == cwd else "an ancestor of the current directory"
+        raise OutputError(f"output {save_dir} is {what}; write into a new subdirectory instead, e.g. "
+                          f"{cwd / 'projclust-output'}")
+    if save_dir in _home_directories():
+        raise OutputError(f"output {save_dir} is a home directory; write into a new subdirectory instead, e.g. "
+                          f"{save_dir / 'projclust-output'}")
 
 
-def _what(markers: tuple[str, ...]) -> str:
-    return "model" if markers == MODEL_MARKERS else " or ".join(markers)
+def _home_directories() -> set[Path]:
+    homes = {Path.home().resolve()}
+    with contextlib.suppress(ImportError, KeyError, OSError):
+        import pwd
+
+        homes |= {Path(entry.pw_dir).resolve() for entry in pwd.getpwall() if entry.pw_dir not in ("", "/")}
+    return homes
 
 
-def check_room(directory: Path, needed_bytes: int) -> None:
-    """OutputError when the file system of `directory` has clearly less than needed_bytes free."""
-    free = shutil.disk_usage(directory).free
+def check_replaceable(directory: Path) -> None:
+    """OutputError unless everything in `directory` is listed in its manifest (an earlier output)."""
+    foreign, reason = foreign_entries(directory)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputError(f"refusing to replace {directory}: {reason} ({shown}); nothing was changed. Choose a new "
+                          "output directory, or move those files out of it first")
+
+
+def foreign_entries(directory: Path) -> tuple[list[str], str]:
+    """The entries of `directory` (relative paths) that this tool did not write, and why."""
+    listed = _manifest_files(directory)
+    if listed is None:
+        return sorted(p.name for p in directory.iterdir()), (f"it holds no {MANIFEST_NAME} of {TOOL}, so it is not "
+                                                               "an earlier output of this tool")
+    allowed_dirs = {parent for name in listed for parent in Path(name).parents if parent != Path(".")}
+    foreign = []
+    for root, dirs, files in os.walk(directory):
+        rel_root = Path(root).relative_to(directory)
+        for name in sorted(dirs):
+            rel = rel_root / name
+            if rel not in allowed_dirs or (Path(root) / name).is_symlink():
+                foreign.append(f"{rel.as_posix()}/")
+        dirs[:] = [d for d in dirs if rel_root / d in allowed_dirs and not (Path(root) / d).is_symlink()]
+        for name in sorted(files):
+            rel = (rel_root / name).as_posix()
+            if rel != MANIFEST_NAME and rel not in listed:
+                foreign.append(rel)
+    return sorted(foreign), "it holds files this tool did not write"
+
+
+def _manifest_files(directory: Path) -> set[str] | None:
+    """The files the manifest in `directory` lists, or None when there is no valid manifest of this tool."""
+    try:
+        data = json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) and data.get("tool") == TOOL else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return {f for f in files if not f.startswith(("/", "../")) and not any(p.startswith(".") for p in f.split("/"))}
+
+
+def write_manifest(directory: Path, kind: str) -> Path:
+    """List every file under `directory` as written by this tool (`kind`: model, benchmark, ...)."""
+    from projclust_onnx import __version__
+
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                   if p.is_file() and p.name != MANIFEST_NAME)
+    path = directory / MANIFEST_NAME
+    path.write_text(json.dumps({"tool": TOOL, "version": __version__, "kind": kind, "files": files}, indent=2) + "\n")
+    return path
+
+
+def check_room(directory: Path, needed_bytes: int, what: str = "the output") -> None:
+    """OutputError when the file system holding `directory` (or its nearest existing ancestor) has
+    clearly less than needed_bytes free."""
+    existing = Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if free < needed_bytes:
-        raise OutputError(f"not enough space for the output in {directory}: about {needed_bytes / 2**20:.0f} MiB "
-                          f"needed, {free / 2**20:.0f} MiB free; free some space or choose another --output")
+        raise OutputError(f"not enough space for {what} on the file system of {existing}: about "
+                          f"{needed_bytes / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free; free some space or "
+                          "choose another output directory")
 
 
 @contextlib.contextmanager
-def staged_directory(save_dir: Path, overwrite: bool = False,
-                     markers: tuple[str, ...] = MODEL_MARKERS) -> Iterator[Path]:
-    """Yield an empty staging directory beside save_dir; on success it becomes save_dir.
+def oserrors_name(path: Path) -> Iterator[None]:
+    """Give an OSError that names no file (a full disk inside a library's write) the path being written."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
-    On any error, or a SIGINT/SIGTERM turned into an exception, the stage is removed
-    and save_dir is left as it was.
+
+# ---------------------------------------------------------------------- staging and placing
+@contextlib.contextmanager
+def staged_directory(save_dir: Path, overwrite: bool = False, kind: str = "model") -> Iterator[Path]:
+    """Yield an empty staging directory beside save_dir; on success it becomes save_dir, with a manifest.
+
+    On any error, or a SIGINT/SIGTERM, the stage is removed and save_dir is left as it was.
+    A signal that arrives while the output is being placed is held until the move is done,
+    then raised as Interrupted saying which output is in place.
     """
     save_dir = Path(save_dir).expanduser().resolve()
     try:
         save_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot create the output's parent {save_dir.parent}: {err.strerror}") from err
-    recover_stale(save_dir)
+    clean_leftovers(save_dir)
     stage = None
     try:
-        with _signals_held():  # a signal between mkdir and the assignment would leak the stage
+        with signals_held():  # a signal between mkdir and the assignment would leak the stage
             stage = _unique_sibling(save_dir, "tmp")
             try:
                 stage.mkdir()
             except OSError as err:
                 stage = None
                 raise OutputError(f"cannot write in {save_dir.parent}: {err.strerror}; "
-                                  "choose a writable --output") from err
+                                  "choose a writable output directory") from err
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(stage, 0o777 & ~umask)  # a server's user must be able to read the model
         yield stage
-        with _signals_held():
-            _commit(stage, save_dir, overwrite, markers)
+        write_manifest(stage, kind)
+        with signals_held(f"{save_dir} holds the new output"):
+            _commit(stage, save_dir, overwrite)
     finally:
         if stage is not None and stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def _commit(stage: Path, save_dir: Path, overwrite: bool, markers: tuple[str, ...]) -> None:
+def _commit(stage: Path, save_dir: Path, overwrite: bool) -> None:
     if not overwrite or not save_dir.exists():
         try:
             os.rename(stage, save_dir)  # replaces nothing but an empty directory
         except OSError as err:
             if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise OutputError(f"{save_dir} appeared or was filled while compressing; it was left as it is and "
-                                  "nothing was written: choose another --output, or pass --overwrite") from err
-            raise
+                                  "nothing was written: choose another output directory, or pass overwrite") from err
+            raise OSError(err.errno, f"cannot move the finished output into place ({err.strerror})",
+                          str(save_dir)) from err
         return
-    if save_dir.is_dir() and any(save_dir.iterdir()) and not _holds(save_dir, markers):
-        raise OutputError(f"refusing to replace {save_dir}: it no longer holds a {_what(markers)}; "
-                          "nothing was written")
+    check_replaceable(save_dir)  # files may have been added while the fit ran
     if _exchange(stage, save_dir):
-        shutil.rmtree(stage, ignore_errors=True)  # now the previous output
+        # `stage` now holds the previous output. Anything added to it between the check and the
+        # exchange is not ours to delete: swap back and refuse.
+        if foreign_entries(stage)[0]:
+            _exchange(stage, save_dir)
+            check_replaceable(save_dir)
+        shutil.rmtree(stage, ignore_errors=True)
         return
     # No atomic exchange here: set the old output aside, then move the new one in. A crash
     # in between leaves the old one in a .old- sibling, which recover_stale puts back.
@@ -146,6 +258,10 @@ def _commit(stage: Path, save_dir: Path, overwrite: bool, markers: tuple[str, ..
     except OSError:
         os.rename(old, save_dir)
         raise
+    if foreign_entries(old)[0]:  # filled between the check and the first rename: put it back
+        os.rename(save_dir, stage)
+        os.rename(old, save_dir)
+        check_replaceable(save_dir)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -164,31 +280,77 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
+# ---------------------------------------------------------------------- leftovers of dead runs
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:8]
+    except OSError:
+        return "0" * 8
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def owner_tag() -> str:
+    """`PID-START-BOOT`: names this process so that a later run can tell whether it still runs."""
+    return f"{os.getpid()}-{_start_time(os.getpid()) or 0}-{_boot_id()}"
+
+
 def _unique_sibling(save_dir: Path, kind: str) -> Path:
-    return save_dir.parent / f".{save_dir.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+    return save_dir.parent / f".{save_dir.name}.{kind}-{owner_tag()}-{secrets.token_hex(4)}"
 
 
-def _stale_pattern(save_dir: Path) -> re.Pattern:
-    return re.compile(rf"\.{re.escape(save_dir.name)}\.(tmp|old)-(\d+)-[0-9a-f]+$")
+def temp_dir(kind: str) -> tempfile.TemporaryDirectory:
+    """A TemporaryDirectory in TMPDIR named by owner_tag(), so clean_leftovers can remove it after a SIGKILL."""
+    assert kind in _TEMP_KINDS
+    return tempfile.TemporaryDirectory(prefix=f"projclust-{kind}-{owner_tag()}-")
+
+
+_TAG = r"(\d+)(?:-(\d+)-([0-9a-f]{8}))?"  # older runs named stages by the pid alone
+
+
+def _dead(pid: str, start: str | None, boot: str | None) -> bool:
+    """Whether the process a tag names has ended (a reused pid is told apart by its start time)."""
+    pid = int(pid)
+    if boot is not None and boot != _boot_id():
+        return True  # from before a reboot: whatever has this pid now is another process
+    actual = _start_time(pid)
+    if actual is not None:
+        return start is not None and int(start) not in (0, actual)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def recover_stale(save_dir: Path) -> list[str]:
     """Clean up after runs that died while writing save_dir; returns what was done.
 
-    A staging directory of a dead process is a partial model: removed. A set-aside
+    A staging directory of a dead process is a partial output: removed. A set-aside
     previous output is put back when save_dir is missing, else removed.
     """
     if not save_dir.parent.is_dir():
         return []
-    pattern = _stale_pattern(save_dir)
+    pattern = re.compile(rf"\.{re.escape(save_dir.name)}\.(tmp|old)-{_TAG}-[0-9a-f]+$")
     done = []
     for entry in sorted(save_dir.parent.iterdir()):
         found = pattern.match(entry.name)
-        if not found or _alive(int(found.group(2))):
+        if not found or not _dead(*found.group(2, 3, 4)):
             continue
         if found.group(1) == "old" and not save_dir.exists():
             os.rename(entry, save_dir)
-            done.append(f"restored {save_dir} from {entry.name}, set aside by an interrupted --overwrite")
+            done.append(f"restored {save_dir} from {entry.name}, set aside by an interrupted overwrite")
         else:
             shutil.rmtree(entry, ignore_errors=True)
             done.append(f"removed {entry.name}, left by an interrupted run")
@@ -197,40 +359,70 @@ def recover_stale(save_dir: Path) -> list[str]:
     return done
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def remove_dead_temp_dirs() -> list[str]:
+    """Remove this tool's folders in TMPDIR whose process is gone (an export killed mid-way)."""
+    pattern = re.compile(rf"projclust-({'|'.join(_TEMP_KINDS)})-{_TAG}-")
+    root = Path(tempfile.gettempdir())
+    done = []
+    with contextlib.suppress(OSError):
+        for entry in sorted(root.iterdir()):
+            found = pattern.match(entry.name)
+            if found and found.group(4) is not None and entry.is_dir() and _dead(*found.group(2, 3, 4)):
+                shutil.rmtree(entry, ignore_errors=True)
+                done.append(f"removed {entry}, left by an interrupted run")
+    for line in done:
+        logger.info(line)
+    return done
 
 
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM for a few syscalls; they are delivered right after."""
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    except (AttributeError, ValueError, OSError):
-        yield
+def clean_leftovers(save_dir: Path | None) -> None:
+    """What every run does first: remove dead runs' stages and temporary folders. A previous output
+    that an interrupted replacement had set aside is put back, and the run stops there, saying so."""
+    remove_dead_temp_dirs()
+    if save_dir is None:
         return
+    restored = [line for line in recover_stale(Path(save_dir).expanduser().resolve()) if line.startswith("restored")]
+    if restored:
+        raise OutputError(f"{restored[0]}; nothing else was done: run the command again to write a new output")
+
+
+# ---------------------------------------------------------------------- signals
+@contextlib.contextmanager
+def signals_held(outcome: str = "no partial output was left behind") -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for a few system calls, in every thread, and raise them afterwards as
+    Interrupted(signum, outcome): `outcome` says what is on disk once the block has completed.
+
+    The signal mask only covers this thread (ONNX Runtime's and torch's workers may take a
+    process signal), so the Python-level handlers, which always run in the main thread, are
+    swapped for ones that only record it."""
+    pending: list[int] = []
+    previous_handlers = {}
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread, where handlers cannot change
+        for signum in _SIGNALS:
+            previous_handlers[signum] = signal.signal(signum, lambda s, frame: pending.append(s))
+    try:
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    except (AttributeError, ValueError, OSError):
+        previous_mask = None
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if previous_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # a held signal is handled here: recorded
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+    if pending:
+        raise Interrupted(pending[0], outcome)
 
 
 @contextlib.contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit(143) so that cleanup scopes run (main thread only)."""
-    def raise_exit(signum, frame):
-        raise SystemExit(128 + signum)
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into Interrupted(SIGTERM), like Ctrl-C, so that cleanup scopes run (main thread only)."""
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
 
     try:
-        previous = signal.signal(signal.SIGTERM, raise_exit)
+        previous = signal.signal(signal.SIGTERM, interrupt)
     except ValueError:  # not the main thread
         yield
         return
@@ -248,3 +440,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def add_to_manifest(directory: Path, names: list[str]) -> None:
+    """Record files written into a finished output (a fine-tuning report) as this tool's own."""
+    path = Path(directory) / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data["files"] = sorted(set(data["files"]) | set(names))
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")

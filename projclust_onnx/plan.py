@@ -23,7 +23,7 @@ from projclust_onnx.budget import index_map_bytes
 from projclust_onnx.config import ProjClustConfig
 from projclust_onnx.errors import SettingError, literal
 from projclust_onnx.model_files import load_model, model_bytes
-from projclust_onnx.output_dir import check_output_dir
+from projclust_onnx.output_dir import check_output_dir, check_room
 
 
 @dataclass
@@ -122,6 +122,8 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     first problem (and the file, when there are several)."""
     paths = [onnx_paths] if isinstance(onnx_paths, Path) else list(onnx_paths)
     save_dir = check_output_dir(save_dir, overwrite, [*paths, source_dir])
+    if factorization is None:
+        _check_device(config.device)
     files, skipped = [], []
     for path in paths:
         try:
@@ -170,7 +172,39 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                          f"is {n} x {d}")
     else:
         rank = factorization.rank
-    return CompressionPlan(save_dir, files, rank, quantize, skipped)
+    if config.target_ratio is not None:
+        _check_target_reachable(n, d, itemsize, config.target_ratio)
+    plan = CompressionPlan(save_dir, files, rank, quantize, skipped)
+    # Room for every file the output will hold (at most the input's size: each model file shrinks,
+    # companions are copied) plus the parity check's two models of the largest file, written in the stage.
+    check_room(save_dir.parent, _directory_bytes(source_dir, paths) + 2 * max(f.input_bytes for f in files))
+    return plan
+
+
+def _check_device(device: str) -> None:
+    """A CUDA device asked for on a machine without one is refused before any work."""
+    from projclust_onnx.device import resolve_device
+
+    resolve_device(device)
+
+
+def _check_target_reachable(n: int, d: int, itemsize: int, target_ratio: float) -> None:
+    """The chooser's smallest candidate must fit the table's bytes / target_ratio."""
+    from projclust_onnx.chooser import SLACK, smallest_candidate_bytes
+
+    smallest = smallest_candidate_bytes(n, d, itemsize)
+    if smallest > n * d * itemsize / target_ratio * SLACK:
+        raise SettingError("target_ratio", f"{{}}={target_ratio:g} asks for {n * d * itemsize / target_ratio:,.0f} "
+                           f"bytes, but the smallest storage of the {n} x {d} table takes {smallest:,} bytes "
+                           f"({n * d * itemsize / smallest:.1f}x smaller); ask for at most that ratio")
+
+
+def _directory_bytes(source_dir: Path, paths: list[Path]) -> int:
+    """Bytes of the model files and of the companions copied beside them."""
+    companions = sum(p.stat().st_size for p in Path(source_dir).rglob("*")
+                     if p.is_file() and p.suffix != ".onnx" and not p.name.startswith(".")) \
+        if Path(source_dir).is_dir() else 0
+    return sum(model_bytes(p) for p in paths) + companions
 
 
 class _NoLookup(ValueError):
@@ -181,7 +215,7 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
     from projclust_onnx.parity import check_feedable
     from projclust_onnx.passes import check_opset, search_word_embedding
 
-    model = load_model(path)
+    model = load_model(path, full_check=True)
     try:
         check_opset(model)
     except ir.passes.PreconditionError as err:
@@ -197,6 +231,10 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
         if search.matches or search.factorized or search.fused or search.standard_quantized:
             raise
         raise _NoLookup(str(err)) from None
+    if match.dtype == ir.DataType.BFLOAT16:
+        raise ValueError(f"the word table {match.table.name!r} is stored as bfloat16, which the rewrite does not "
+                         "write; export the model in float32 or float16 (optimum-cli export onnx --dtype fp16) and "
+                         "compress that")
     heads = match.heads(model.graph) if match.storage == "float" else []
     untied = None
     if not heads:
@@ -213,6 +251,13 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
 
 
 def _table_key(match) -> str:
-    """A digest of the dense table's values, so that files sharing a table share its fit."""
+    """A digest of the dense table's values, so that files sharing a table share its fit; a table
+    holding NaN or infinite values (a damaged model) is refused here, where it is read anyway."""
     table = np.ascontiguousarray(match.dense())
+    bad = ~np.isfinite(table)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise ValueError(f"the word table {match.table.name!r} holds {int(bad.sum())} NaN or infinite values (rows "
+                         f"{', '.join(map(str, rows[:3]))}{', ...' if len(rows) > 3 else ''}); the model is damaged: "
+                         "re-export it, or repair those rows first")
     return hashlib.sha256(table.view(np.uint8)).hexdigest() + str(table.shape) + table.dtype.str

@@ -89,8 +89,9 @@ def test_occupied_output_and_missing_model(model_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "x").write_text("x")
-    done = run(*CLI, "compress", "--model", str(model_dir), "--output", str(out), "--rank", "2", "--quiet")
-    assert done.returncode == 2 and "--overwrite" in done.stderr
+    done = run(*CLI, "compress", "--model", str(model_dir), "--output", str(out), "--rank", "2", "--quiet",
+               "--overwrite")
+    assert done.returncode == 2 and "refusing to replace" in done.stderr and (out / "x").read_text() == "x"
     missing = run(*CLI, "inspect", "--model", str(tmp_path / "nowhere.onnx"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 

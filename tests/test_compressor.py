@@ -28,7 +28,10 @@ def test_compress_writes_a_complete_model_directory(model_dir, tmp_path):
     out = tmp_path / "out"
     report = ProjClustCompressor.from_pretrained(model_dir).compress(out, ProjClustConfig(**SMALL))
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "projclust_config.json",
-                                                     "projclust_report.json"]
+                                                     "projclust_manifest.json", "projclust_report.json"]
+    manifest = json.loads((out / "projclust_manifest.json").read_text())
+    assert manifest["tool"] == "projclust-onnx" and manifest["kind"] == "model"
+    assert manifest["files"] == ["config.json", "model.onnx", "projclust_config.json", "projclust_report.json"]
     assert file_sha256(model_dir / "model.onnx") == digest  # the input is only read
     onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
     assert ProjClustConfig.from_pretrained(out) == ProjClustConfig(**SMALL, quantize="none")  # resolved, saved
@@ -53,19 +56,32 @@ def test_occupied_output_is_refused_unless_overwrite(model_dir, tmp_path):
     out = tmp_path / "out"
     compressor = ProjClustCompressor.from_pretrained(model_dir)
     compressor.compress(out, ProjClustConfig(**SMALL))
-    (out / "keep.txt").write_text("precious")
-    with pytest.raises(ValueError, match="is not empty; pass overwrite=True"):
+    with pytest.raises(ValueError, match="holds an earlier output; pass overwrite=True"):
         compressor.compress(out, ProjClustConfig(**SMALL, seed=1))
-    assert (out / "keep.txt").read_text() == "precious"
     compressor.compress(out, ProjClustConfig(**SMALL, seed=1), overwrite=True)
-    assert not (out / "keep.txt").exists() and ProjClustConfig.from_pretrained(out).seed == 1
+    assert ProjClustConfig.from_pretrained(out).seed == 1
+
+
+def test_overwrite_keeps_an_earlier_output_the_user_added_to(model_dir, tmp_path):
+    """Issue 16: a file the user put into an earlier output is never deleted, overwrite or not."""
+    out = tmp_path / "out"
+    compressor = ProjClustCompressor.from_pretrained(model_dir)
+    compressor.compress(out, ProjClustConfig(**SMALL))
+    (out / "keep.txt").write_text("precious")
+    (out / "runs").mkdir()
+    before = sorted(p.name for p in out.iterdir())
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"holds files this tool did not write \(keep.txt, runs/\)"):
+            compressor.compress(out, ProjClustConfig(**SMALL, seed=1), overwrite=overwrite)
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "keep.txt").read_text() == "precious"
+    assert ProjClustConfig.from_pretrained(out).seed == 0
 
 
 def test_overwrite_never_replaces_a_directory_without_a_model(model_dir, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     (home / "thesis.tex").write_text("years of work")
-    with pytest.raises(ValueError, match="refusing to replace .* it holds no model \\(thesis.tex\\)"):
+    with pytest.raises(ValueError, match="refusing to replace .* not an earlier output of this tool \\(thesis.tex\\)"):
         ProjClustCompressor.from_pretrained(model_dir).compress(home, ProjClustConfig(**SMALL), overwrite=True)
     assert [p.name for p in home.iterdir()] == ["thesis.tex"]
 

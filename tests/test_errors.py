@@ -114,8 +114,7 @@ def test_settings_are_refused_by_their_flag_before_clustering(model_dir, tmp_pat
 
 def test_occupied_output_names_the_flag(model_dir, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "x").write_text("x")
+    ProjClustCompressor.from_pretrained(model_dir).compress(out, ProjClustConfig(**SMALL))
     line = one_line_error(cli("compress", "--model", str(model_dir), "--output", str(out), "-q"))
     assert "pass --overwrite to replace it" in line and "overwrite=True" not in line
 

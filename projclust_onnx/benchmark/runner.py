@@ -37,7 +37,6 @@ import numpy as np
 from projclust_onnx.benchmark.stats import latency_stats
 
 SCHEMA_VERSION = 2
-REPORT_MARKERS = ("report.json",)
 
 
 @dataclass
@@ -69,7 +68,12 @@ def open_session(onnx_path: Path, providers: list[str], threads: int = 0):
 
     from projclust_onnx.threads import session_options
 
-    return ort.InferenceSession(str(onnx_path), session_options(threads, spinning=True), providers=providers)
+    try:
+        return ort.InferenceSession(str(onnx_path), session_options(threads, spinning=True), providers=providers)
+    except Exception as err:  # onnxruntime's InvalidProtobuf, Fail, NoSuchFile...: not ValueErrors
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"ONNX Runtime cannot load {onnx_path} ({type(err).__name__}: {reason}); the file may be "
+                         "truncated or not an ONNX model: re-export it") from err
 
 
 def grid_key(batch: int, seq: int) -> str:
@@ -232,10 +236,11 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
     previous report in output_dir is replaced only with overwrite, and atomically.
     """
     from projclust_onnx.model_files import resolve_onnx_file
-    from projclust_onnx.output_dir import check_output_dir, staged_directory
+    from projclust_onnx.output_dir import check_output_dir, clean_leftovers, staged_directory
     from projclust_onnx.threads import available_cpus
 
-    output_dir = check_output_dir(Path(output_dir), overwrite, [Path(d) for _, d in models], REPORT_MARKERS)
+    clean_leftovers(Path(output_dir))
+    output_dir = check_output_dir(Path(output_dir), overwrite, [Path(d) for _, d in models])
     threads = threads or available_cpus()
     if len(models) < 1:
         raise ValueError("give at least one model directory")
@@ -275,7 +280,7 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
             "memory": measure_memory(paths[name], providers, *biggest, n_rows) if memory else None,
             "accuracy": accuracy[name], "fidelity_cosine": fidelity[name],
         }
-    with staged_directory(output_dir, overwrite, REPORT_MARKERS) as stage:
+    with staged_directory(output_dir, overwrite, kind="benchmark") as stage:
         (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (stage / "report.md").write_text(markdown_report(report))
         if plots:
