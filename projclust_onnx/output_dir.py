@@ -68,7 +68,7 @@ def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path]) -> Pat
     occupied directory without overwrite, and (even with overwrite) a directory holding anything
     this tool did not write. Returns the resolved path."""
     if not isinstance(overwrite, bool):
-        raise SettingError("overwrite", f"{{}} must be True or False, not {overwrite!r}")
+        raise ValueError(f"overwrite={overwrite!r} must be True or False")
     save_dir = Path(save_dir).expanduser().resolve()
     for source in inputs:
         source = Path(source).resolve()
