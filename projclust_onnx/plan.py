@@ -13,6 +13,7 @@ tables hold the same values share one fit.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     save_dir = check_output_dir(save_dir, overwrite, [*paths, source_dir])
     if factorization is None:
         _check_device(config.device)
+        _check_calibration_files(config.calibration_text)
     files, skipped = [], []
     for path in paths:
         try:
@@ -186,6 +188,18 @@ def _check_device(device: str) -> None:
     from projclust_onnx.device import resolve_device
 
     resolve_device(device)
+
+
+def _check_calibration_files(paths: list[str]) -> None:
+    """Calibration files are read after the output is staged and can take minutes: a missing one is refused first."""
+    for name in paths:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            what = "is a directory, not a text file" if path.is_dir() else "does not exist"
+            raise SettingError("calibration_text", f"{{}}: {literal(str(path))} {what}; give text files")
+        if not os.access(path, os.R_OK):
+            raise SettingError("calibration_text", f"{{}}: {literal(str(path))} is not readable; check its "
+                               "permissions")
 
 
 def _check_target_reachable(n: int, d: int, itemsize: int, target_ratio: float) -> None:

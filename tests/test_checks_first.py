@@ -158,3 +158,18 @@ def test_interrupt_during_imports_is_one_line(tmp_path):
     assert proc.returncode == 130, err
     assert [ln for ln in err.splitlines() if ln.strip()] == ["projclust-onnx: interrupted; no partial output was "
                                                              "left behind"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_calibration_file_problems_are_refused_before_weighting(model_dir, tmp_path, nothing_weighted_or_clustered,
+                                                                kind):
+    path = tmp_path / "texts"
+    if kind == "directory":
+        path.mkdir()
+    big = tmp_path / "big.txt"
+    big.write_text("words and more words\n" * 1000)
+    with pytest.raises(ValueError, match="does not exist" if kind == "missing" else "is a directory"):
+        compress(model_dir, tmp_path, **SMALL, calibration_text=[str(big), str(path)])
+    line = one_line_error(cli("compress", "-m", model_dir, "-o", tmp_path / "out", "-q", "--calibration-text",
+                              big, path))
+    assert line.startswith("projclust-onnx: error: --calibration-text: ")
