@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from projclust_onnx import arguments as arg
 from projclust_onnx.config import ProjClustConfig
+from projclust_onnx.errors import SettingError
 
 
 @dataclass
@@ -50,7 +52,12 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
     from projclust_onnx.output_dir import check_output_dir, write_text_atomic
     from projclust_onnx.training import predict_logits, train_classifier
 
-    config = config or ProjClustConfig()
+    config = ProjClustConfig.coerce(config)
+    epochs, overwrite = arg.number("epochs", epochs), arg.flag("overwrite", overwrite)
+    if epochs <= 0:
+        raise SettingError("epochs", f"{{}}={epochs:g} must be > 0, e.g. 1 for one pass over the training data")
+    batch_size, max_length = arg.whole("batch_size", batch_size, 1), arg.whole("max_length", max_length, 1)
+    learning_rate = arg.number("learning_rate", learning_rate, minimum=0.0)
     check_output_dir(Path(save_dir), overwrite, [])
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, num_labels=num_labels)
