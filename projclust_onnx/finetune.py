@@ -36,6 +36,14 @@ class FinetuneReport:
         return {k: v for k, v in vars(self).items() if k != "model"}
 
 
+def training_settings(epochs, batch_size, learning_rate, max_length) -> tuple[float, int, float, int]:
+    """The training settings, checked by type and range (before any data or model is loaded)."""
+    if arg.number("epochs", epochs) <= 0:
+        raise SettingError("epochs", f"{{}}={epochs} must be > 0, e.g. 1 for one pass over the training data")
+    return (float(epochs), arg.whole("batch_size", batch_size, 1),
+            arg.number("learning_rate", learning_rate, minimum=0.0), arg.whole("max_length", max_length, 1))
+
+
 def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tuple[str, ...]], train_labels: list,
              config: ProjClustConfig | None = None, *, num_labels: int = 2, epochs: float = 1.0,
              batch_size: int = 32, learning_rate: float = 5e-5, max_length: int = 128,
@@ -53,11 +61,8 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
     from projclust_onnx.training import predict_logits, train_classifier
 
     config = ProjClustConfig.coerce(config)
-    epochs, overwrite = arg.number("epochs", epochs), arg.flag("overwrite", overwrite)
-    if epochs <= 0:
-        raise SettingError("epochs", f"{{}}={epochs:g} must be > 0, e.g. 1 for one pass over the training data")
-    batch_size, max_length = arg.whole("batch_size", batch_size, 1), arg.whole("max_length", max_length, 1)
-    learning_rate = arg.number("learning_rate", learning_rate, minimum=0.0)
+    overwrite = arg.flag("overwrite", overwrite)
+    epochs, batch_size, learning_rate, max_length = training_settings(epochs, batch_size, learning_rate, max_length)
     check_output_dir(Path(save_dir), overwrite, [])
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, num_labels=num_labels)
