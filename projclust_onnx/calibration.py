@@ -98,12 +98,12 @@ def count_tokens(tokenizer, texts: Iterable[str], n_rows: int, bar=None) -> np.n
 
     def flush() -> None:
         # Whole texts are counted on purpose: no truncation, and no warning about length.
-        for ids in tokenizer(batch, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]:
-            ids = np.asarray(ids, dtype=np.int64)
-            if ids.size and ids.max() >= n_rows:
-                raise ValueError(f"the tokenizer produced id {int(ids.max())} but the table has {n_rows} rows; "
-                                 "use the model's own tokenizer")
-            np.add.at(counts, ids, 1)
+        encoded = tokenizer(batch, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        ids = np.concatenate([np.asarray(e, dtype=np.int64) for e in encoded]) if encoded else np.zeros(0, np.int64)
+        if ids.size and ids.max() >= n_rows:
+            raise ValueError(f"the tokenizer produced id {int(ids.max())} but the table has {n_rows} rows; "
+                             "use the model's own tokenizer")
+        counts[:] += np.bincount(ids, minlength=n_rows)
         batch.clear()
         if bar is not None:
             bar.set_postfix_str(f"{int(counts.sum()):,} tokens")
