@@ -245,10 +245,15 @@ class EmbeddingSearch:
         if not self.matches and self.factorized:
             raise ValueError("the word embedding is already factorized (a cluster-id lookup of the token ids was "
                              "found); compress the original model instead")
-        if not self.matches and self.standard_quantized:
+        if not self.matches and self.standard_quantized and any(why == _SCALES for _, why in self.rejected):
             raise ValueError("the word embedding is already stored block-quantized in the standard-opset form "
                              "(integer codes, scales and zero points gathered by the token ids); compress the "
                              "original model instead")
+        if not self.matches and self.standard_quantized:
+            node = self.standard_quantized[0]
+            raise ValueError(f"the word table {node.inputs[0].name!r} is stored as uint8 that {node.name!r} gathers "
+                             "without one per-tensor DequantizeLinear after it (a quantization this tool does not "
+                             "read, such as per-channel scales); compress the float model, then quantize")
         if not self.matches and self.fused:
             raise ValueError(
                 f"the embeddings are fused into {self.fused[0].op_type} {self.fused[0].name!r} (ONNX Runtime's "
@@ -285,6 +290,9 @@ def _trace_to_graph_input(value: ir.Value | None) -> ir.Value | None:
             return None
         value = producer.inputs[0]
     return value
+
+
+_SCALES = "scales of a block-quantized lookup (standard-opset form)"
 
 
 def _table_of(node: ir.Node) -> ir.Value | None:
@@ -424,7 +432,7 @@ def search_word_embedding(graph: ir.Graph, ids_input: str = "input_ids") -> Embe
     code_ids = {n.inputs[1] for n in search.standard_quantized}
     for match in [m for m in search.matches if m.lookup.inputs[1] in code_ids]:
         search.matches.remove(match)
-        search.reject(match.lookup, "scales of a block-quantized lookup (standard-opset form)")
+        search.reject(match.lookup, _SCALES)
     if search.factorized:
         # Lookups that share their ids with a cluster-id lookup are the U tables of a
         # factorized embedding, not word embeddings.

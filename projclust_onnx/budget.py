@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from projclust_onnx.errors import SettingError
 from projclust_onnx.quantization import block_quantized_bytes
 
 QUANTIZE = ("none", "int8", "int4")
@@ -69,9 +70,8 @@ def rank_for_bytes(n_rows: int, dim: int, n_clusters: int, budget_bytes: float, 
                                                  block_size) <= budget_bytes:
         rank += step  # the estimate fell short (packed zero points round up per block)
     if rank < 1:
-        raise ValueError(
-            f"{budget_bytes:,.0f} bytes with n_clusters={n_clusters} and quantize={quantize!r} leave no room for "
-            f"rank >= {step} on a {n_rows} x {dim} table; lower compression or n_clusters, or quantize")
+        raise SettingError("compression", no_room(n_rows, dim, n_clusters, budget_bytes, table_itemsize, quantize,
+                                                  block_size))
     return rank
 
 
@@ -89,8 +89,21 @@ def rank_for_budget(n_rows: int, dim: int, n_clusters: int, compression: float, 
     budget = (1.0 - compression) * n_rows * dim * param_bytes
     try:
         return rank_for_bytes(n_rows, dim, n_clusters, budget, param_bytes, quantize, block_size)
-    except ValueError:
-        raise ValueError(
-            f"compression={compression} with n_clusters={n_clusters} leaves no room for rank >= "
-            f"{rank_step(quantize, block_size)} on a {n_rows} x {dim} table; lower compression or n_clusters"
-            + ("" if quantize == "int4" else ", or quantize the factors (int4)")) from None
+    except SettingError as err:
+        raise SettingError("compression", f"{{}}={compression}: {err.message}") from None
+
+
+def no_room(n_rows: int, dim: int, n_clusters: int, budget_bytes: float, table_itemsize: int, quantize: str,
+            block_size: int) -> str:
+    """Why no rank fits, and the advice that matches the cause, as a SettingError message about compression."""
+    step = rank_step(quantize, block_size)
+    if step >= dim:  # no multiple of the block lies below d, whatever the budget
+        smaller = f"a {{block_size}} below {dim}, or " if dim > 16 else ""
+        return (f"{quantize} factors take ranks in multiples of {{block_size}}={block_size}, and the table's dim={dim} "
+                f"leaves none below it; give {smaller}{{quantize}} 'none'")
+    fewest = factorized_bytes(n_rows, dim, n_clusters, step, table_itemsize, quantize, block_size)
+    denser = {"none": ", or {quantize} 'int8' or 'int4' (more rank per byte)", "int8": ", or {quantize} 'int4'",
+              "int4": ""}[quantize]
+    return (f"{budget_bytes:,.0f} bytes leave no room for rank {step} on a {n_rows} x {dim} table with "
+            f"{{n_clusters}}={n_clusters} and {{quantize}}={quantize!r} (that needs {fewest:,} bytes); lower {{}} or "
+            f"{{n_clusters}}{denser}")

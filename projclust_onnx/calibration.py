@@ -9,45 +9,111 @@ smoothing pseudo-count keeps unseen tokens in the fit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import codecs
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-_BATCH = 512
+from projclust_onnx.errors import SettingError
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 512  # texts per tokenizer call
+_BATCH_CHARS = 1 << 20  # or fewer, when the texts are long: progress shows per call
+_READ_BYTES = 1 << 20
+_PIECE_CHARS = 1 << 16  # a longer line is tokenized in pieces cut at whitespace
 
 
-def read_lines(paths: Iterable[str | Path]) -> Iterator[str]:
-    """Non-blank lines of text files."""
+def read_lines(paths: Iterable[str | Path], progress: Callable[[int], None] | None = None) -> Iterator[str]:
+    """Non-blank lines of text files, stripped; a line over 64 Ki characters comes in pieces cut at whitespace,
+    so a file without newlines is read and tokenized a piece at a time. `progress(n)` hears of each n bytes
+    read. Logs a warning for a file with no text and for one that looks binary."""
     for path in paths:
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"calibration text {path} is a directory; give the text files in it")
         if not path.is_file():
             raise ValueError(f"calibration text {path} not found")
-        with path.open(encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.strip():
-                    yield line.strip()
+        lines = 0
+        with path.open("rb") as f:
+            block = f.read(_READ_BYTES)
+            if _binary(block):
+                logger.warning("calibration text %s does not look like text (%s); it is tokenized anyway, but its "
+                               "counts weigh rows by noise: give UTF-8 text files", path, _binary(block))
+            decoder, carry = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+            while block:
+                *whole, carry = (carry + decoder.decode(block)).split("\n")
+                if len(carry) > _PIECE_CHARS:  # no newline for a while: pass on all but the last word
+                    cut = max(carry.rfind(" "), carry.rfind("\t"))
+                    cut = cut if cut > 0 else len(carry)
+                    whole.append(carry[:cut])
+                    carry = carry[cut:]
+                for line in whole:
+                    for piece in _pieces(line):
+                        lines += 1
+                        yield piece
+                if progress is not None:
+                    progress(len(block))
+                block = f.read(_READ_BYTES)
+            for piece in _pieces(carry + decoder.decode(b"", final=True)):
+                lines += 1
+                yield piece
+        if not lines:
+            logger.warning("calibration text %s holds no text (empty or blank): it adds no token counts", path)
 
 
-def count_tokens(tokenizer, texts: Iterable[str], n_rows: int) -> np.ndarray:
-    """How often each token id occurs when `tokenizer` encodes `texts` (special tokens included)."""
+def _pieces(line: str) -> Iterator[str]:
+    """`line` stripped, in pieces of at most _PIECE_CHARS cut at whitespace where there is some."""
+    line = line.strip()
+    while len(line) > _PIECE_CHARS:
+        cut = max(line.rfind(" ", 0, _PIECE_CHARS), line.rfind("\t", 0, _PIECE_CHARS))
+        cut = cut if cut > 0 else _PIECE_CHARS
+        yield line[:cut].strip()
+        line = line[cut:].strip()
+    if line:
+        yield line
+
+
+def _binary(head: bytes) -> str | None:
+    """Why the first bytes of a file do not look like UTF-8 text, or None when they do."""
+    if b"\0" in head:
+        return "it holds NUL bytes"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not merely a character cut by the end of the block
+            return f"byte {err.start} is not UTF-8"
+    return None
+
+
+def count_tokens(tokenizer, texts: Iterable[str], n_rows: int, bar=None) -> np.ndarray:
+    """How often each token id occurs when `tokenizer` encodes `texts` (special tokens included).
+    `bar` (a tqdm bar) shows the tokens counted so far."""
     counts = np.zeros(n_rows, dtype=np.int64)
     batch: list[str] = []
+    chars = 0
 
     def flush() -> None:
         # Whole texts are counted on purpose: no truncation, and no warning about length.
-        for ids in tokenizer(batch, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]:
-            ids = np.asarray(ids, dtype=np.int64)
-            if ids.size and ids.max() >= n_rows:
-                raise ValueError(f"the tokenizer produced id {int(ids.max())} but the table has {n_rows} rows; "
-                                 "use the model's own tokenizer")
-            np.add.at(counts, ids, 1)
+        encoded = tokenizer(batch, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        ids = np.concatenate([np.asarray(e, dtype=np.int64) for e in encoded]) if encoded else np.zeros(0, np.int64)
+        if ids.size and ids.max() >= n_rows:
+            raise ValueError(f"the tokenizer produced id {int(ids.max())} but the table has {n_rows} rows; "
+                             "use the model's own tokenizer")
+        counts[:] += np.bincount(ids, minlength=n_rows)
         batch.clear()
+        if bar is not None:
+            bar.set_postfix_str(f"{int(counts.sum()):,} tokens")
 
     for text in texts:
         batch.append(text)
-        if len(batch) == _BATCH:
+        chars += len(text)
+        if len(batch) == _BATCH or chars >= _BATCH_CHARS:
             flush()
+            chars = 0
     if batch:
         flush()
     return counts
@@ -56,10 +122,11 @@ def count_tokens(tokenizer, texts: Iterable[str], n_rows: int) -> np.ndarray:
 def token_weights(counts: np.ndarray, smoothing: float) -> np.ndarray:
     """Sample weight of each row: its count plus the smoothing pseudo-count."""
     if smoothing < 0:
-        raise ValueError(f"smoothing={smoothing} must be >= 0")
+        raise SettingError("calibration_smoothing", f"{{}}={smoothing} must be >= 0")
     weights = counts.astype(np.float64) + smoothing
     if weights.sum() <= 0:
-        raise ValueError("no token was counted and smoothing=0: every weight is zero; give text or smoothing > 0")
+        raise SettingError("calibration_smoothing", "no token was counted and {}=0: every weight is zero; give "
+                           "calibration text that holds text, or {} > 0")
     return weights
 
 
@@ -79,48 +146,74 @@ def with_special_tokens(weights: np.ndarray, special_ids: list[int], multiple: f
     return weights
 
 
-def calibration_texts(config) -> Iterator[str]:
-    """All texts a ProjClustConfig names: its text files, then its dataset's text column."""
-    yield from read_lines(config.calibration_text)
+def calibration_texts(config, bar=None) -> Iterator[str]:
+    """All texts a ProjClustConfig names: its text files, then its dataset's text column.
+    `bar` (a tqdm bar) counts the bytes (the characters, of a dataset) read."""
+    yield from read_lines(config.calibration_text, bar.update if bar is not None else None)
     if config.calibration_dataset:
         from projclust_onnx.data import column, load_records
 
         for text in column(load_records(config.calibration_dataset), config.calibration_column):
             if text:
+                if bar is not None:
+                    bar.update(len(str(text)))
                 yield str(text)
 
 
 _COUNTS_CACHE: dict[tuple, np.ndarray] = {}
 
 
-def calibration_counts(config, n_rows: int, tokenizer) -> np.ndarray:
+def calibration_counts(config, n_rows: int, tokenizer, progress: bool = False) -> np.ndarray:
     """Token counts of the config's calibration texts, kept per (texts, tokenizer) for the process,
-    so a sweep over budgets and k tokenizes its calibration corpus once."""
+    so a sweep over budgets and k tokenizes its calibration corpus once. `progress`: a progress bar
+    on stderr with the bytes read and the tokens counted."""
     key = (tuple(config.calibration_text), config.calibration_dataset, config.calibration_column,
            getattr(tokenizer, "name_or_path", id(tokenizer)), n_rows)
     if key not in _COUNTS_CACHE:
-        _COUNTS_CACHE[key] = count_tokens(tokenizer, calibration_texts(config), n_rows)
+        with _bar(config, progress) as bar:
+            counts = count_tokens(tokenizer, calibration_texts(config, bar), n_rows, bar)
+        if not counts.any():
+            logger.warning("the calibration text held no tokens: rows are weighted by calibration smoothing alone, "
+                           "as without calibration")
+        _COUNTS_CACHE[key] = counts
     return _COUNTS_CACHE[key]
 
 
-def calibration_weights(config, n_rows: int, tokenizer) -> tuple[np.ndarray | None, int]:
+@contextlib.contextmanager
+def _bar(config, progress: bool):
+    """A tqdm bar over the calibration bytes (total known when only files are read), or None."""
+    if not progress:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    files = [Path(p) for p in config.calibration_text]
+    total = None if config.calibration_dataset else sum(p.stat().st_size for p in files if p.is_file()) or None
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="  tokenizing calibration text")
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def calibration_weights(config, n_rows: int, tokenizer, progress: bool = False) -> tuple[np.ndarray | None, int]:
     """count + smoothing per row from the config's calibration text (None without any), and tokens counted.
 
     What the chooser scores candidates by: how often inputs land on each row."""
     if not config.uses_calibration:
         return None, 0
-    counts = calibration_counts(config, n_rows, tokenizer)
+    counts = calibration_counts(config, n_rows, tokenizer, progress)
     return token_weights(counts, config.calibration_smoothing), int(counts.sum())
 
 
-def sample_weights(config, n_rows: int, tokenizer) -> tuple[np.ndarray | None, int, int]:
+def sample_weights(config, n_rows: int, tokenizer, progress: bool = False) -> tuple[np.ndarray | None, int, int]:
     """Row weights a ProjClustConfig asks for: calibration counts (+ smoothing), then special tokens.
 
     Returns (weights or None when unweighted, tokens counted, special tokens weighted).
     """
     if not config.uses_calibration and (config.special_token_weight == 0 or tokenizer is None):
         return None, 0, 0
-    weights, n_tokens = calibration_weights(config, n_rows, tokenizer)
+    weights, n_tokens = calibration_weights(config, n_rows, tokenizer, progress)
     weights = np.ones(n_rows) if weights is None else weights
     special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < n_rows}) if tokenizer is not None else []
     if not special and not config.uses_calibration:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 PROG = "projclust-onnx"
 DEFAULT_OUTPUT = "projclust-output"
@@ -17,6 +18,19 @@ DEFAULT_OUTPUT = "projclust-output"
 
 class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error is one line and exit code 2, without the usage (--help has it)."""
+
+    def error(self, message: str) -> NoReturn:
+        usage_error(PROG, self.prog, message)
+
+
+def usage_error(prog: str, command: str, message: str) -> NoReturn:
+    """Print `prog: error: message` as one line, pointing at `command --help`, and exit with code 2."""
+    print(f"{prog}: error: {' '.join(message.split())} (see {command} --help)", file=sys.stderr)
+    sys.exit(2)
 
 
 # ---------------------------------------------------------------------- arguments
@@ -282,8 +296,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     from projclust_onnx.benchmark.metrics import glue_task
     from projclust_onnx.data import labeled_texts, load_records
-    from projclust_onnx.finetune import finetune, num_labels_of
+    from projclust_onnx.finetune import finetune, num_labels_of, training_settings
 
+    training_settings(args.epochs, args.batch_size, args.learning_rate, args.max_length)  # before loading data
     metrics: tuple[str, ...] = ("accuracy",)
     if args.glue_task:
         columns, metrics, n_labels = glue_task(args.glue_task)
@@ -395,7 +410,7 @@ def _one_line(err: BaseException) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from projclust_onnx import __version__
 
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     for name, (help_text, add_args, run) in COMMANDS.items():
@@ -408,7 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # named against the subcommand's --help, where the flags it takes are listed
+            usage_error(PROG, f"{PROG} {args.command}" if getattr(args, "command", None) else PROG,
+                        f"unrecognized arguments: {' '.join(unknown)}")
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -6,6 +6,8 @@ optimum/commands/register/register_projclust.py), so it imports only argparse-le
 
 from __future__ import annotations
 
+import functools
+
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
 from projclust_onnx import cli
@@ -18,6 +20,8 @@ def _subcommand(name: str) -> type[BaseOptimumCLICommand]:
         @staticmethod
         def parse_args(parser) -> None:
             add_arguments(parser)
+            # One line for a usage error in this subcommand's arguments, as projclust-onnx prints it.
+            parser.error = functools.partial(cli.usage_error, f"optimum-cli projclust {name}", parser.prog)
 
         def run(self) -> None:
             prog = f"optimum-cli projclust {name}"

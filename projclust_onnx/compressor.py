@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from projclust_onnx import arguments as arg
 from projclust_onnx.chooser import weighted_error
 from projclust_onnx.config import ProjClustConfig
 from projclust_onnx.model_files import (
@@ -62,6 +63,10 @@ class ProjClustCompressor:
         """From an ONNX file or export directory (every .onnx file in it, unless `file_name` picks one),
         or a Hugging Face model (local directory or hub id), which is exported first with optimum
         (library_name="transformers") for `task`."""
+        model_name_or_path = arg.path("model_name_or_path", model_name_or_path)
+        file_name = arg.text("file_name", file_name, optional=True)
+        task = arg.choice("task", task, TASKS)  # checked for an ONNX model too, where it goes unused
+        verbose = arg.flag("verbose", verbose, optional=True)
         path = Path(model_name_or_path).expanduser()
         if path.is_file() or (path.is_dir() and any(path.glob("*.onnx"))):
             return cls(resolve_onnx_files(path, file_name), str(model_name_or_path))
@@ -89,11 +94,15 @@ class ProjClustCompressor:
         EmbeddingFactorization, e.g. fine-tuned factors) skips the fit and is applied as it
         is. Every check that cannot depend on the fit runs first; nothing is written unless
         every check passes; the input is only read. `verbose` (default: when stderr is a
-        terminal) reports each phase.
+        terminal) reports each phase. `config` may also be a dict of ProjClustConfig's fields
+        (ProjClustConfig.from_dict); None means the defaults.
         """
         from projclust_onnx.parity import check_parity
 
-        config = config or ProjClustConfig()
+        save_dir = arg.path("save_dir", save_dir)
+        config = ProjClustConfig.coerce(config)
+        overwrite = arg.flag("overwrite", overwrite)
+        verbose = arg.flag("verbose", verbose, optional=True)
         clean_leftovers(Path(save_dir))  # first, whatever is refused later: dead runs' stages and exports
         phases = Phases(verbose)
         names = ", ".join(p.name for p in self.onnx_paths)
@@ -111,7 +120,7 @@ class ProjClustCompressor:
                 results = {key: factorization for key in plan.groups()}
             else:
                 with phases("weights", "weighting rows (tokenizer, calibration text)"):
-                    weights, metric, n_tokens, n_special = self._weights(config, n)
+                    weights, metric, n_tokens, n_special = self._weights(config, n, phases.verbose)
                 for key, table32 in tables.items():
                     if config.target_ratio is not None:
                         with phases("clustering", f"choosing the storage of {n} x {d} rows within 1/"
@@ -156,9 +165,17 @@ class ProjClustCompressor:
                                      "file_bytes_after": model_bytes(stage / name)})
 
             first = results[plan.first.table_key]
-            error = weighted_error(tables[plan.first.table_key], dense_of(first), None)
+            table32 = tables[plan.first.table_key]
+            error = weighted_error(table32, dense_of(first), None) if table32.any() else None
             report = self._report(plan, config, first, parities, written, error, n_tokens, n_special, choice,
                                   phases.timings)
+            if error is None:
+                report.relative_error_reason = "the table is all zeros: ||E||^2 = 0 leaves the ratio undefined"
+            if config.rank is None and config.target_ratio is None and factorization is None:
+                report.compression_asked = config.compression
+                report.compression_realised = 1 - written / len(plan.files) / plan.first.match.stored_bytes
+                if report.undersize_notice():
+                    logger.warning("projclust-onnx: notice: %s", report.undersize_notice())
             report.files = files_report
             saved_config = config if config.target_ratio is not None else \
                 dataclasses.replace(config, quantize=plan.quantize)
@@ -169,13 +186,14 @@ class ProjClustCompressor:
             report.save(stage)
         return report
 
-    def _weights(self, config: ProjClustConfig, n: int):
-        """(sample weights for the fit, calibration weights for the chooser's score, tokens, special tokens)."""
+    def _weights(self, config: ProjClustConfig, n: int, progress: bool = False):
+        """(sample weights for the fit, calibration weights for the chooser's score, tokens, special tokens);
+        `progress` shows a bar while the calibration text is tokenized."""
         from projclust_onnx.calibration import calibration_weights, sample_weights
 
         wants_tokenizer = config.uses_calibration or config.special_token_weight > 0
         tokenizer = self._tokenizer(required=config.uses_calibration) if wants_tokenizer else None
-        weights, n_tokens, n_special = sample_weights(config, n, tokenizer)
+        weights, n_tokens, n_special = sample_weights(config, n, tokenizer, progress)
         metric, _ = calibration_weights(config, n, tokenizer)
         return weights, metric, n_tokens, n_special
 
@@ -195,7 +213,7 @@ class ProjClustCompressor:
         return choose(table32, n * d * plan.itemsize / config.target_ratio, metric, fit=fit, sample_weight=weights,
                       table_itemsize=plan.itemsize, progress=say)
 
-    def _report(self, plan, config, result, parities, written: int, relative_error: float, n_tokens, n_special,
+    def _report(self, plan, config, result, parities, written: int, relative_error: float | None, n_tokens, n_special,
                 choice, timings) -> CompressionReport:
         from projclust_onnx.factorization import EmbeddingFactorization
 

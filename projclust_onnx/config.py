@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from projclust_onnx.budget import QUANTIZE, factorized_bytes, rank_for_budget, rank_for_bytes
-from projclust_onnx.errors import SettingError
+from projclust_onnx import arguments as arg
+from projclust_onnx.budget import QUANTIZE, factorized_bytes, rank_for_bytes
+from projclust_onnx.errors import SettingError, SettingTypeError, literal
 
 CONFIG_NAME = "projclust_config.json"
 METHODS = ("projclust", "svd")
@@ -18,6 +19,10 @@ DEFAULT_CLUSTERS = 5
 HEAD_CHOICES = ("factorize", "keep")
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy accept alike
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+# Beyond these the row weights stop meaning anything: a special token already weighs a million times the
+# rest of the table, and float64 sums of such weights overflow long before 1e308.
+MAX_SPECIAL_TOKEN_WEIGHT = 1e6
+MAX_SMOOTHING = 1e12
 
 
 @dataclass
@@ -92,59 +97,63 @@ class ProjClustConfig:
         from projclust_onnx.passes.builder import LOOKUP_FORMS
         from projclust_onnx.passes.factorize_embedding import LAYOUTS
 
-        _choice("method", self.method, METHODS)
+        self.method = arg.choice("method", self.method, METHODS)
         if self.n_clusters is None:
             self.n_clusters = 1 if self.method == "svd" else DEFAULT_CLUSTERS
-        _whole("n_clusters", self.n_clusters, 1)
+        self.n_clusters = arg.whole("n_clusters", self.n_clusters, 1)
         if self.quantize is not None:
-            _choice("quantize", self.quantize, QUANTIZE)
-        _whole("block_size", self.block_size, 16)
+            self.quantize = arg.choice("quantize", self.quantize, QUANTIZE)
+        self.block_size = arg.whole("block_size", self.block_size, 16)
         if self.block_size & (self.block_size - 1):
             raise SettingError("block_size", f"{{}}={self.block_size} must be a power of two >= 16 "
                                "(ONNX Runtime's GatherBlockQuantized)")
-        _choice("lookup_form", self.lookup_form, LOOKUP_FORMS)
+        self.lookup_form = arg.choice("lookup_form", self.lookup_form, LOOKUP_FORMS)
         if self.target_ratio is not None:
-            _number("target_ratio", self.target_ratio)
-            if self.target_ratio <= 1:
+            if arg.number("target_ratio", self.target_ratio) <= 1:
                 raise SettingError("target_ratio", f"{{}}={self.target_ratio} must be > 1, e.g. 10 for a table "
                                    "ten times smaller")
+            self.target_ratio = float(self.target_ratio)
             if self.rank is not None:
-                raise SettingError("target_ratio", "give {} or rank, not both: the chooser picks the rank")
+                raise SettingError("target_ratio", "give {} or {rank}, not both: the chooser picks the rank")
             self.compression = None
         if self.method == "svd" and self.n_clusters != 1:
-            raise SettingError("n_clusters", f"{{}}={self.n_clusters} must be 1 with method svd, the one-cluster "
-                               "case; use method projclust for k > 1")
+            raise SettingError("n_clusters", f"{{}}={self.n_clusters} must be 1 with {{method}} svd, the one-cluster "
+                               "case; use {method} projclust for k > 1")
         if self.rank is not None:
             self.compression = None
-            _whole("rank", self.rank, 1)
+            self.rank = arg.whole("rank", self.rank, 1)
         elif self.target_ratio is not None:
             pass
         elif self.compression is None:
-            raise SettingError("compression", "give {} (e.g. 0.4) or rank")
+            raise SettingError("compression", "give {} (e.g. 0.4) or {rank}")
         else:
-            _number("compression", self.compression)
-            if not 0.0 < self.compression < 1.0:
+            if not 0.0 < arg.number("compression", self.compression) < 1.0:
                 raise SettingError("compression", f"{{}}={self.compression} must lie in (0, 1), e.g. 0.4 for a 40% "
                                    "smaller table")
-        _choice("layout", self.layout, LAYOUTS)
+            self.compression = float(self.compression)
+        self.layout = arg.choice("layout", self.layout, LAYOUTS)
         if self.head is None:  # configs saved before the head pass existed
             self.head = "factorize"
-        _choice("head", self.head, HEAD_CHOICES)
-        _choice("init", self.init, INIT_METHODS)
-        _whole("n_init", self.n_init, 1)
-        _whole("anneal_steps", self.anneal_steps, 0)
-        _whole("max_iter", self.max_iter, 1)
-        _whole("seed", self.seed, 0, MAX_SEED)
-        for name in ("tol", "special_token_weight", "calibration_smoothing"):
-            _number(name, getattr(self, name), minimum=0.0)
-        _number("z", self.z)
-        if not 1.0 <= self.z <= 2.0:
+        self.head = arg.choice("head", self.head, HEAD_CHOICES)
+        self.init = arg.choice("init", self.init, INIT_METHODS)
+        self.n_init = arg.whole("n_init", self.n_init, 1)
+        self.anneal_steps = arg.whole("anneal_steps", self.anneal_steps, 0)
+        self.max_iter = arg.whole("max_iter", self.max_iter, 1)
+        self.seed = arg.whole("seed", self.seed, 0, MAX_SEED)
+        self.tol = arg.number("tol", self.tol, minimum=0.0)
+        self.special_token_weight = arg.number("special_token_weight", self.special_token_weight, 0.0,
+                                           MAX_SPECIAL_TOKEN_WEIGHT)
+        self.calibration_smoothing = arg.number("calibration_smoothing", self.calibration_smoothing, 0.0, MAX_SMOOTHING)
+        if not 1.0 <= arg.number("z", self.z) <= 2.0:
             raise SettingError("z", f"{{}}={self.z} must lie in [1, 2] (2: squared distances; 1: robust)")
+        self.z = float(self.z)
         if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
-            raise SettingError("device", f"{{}}={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        if isinstance(self.calibration_text, (str, Path)):
-            self.calibration_text = [self.calibration_text]  # one file, not a list of its characters
-        self.calibration_text = [str(p) for p in self.calibration_text]
+            raise SettingError("device", f"{{}}={literal(repr(self.device))} must be 'auto', 'cpu', 'cuda' or "
+                               "'cuda:N'")
+        self.ids_input = arg.text("ids_input", self.ids_input)
+        self.calibration_text = arg.paths("calibration_text", self.calibration_text)
+        self.calibration_dataset = arg.path("calibration_dataset", self.calibration_dataset, optional=True)
+        self.calibration_column = arg.text("calibration_column", self.calibration_column)
 
     def rank_for(self, n_rows: int, dim: int, param_bytes: int = 4, quantize: str | None = None,
                  stored_bytes: int | None = None, extra_bytes: int = 0) -> int:
@@ -154,28 +163,22 @@ class ProjClustConfig:
         the budget besides U, V and the cluster ids (the index maps of a rewritten tied head)."""
         quantize = quantize or self.quantize or "none"
         if self.rank is None:
-            if extra_bytes:
-                stored = n_rows * dim * param_bytes if stored_bytes is None else stored_bytes
-                try:
-                    return rank_for_bytes(n_rows, dim, self.n_clusters, (1 - self.compression) * stored - extra_bytes,
-                                          param_bytes, quantize, self.block_size)
-                except ValueError as err:
-                    raise SettingError("compression", f"{{}}={self.compression}: {err}") from None
-            if stored_bytes is None or stored_bytes == n_rows * dim * param_bytes:
-                return rank_for_budget(n_rows, dim, self.n_clusters, self.compression, param_bytes, quantize,
-                                       self.block_size)
-            return rank_for_bytes(n_rows, dim, self.n_clusters, (1 - self.compression) * stored_bytes, param_bytes,
-                                  quantize, self.block_size)
+            stored = n_rows * dim * param_bytes if stored_bytes is None else stored_bytes
+            try:
+                return rank_for_bytes(n_rows, dim, self.n_clusters, (1 - self.compression) * stored - extra_bytes,
+                                      param_bytes, quantize, self.block_size)
+            except SettingError as err:
+                raise SettingError("compression", f"{{}}={self.compression}: {err.message}") from None
         if self.rank >= dim:
             raise SettingError("rank", f"{{}}={self.rank} must be < the table's dim={dim}")
         if quantize != "none" and self.rank % self.block_size:
-            raise SettingError("rank", f"{{}}={self.rank} must be a multiple of block_size={self.block_size} "
+            raise SettingError("rank", f"{{}}={self.rank} must be a multiple of {{block_size}}={self.block_size} "
                                "with quantized factors")
         size = factorized_bytes(n_rows, dim, self.n_clusters, self.rank, param_bytes, quantize, self.block_size)
         if size >= n_rows * dim * param_bytes:
-            raise SettingError("rank", f"{{}}={self.rank} with n_clusters={self.n_clusters} stores {size:,} bytes, "
+            raise SettingError("rank", f"{{}}={self.rank} with {{n_clusters}}={self.n_clusters} stores {size:,} bytes, "
                                f"no fewer than the {n_rows} x {dim} table's {n_rows * dim * param_bytes:,}; "
-                               "lower the rank or use compression")
+                               "lower {} or use {compression}")
         return self.rank
 
     @property
@@ -186,7 +189,10 @@ class ProjClustConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ProjClustConfig:
+    def from_dict(cls, data: Mapping) -> ProjClustConfig:
+        if not isinstance(data, Mapping):
+            raise SettingTypeError("config", f"{{}}={literal(repr(data))} must be a ProjClustConfig or a dict of "
+                                   "its fields")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -195,8 +201,17 @@ class ProjClustConfig:
 
     def save_pretrained(self, save_dir: str | Path) -> Path:
         path = Path(save_dir) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return path
+
+    @classmethod
+    def coerce(cls, config: ProjClustConfig | Mapping | None) -> ProjClustConfig:
+        """The config an API call was given: None means the defaults, a dict goes through from_dict."""
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        return cls.from_dict(config)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> ProjClustConfig:
@@ -209,24 +224,3 @@ class ProjClustConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-def _choice(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise SettingError(name, f"{{}}={value!r} must be one of {allowed}")
-
-
-def _whole(name: str, value, minimum: int, maximum: int | None = None) -> None:
-    """An int (not a bool, not 2.5) within bounds."""
-    import numpy as np
-
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise SettingError(name, f"{{}}={value!r} must be a whole number")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise SettingError(name, f"{{}}={value} must be {bound}")
-
-
-def _number(name: str, value, minimum: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SettingError(name, f"{{}}={value!r} must be a finite number")
-    if minimum is not None and value < minimum:
-        raise SettingError(name, f"{{}}={value} must be >= {minimum:g}")

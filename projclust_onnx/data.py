@@ -17,10 +17,13 @@ def load_records(source: str | Path | list, split: str | None = None):
     import datasets
 
     files = [Path(s) for s in source] if isinstance(source, (list, tuple)) else [Path(source)]
-    if all(f.suffix.lower() in _LOCAL_FORMATS for f in files) and (len(files) > 1 or files[0].exists()):
-        missing = [str(f) for f in files if not f.is_file()]
+    if all(f.suffix.lower() in _LOCAL_FORMATS for f in files):  # local files, never a hub name
+        missing = [f for f in files if not f.is_file()]
         if missing:
-            raise ValueError(f"data files not found: {missing}")
+            what = "is a directory, not a data file" if missing[0].is_dir() else "not found"
+            also = f" (and {len(missing) - 1} more of the data files)" if len(missing) > 1 else ""
+            raise ValueError(f"data file {missing[0]} {what}{also}; give existing .csv/.json/.jsonl/.tsv/.parquet "
+                             "files")
         formats = {_LOCAL_FORMATS[f.suffix.lower()] for f in files}
         if len(formats) > 1:
             raise ValueError(f"data files mix formats {sorted(formats)}; give files of one format")

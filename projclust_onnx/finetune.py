@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from projclust_onnx import arguments as arg
 from projclust_onnx.config import ProjClustConfig
+from projclust_onnx.errors import SettingError
 
 
 @dataclass
@@ -31,6 +33,14 @@ class FinetuneReport:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in vars(self).items() if k != "model"}
+
+
+def training_settings(epochs, batch_size, learning_rate, max_length) -> tuple[float, int, float, int]:
+    """The training settings, checked by type and range (before any data or model is loaded)."""
+    if arg.number("epochs", epochs) <= 0:
+        raise SettingError("epochs", f"{{}}={epochs} must be > 0, e.g. 1 for one pass over the training data")
+    return (float(epochs), arg.whole("batch_size", batch_size, 1),
+            arg.number("learning_rate", learning_rate, minimum=0.0), arg.whole("max_length", max_length, 1))
 
 
 def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tuple[str, ...]], train_labels: list,
@@ -55,7 +65,9 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
     )
     from projclust_onnx.training import predict_logits, train_classifier
 
-    config = config or ProjClustConfig()
+    config = ProjClustConfig.coerce(config)
+    overwrite = arg.flag("overwrite", overwrite)
+    epochs, batch_size, learning_rate, max_length = training_settings(epochs, batch_size, learning_rate, max_length)
     clean_leftovers(Path(save_dir))
     check_output_dir(Path(save_dir), overwrite, [])
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)

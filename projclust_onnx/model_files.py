@@ -11,6 +11,8 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from projclust_onnx.errors import SettingError, literal
+
 # Above this, ONNX's 2 GB protobuf limit is near: tensors go to an external-data file.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 EXTERNAL_DATA_SUFFIX = "_data"
@@ -28,7 +30,9 @@ def resolve_onnx_file(path: Path, file_name: str | None = None) -> Path:
         candidate = path / file_name
         if not candidate.is_file():
             held = [p.name for p in onnx_files(path)]
-            raise ValueError(f"file_name={file_name!r} not found in {path}; it holds {held}")
+            what = "is a directory, not a .onnx file," if candidate.is_dir() else "not found"
+            raise SettingError("file_name", f"{{}}={literal(repr(file_name))} {what} in {literal(path)}; it holds "
+                               f"{literal(held)}")
         return candidate
     found = onnx_files(path)
     if not found:
@@ -38,7 +42,8 @@ def resolve_onnx_file(path: Path, file_name: str | None = None) -> Path:
         preferred = [p for p in found if p.name == "model.onnx"]
         if preferred:
             return preferred[0]
-        raise ValueError(f"{path} holds several .onnx files {[p.name for p in found]}; choose one with file_name=")
+        raise SettingError("file_name", f"{literal(path)} holds several .onnx files "
+                           f"{literal([p.name for p in found])}; choose one with {{}}")
     return found[0]
 
 

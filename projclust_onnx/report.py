@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPORT_NAME = "projclust_report.json"
+# A table this many times smaller than the compression asked for is worth a notice.
+UNDERSIZE = 1.5
 
 
 @dataclass
@@ -16,6 +19,8 @@ class CompressionReport:
     embedding_bytes_before/after are the bytes of the initializers the lookup read before
     and the rewrite wrote after, as stored in the file; file_bytes_* are the files' sizes.
     method is "projclust", "svd" or "quantize" (plain quantization of the table, no factors).
+    The JSON is strict: a value that is not a finite number is written as null, with a
+    `<name>_reason` beside it saying why.
     """
 
     source: str
@@ -35,7 +40,7 @@ class CompressionReport:
     embedding_bytes_after: int
     file_bytes_before: int
     file_bytes_after: int
-    relative_error: float
+    relative_error: float | None
     parity_max_abs_diff: float
     parity_tolerance: float
     storage_before: str = "float"
@@ -50,6 +55,9 @@ class CompressionReport:
     table_copies: int = 1  # dense copies of the table the input files held (lookups' tables, heads' copies)
     files: list[dict] = field(default_factory=list)  # per model file: what was rewritten, bytes, parity
     timings: dict[str, float] = field(default_factory=dict)
+    relative_error_reason: str | None = None  # why relative_error is null
+    compression_asked: float | None = None  # the config's compression, when it set the budget
+    compression_realised: float | None = None  # fraction of one stored table's bytes removed, per file written
 
     @property
     def embedding_compression(self) -> float:
@@ -61,13 +69,28 @@ class CompressionReport:
         """The float table's bytes (times the copies the files held) over the embedding bytes written."""
         return self.table_copies * self.n_rows * self.dim * _itemsize(self.dtype) / self.embedding_bytes_after
 
+    def undersize_notice(self) -> str | None:
+        """Why the table came out much smaller than `compression_asked` says, or None when it did not."""
+        if self.compression_asked is None or self.compression_realised is None or \
+                (1 - self.compression_realised) * UNDERSIZE >= 1 - self.compression_asked:
+            return None
+        if self.quantize != "none" and self.rank is not None:
+            why = (f"{self.quantize} factors take ranks in multiples of the block size {self.block_size} below "
+                   f"d={self.dim}, and rank {self.rank} was the largest that fit")
+        else:
+            why = f"rank {self.rank} was the largest the storage allows within the budget"
+        return (f"the embedding is {1 / (1 - self.compression_realised):.1f}x smaller than stored "
+                f"({self.compression_realised:.0%} fewer bytes), not the {self.compression_asked:.0%} asked for: "
+                f"{why}; a smaller block size or float factors fill the budget more closely")
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "embedding_compression": self.embedding_compression,
-                "embedding_ratio": self.embedding_ratio}
+        """The report as strict JSON values: null (with a reason) where a number is not finite."""
+        return strict_json({**asdict(self), "embedding_compression": self.embedding_compression,
+                            "embedding_ratio": self.embedding_ratio})
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / REPORT_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return path
 
     def summary_rows(self) -> list[tuple[str, str]]:
@@ -85,10 +108,13 @@ class CompressionReport:
             ("embedding bytes", f"{self.embedding_bytes_before:,} -> {self.embedding_bytes_after:,} "
                                 f"({self.embedding_ratio:.2f}x smaller than the {self.dtype} table" +
                                 (f"'s {self.table_copies} copies)" if self.table_copies > 1 else ")")),
+            *([("compression", f"asked {self.compression_asked:.0%}, realised {self.compression_realised:.0%} of the "
+                               "stored table's bytes")] if self.compression_asked is not None else []),
             ("embedding parameters", f"{self.embedding_params_before:,} -> {self.embedding_params_after:,} "
                                      f"({self.embedding_compression:.1%} fewer; ids {self.cluster_id_bytes:,} B)"),
             ("model file", f"{self.file_bytes_before / mib:.1f} MiB -> {self.file_bytes_after / mib:.1f} MiB"),
-            ("relative error", f"{self.relative_error:.4f}  (||E - E'||^2 / ||E||^2)"),
+            ("relative error", f"{self.relative_error:.4f}  (||E - E'||^2 / ||E||^2)" if self.relative_error is not None
+             else f"undefined: {self.relative_error_reason}"),
             ("parity (max abs diff)", f"{self.parity_max_abs_diff:.2e} <= {self.parity_tolerance:g}"),
             ("calibration tokens", f"{self.calibration_tokens:,}" if self.calibration_tokens else "none (unweighted)"),
             ("special tokens", f"{self.special_tokens} fitted (nearly) exactly" if self.special_tokens else "none"),
@@ -116,6 +142,22 @@ class CompressionReport:
         from projclust_onnx.quantization import storage_name
 
         return storage_name(self.quantize, self.block_size)
+
+
+def strict_json(value):
+    """`value` (dicts, lists, numbers) with every NaN or infinity replaced by None and, in a dict, a
+    `<key>_reason` beside it (unless one is given), so that strict JSON parsers read the file."""
+    if isinstance(value, dict):
+        out = {key: strict_json(item) for key, item in value.items()}
+        for key, item in value.items():
+            if isinstance(item, float) and not math.isfinite(item) and out.get(f"{key}_reason") is None:
+                out[f"{key}_reason"] = f"the value was {item}, which JSON cannot hold"
+        return out
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _itemsize(dtype: str) -> int:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from projclust_onnx.errors import SettingError
+
 
 @dataclass
 class TrainingResult:
@@ -40,7 +42,7 @@ def train_classifier(model, tokenizer, texts: list[tuple[str, ...]], labels: lis
     if len(texts) != len(labels) or not texts:
         raise ValueError(f"{len(texts)} texts and {len(labels)} labels: give as many of each, at least one")
     if epochs <= 0:
-        raise ValueError(f"epochs={epochs} must be > 0")
+        raise SettingError("epochs", f"{{}}={epochs} must be > 0")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()

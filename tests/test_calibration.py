@@ -59,7 +59,7 @@ def test_local_csv_and_json_load_and_missing_column(tmp_path):
     assert column(load_records(tmp_path / "d.jsonl"), "label") == [1]
     with pytest.raises(ValueError, match="column 'sentence' not found; the data has columns"):
         column(records, "sentence")
-    with pytest.raises(ValueError, match="data files not found"):
+    with pytest.raises(ValueError, match="data file .*nope.csv not found"):
         load_records([tmp_path / "nope.csv", tmp_path / "d.csv"])
 
 
@@ -87,3 +87,64 @@ def test_calibration_counts_are_tokenized_once_per_corpus(tmp_path):
     assert n_tokens == 4 and n_special == 1
     np.testing.assert_allclose(weights[1:], [0.5, 1.5, 1.5, 0.5])
     assert weights[0] == 30 * weights[1:].sum()
+
+
+def test_empty_and_binary_calibration_files_are_warned_of(tmp_path, caplog):
+    """Issue 16, 6: an empty file was silently unweighted, a binary one tokenized without a word."""
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    (tmp_path / "ok.txt").write_text("tea\n")
+    with caplog.at_level("WARNING", logger="projclust_onnx.calibration"):
+        lines = list(read_lines([tmp_path / n for n in ("empty.txt", "blob.bin", "latin1.txt", "ok.txt")]))
+    messages = [r.getMessage() for r in caplog.records]
+    assert lines[-1] == "tea"
+    assert any(f"calibration text {tmp_path / 'empty.txt'} holds no text (empty or blank)" in m for m in messages)
+    assert any(f"calibration text {tmp_path / 'blob.bin'} does not look like text (it holds NUL bytes)" in m
+               for m in messages)
+    assert any(f"{tmp_path / 'latin1.txt'} does not look like text (byte 3 is not UTF-8)" in m for m in messages)
+    assert not any("ok.txt" in m for m in messages) and len(messages) == 3
+
+
+def test_a_file_without_newlines_is_read_in_pieces_with_progress(tmp_path):
+    """Issue 16, 6: a huge one-line file is tokenized a piece at a time, cut at whitespace, its bytes counted."""
+    from projclust_onnx import calibration
+
+    words = [f"w{i}" for i in range(120_000)]
+    (tmp_path / "one.txt").write_text(" ".join(words))
+    read = []
+    pieces = list(read_lines([tmp_path / "one.txt"], progress=read.append))
+    assert len(pieces) > 5 and all(len(p) <= calibration._PIECE_CHARS for p in pieces)
+    assert " ".join(pieces).split() == words  # no word cut in two
+    assert sum(read) == (tmp_path / "one.txt").stat().st_size
+
+
+def test_tokenizing_shows_a_bar_with_the_tokens_counted(tokenizer, tmp_path, capsys):
+    from projclust_onnx import ProjClustConfig
+    from projclust_onnx.calibration import calibration_counts
+
+    (tmp_path / "bar.txt").write_text("the cat sat on the mat\n" * 50)
+    counts = calibration_counts(ProjClustConfig(calibration_text=[tmp_path / "bar.txt"]), tokenizer.vocab_size,
+                                tokenizer, progress=True)
+    err = capsys.readouterr().err
+    assert "tokenizing calibration text" in err and f"{int(counts.sum()):,} tokens" in err
+
+
+def test_directory_given_as_calibration_text_is_called_one(tmp_path):
+    with pytest.raises(ValueError, match=f"calibration text {tmp_path} is a directory; give the text files in it"):
+        list(read_lines([tmp_path]))
+
+
+def test_missing_local_data_file_is_not_sent_to_the_hub(tmp_path):
+    """Issue 16, 6: was `no data file at .../['.../nothere.csv']` from the hub loader."""
+    with pytest.raises(ValueError, match=f"data file {tmp_path / 'nothere.csv'} not found; give existing"):
+        load_records(tmp_path / "nothere.csv")
+
+
+def test_zero_smoothing_without_tokens_names_the_flag():
+    from projclust_onnx.errors import SettingError
+
+    with pytest.raises(SettingError) as caught:
+        token_weights(np.zeros(4, np.int64), 0.0)
+    assert "no token was counted and calibration_smoothing=0" in str(caught.value)
+    assert caught.value.for_cli().endswith("or --calibration-smoothing > 0") and " smoothing=" not in str(caught.value)

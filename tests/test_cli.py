@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -158,3 +159,60 @@ def test_python_api_is_quiet_off_a_terminal(model_dir, tmp_path):
     done = run(sys.executable, "-c", code, str(model_dir), str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     assert "projclust-onnx:" not in done.stderr and "seeding" not in done.stderr
+
+
+def one_error_line(done: subprocess.CompletedProcess, prog: str = "projclust-onnx") -> str:
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), done.stderr
+    assert "usage:" not in done.stderr and not done.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["compress", "--rank", "x"], "argument --rank: invalid int value: 'x' (see projclust-onnx compress --help)"),
+    (["compress", "--method", "pca"], "argument --method: invalid choice: 'pca'"),
+    (["compress", "--bogus", "1"], "unrecognized arguments: --bogus 1 (see projclust-onnx compress --help)"),
+    (["inspect", "--clusters"], "argument --clusters/-k: expected one argument"),
+    (["nonsense"], "invalid choice: 'nonsense' (choose from 'compress', 'inspect'"),
+], ids=["bad-int", "bad-choice", "unknown-flag", "missing-value", "unknown-command"])
+def test_usage_errors_are_one_line_without_the_usage(args, message):
+    """Issue 16, 6: argparse printed 20 lines of usage before the one error line."""
+    assert message in one_error_line(run(*CLI, *args))
+
+
+def test_help_still_prints_the_usage():
+    done = run(*CLI, "compress", "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: projclust-onnx compress")
+
+
+def test_optimum_cli_usage_errors_are_one_line_too():
+    done = run("optimum-cli", "projclust", "compress", "--rank", "x")
+    line = one_error_line(done, "optimum-cli projclust compress")
+    assert "argument --rank: invalid int value: 'x' (see optimum-cli projclust compress --help)" in line
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--file-name", "nothere.onnx"], "--file-name='nothere.onnx' not found in"),
+    (["--special-token-weight", "1e308"], "--special-token-weight=1e+308 must be <= 1e+06"),
+    (["--quantize", "int8"], "int8 factors take ranks in multiples of --block-size=32, and the table's dim=8 leaves "
+                             "none below it; give --quantize 'none'"),
+    (["--compression", "0.99"], "lower --compression or --clusters, or --quantize 'int8' or 'int4'"),
+    (["--target-ratio", "4", "--rank", "2"], "give --target-ratio or --rank, not both"),
+], ids=["file-name", "special-weight", "block-over-dim", "no-room", "ratio-and-rank"])
+def test_errors_name_flags_not_python_parameters(model_dir, tmp_path, args, message):
+    """Issue 16, 6: `n_clusters=`, `file_name=`, `rank` and the like on the command line."""
+    line = one_error_line(run(*CLI, "compress", "--model", str(model_dir), "--output", str(tmp_path / "out"), "-q",
+                              *args))
+    assert message in line
+    for python in ("n_clusters", "file_name", "block_size", "special_token_weight", "target_ratio"):
+        assert python not in line
+    assert not re.search(r"(?<![-\w])(rank|quantize|compression)(=|,| or)", line)  # the settings, not prose
+    assert not (tmp_path / "out").exists()
+
+
+def test_finetune_epochs_are_named_by_their_flag(model_dir, tmp_path):
+    (tmp_path / "t.csv").write_text('text,label\n"a",1\n"b",0\n')
+    line = one_error_line(run(*CLI, "finetune", "--model", str(model_dir), "--data-files", str(tmp_path / "t.csv"),
+                              "--text-column", "text", "--epochs", "0", "--output", str(tmp_path / "o")))
+    assert "--epochs=0.0 must be > 0" in line and " epochs=" not in line

@@ -305,3 +305,100 @@ def test_directory_refusals_name_the_file_and_write_nothing(tmp_path):
     one = ProjClustCompressor.from_pretrained(src, file_name="model.onnx")
     one.compress(tmp_path / "one", ProjClustConfig(**SMALL))
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the input is only read
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda d, out: ProjClustCompressor.from_pretrained(None), "model_name_or_path=None must be a path"),
+    (lambda d, out: ProjClustCompressor.from_pretrained(5), "model_name_or_path=5 must be a path"),
+    (lambda d, out: ProjClustCompressor.from_pretrained(d, file_name=5), "file_name=5 must be a string"),
+    (lambda d, out: ProjClustCompressor.from_pretrained(d, verbose="yes"), "verbose='yes' must be True or False"),
+    (lambda d, out: ProjClustCompressor.from_pretrained(d).compress(None), "save_dir=None must be a path"),
+    (lambda d, out: ProjClustCompressor.from_pretrained(d).compress(out, 5),
+     "config=5 must be a ProjClustConfig or a dict of its fields"),
+    (lambda d, out: ProjClustCompressor.from_pretrained(d).compress(out, SMALL, overwrite="no"),
+     "overwrite='no' must be True or False"),
+    (lambda d, out: ProjClustCompressor.from_pretrained(d).compress(out, SMALL, overwrite=None),
+     "overwrite=None must be True or False"),
+], ids=["path-none", "path-int", "file-name-int", "verbose-str", "save-dir-none", "config-int", "overwrite-str",
+        "overwrite-none"])
+def test_api_arguments_are_checked_by_type(model_dir, tmp_path, call, message):
+    """Issue 16, 5: a TypeError (also a ValueError) naming the parameter, before anything is written."""
+    with pytest.raises(TypeError, match=message) as caught:
+        call(model_dir, tmp_path / "out")
+    assert isinstance(caught.value, ValueError)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_task_is_refused_for_an_onnx_folder_too(model_dir):
+    """Issue 16, 5: the task went unchecked (and unused) for an ONNX model."""
+    with pytest.raises(ValueError, match="task='bogus' must be one of"):
+        ProjClustCompressor.from_pretrained(model_dir, task="bogus")
+
+
+def test_config_may_be_a_dict(model_dir, tmp_path):
+    """Issue 16, 5: a dict is read by ProjClustConfig.from_dict; numpy scalars in it end as plain JSON numbers."""
+    config = {**SMALL, "n_clusters": np.int64(2), "compression": None}
+    report = ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "out", config)
+    assert report.n_clusters == 2
+    saved = json.loads((tmp_path / "out" / "projclust_config.json").read_text())
+    assert saved["n_clusters"] == 2 and saved["rank"] == 3
+    with pytest.raises(ValueError, match=r"unknown ProjClustConfig keys \['clusters'\]"):
+        ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "out2", {"clusters": 2})
+
+
+def test_all_zero_table_writes_strict_json(tmp_path):
+    """Issue 16, 6: the relative error of an all-zero table is null with a reason, not NaN."""
+    proto, table = embedding_model(60, 8)
+    name = "bert.embeddings.word_embeddings.weight"
+    zero = next(t for t in proto.graph.initializer if t.name == name)
+    zero.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(table), name))
+    src = write_model_dir(tmp_path / "zero", proto).parent
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    text = (tmp_path / "out" / "projclust_report.json").read_text()
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the report")
+
+    saved = json.loads(text, parse_constant=refuse)
+    assert saved["relative_error"] is None and "all zeros" in saved["relative_error_reason"]
+    assert report.relative_error is None
+    assert dict(report.summary_rows())["relative error"].startswith("undefined: the table is all zeros")
+
+
+def test_strict_json_replaces_what_is_not_finite():
+    from projclust_onnx.report import strict_json
+
+    got = strict_json({"a": float("nan"), "b": [float("inf"), 1.0], "c": {"d": -float("inf")}, "e": 2})
+    assert got == {"a": None, "a_reason": "the value was nan, which JSON cannot hold", "b": [None, 1.0],
+                   "c": {"d": None, "d_reason": "the value was -inf, which JSON cannot hold"}, "e": 2}
+
+
+def test_storage_much_smaller_than_asked_gives_a_notice(tmp_path, caplog):
+    """Issue 16, 6: int4 on d=64 can only take rank 32, far under the 40% budget: said, and shown in the summary."""
+    src = write_model_dir(tmp_path / "d64", embedding_model(200, 64)[0]).parent
+    config = ProjClustConfig(n_clusters=2, quantize="int4", n_init=2, anneal_steps=2)
+    with caplog.at_level("WARNING", logger="projclust_onnx.compressor"):
+        report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", config)
+    assert report.rank == 32 and report.compression_asked == 0.4 and report.compression_realised > 0.7
+    notices = [r.getMessage() for r in caplog.records if "notice" in r.getMessage()]
+    assert len(notices) == 1 and "not the 40% asked for" in notices[0] and "multiples of the block size 32" in \
+        notices[0]
+    assert dict(report.summary_rows())["compression"] == \
+        f"asked 40%, realised {report.compression_realised:.0%} of the stored table's bytes"
+    saved = json.loads((tmp_path / "out" / "projclust_report.json").read_text())
+    assert saved["compression_asked"] == 0.4 and saved["compression_realised"] == report.compression_realised
+
+
+def test_budget_that_is_filled_gives_no_notice(model_dir, tmp_path, caplog):
+    config = ProjClustConfig(n_clusters=2, compression=0.4, n_init=2, anneal_steps=2)
+    with caplog.at_level("WARNING", logger="projclust_onnx.compressor"):
+        report = ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "out", config)
+    assert report.undersize_notice() is None and not [r for r in caplog.records if "notice" in r.getMessage()]
+    assert 0.3 < report.compression_realised < 0.5 and "compression" in dict(report.summary_rows())
+
+
+def test_file_name_that_is_a_directory_is_called_one(model_dir):
+    """Issue 16, 6: not "not found"."""
+    (model_dir / "sub.onnx").mkdir()
+    with pytest.raises(ValueError, match="file_name='sub.onnx' is a directory, not a .onnx file, in"):
+        ProjClustCompressor.from_pretrained(model_dir, file_name="sub.onnx")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from projclust_onnx import ProjClustConfig
@@ -94,3 +95,82 @@ def test_rank_that_saves_nothing_is_refused():
     with pytest.raises(ValueError, match="rank=370 with n_clusters=5 stores .* no fewer than"):
         ProjClustConfig(rank=370).rank_for(30522, 384)
     assert ProjClustConfig(rank=200).rank_for(30522, 384) == 200
+
+
+@pytest.mark.parametrize(("kwargs", "attr", "expected"), [
+    ({"n_clusters": np.int64(4)}, "n_clusters", 4),
+    ({"rank": np.int32(3)}, "rank", 3),
+    ({"compression": np.float32(0.5)}, "compression", 0.5),
+    ({"calibration_smoothing": np.float64(2.0)}, "calibration_smoothing", 2.0),
+    ({"seed": np.uint8(7)}, "seed", 7),
+    ({"target_ratio": np.int16(10)}, "target_ratio", 10.0),
+], ids=["int64", "int32", "float32", "float64", "uint8", "int16-ratio"])
+def test_numpy_scalars_are_stored_as_python_numbers(tmp_path, kwargs, attr, expected):
+    """Issue 16, 5: numpy scalars are numbers, kept as plain int/float so that the saved JSON works."""
+    config = ProjClustConfig(**kwargs)
+    value = getattr(config, attr)
+    assert value == expected and type(value) is type(expected)
+    config.save_pretrained(tmp_path)
+    assert ProjClustConfig.from_pretrained(tmp_path) == config
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"calibration_text": 123}, "calibration_text=123 must be a path or a list of paths"),
+    ({"calibration_text": ["a.txt", None]}, "calibration_text holds None, which is not a path"),
+    ({"calibration_dataset": 5}, "calibration_dataset=5 must be a path"),
+    ({"calibration_column": 3}, "calibration_column=3 must be a string"),
+    ({"ids_input": None}, "ids_input=None must be a string"),
+    ({"compression": "0.4"}, "compression='0.4' must be a finite number"),
+    ({"n_clusters": np.bool_(True)}, "n_clusters=.*True.* must be a whole number"),
+    ({"special_token_weight": True}, "special_token_weight=True must be a finite number"),
+    ({"method": ["svd"]}, r"method=\['svd'\] must be one of"),
+], ids=["text-int", "text-list-none", "dataset-int", "column-int", "ids-none", "compression-str", "np-bool",
+        "bool-number", "method-list"])
+def test_wrong_types_are_refused_naming_the_parameter(kwargs, message):
+    """Issue 16, 5: a TypeError that is also a ValueError, naming the parameter (not a bare TypeError)."""
+    with pytest.raises(TypeError, match=message) as caught:
+        ProjClustConfig(**kwargs)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_no_calibration_text_may_be_none():
+    assert ProjClustConfig(calibration_text=None).calibration_text == []
+
+
+def test_huge_special_token_weight_is_refused_up_front():
+    """Issue 16, 6: 1e308 overflowed during clustering; now refused with the bound."""
+    from projclust_onnx.errors import SettingError
+
+    with pytest.raises(SettingError) as caught:
+        ProjClustConfig(special_token_weight=1e308)
+    assert str(caught.value) == "special_token_weight=1e+308 must be <= 1e+06"
+    assert caught.value.for_cli() == "--special-token-weight=1e+308 must be <= 1e+06"
+    assert ProjClustConfig(special_token_weight=1e6).special_token_weight == 1e6
+
+
+def test_from_dict_refuses_what_is_not_a_dict():
+    with pytest.raises(TypeError, match=r"config=\['n_clusters'\] must be a ProjClustConfig or a dict"):
+        ProjClustConfig.from_dict(["n_clusters"])
+
+
+@pytest.mark.parametrize(("kwargs", "dim", "python", "flags"), [
+    ({"quantize": "int4"}, 16, "int4 factors take ranks in multiples of block_size=32, and the table's dim=16 "
+     "leaves none below it; give quantize 'none'", "--block-size=32"),
+    ({"quantize": "int8", "block_size": 64}, 64, "give a block_size below 64, or quantize 'none'", "--block-size"),
+    ({"quantize": "int8", "compression": 0.9}, 64, "lower compression or n_clusters, or quantize 'int4'",
+     "lower --compression or --clusters, or --quantize 'int4'"),
+    ({"quantize": "int4", "compression": 0.9}, 64, "(that needs 22,480 bytes); lower compression or n_clusters",
+     "with --clusters=5 and --quantize='int4'"),
+], ids=["block-over-dim", "block-equals-dim", "int8-budget", "int4-budget"])
+def test_no_room_advice_matches_the_cause(kwargs, dim, python, flags):
+    """Issue 16, 6: no "lower compression" when the block exceeds d, no "or quantize" when U is int4 already."""
+    from projclust_onnx.errors import SettingError
+
+    with pytest.raises(SettingError) as caught:
+        ProjClustConfig(**kwargs).rank_for(100, dim)
+    assert python in str(caught.value) and flags in caught.value.for_cli()
+    assert "n_clusters" not in caught.value.for_cli()
+    if dim < 100 and kwargs.get("compression") is None:
+        assert "lower" not in str(caught.value)  # the budget is not the cause
+    if kwargs["quantize"] == "int4" and dim == 64:
+        assert str(caught.value).endswith("lower compression or n_clusters")

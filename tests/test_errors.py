@@ -99,7 +99,7 @@ def test_oserror_during_save_is_one_line(model_dir, tmp_path):
     (["--special-token-weight", "-1"], "--special-token-weight=-1.0 must be >= 0"),
     (["--n-init", "0"], "--n-init=0 must be >= 1"),
     (["--device", "foo"], "--device='foo' must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    (["--rank", "7", "--clusters", "5"], "--rank=7 with n_clusters=5 stores"),
+    (["--rank", "7", "--clusters", "5"], "--rank=7 with --clusters=5 stores"),
     (["--ids-input", "tokens"], "no graph input named 'tokens'"),
 ], ids=["seed-negative", "seed-huge", "smoothing-nan", "special-weight", "n-init", "device", "rank-too-big",
         "ids-input"])

@@ -172,3 +172,25 @@ def test_onnxruntime_quantizers_run_on_our_output(tmp_path, how, quantize_u):
     assert np.abs(got - want).max() <= 0.25 * np.abs(want).max()  # quantized twice: close, not equal
     ids_table = [t for t in again.graph.initializer if t.name == "projclust/cluster_ids"]
     assert ids_table and onnx.numpy_helper.to_array(ids_table[0]).dtype == np.uint8  # left alone
+
+
+def test_uint8_table_read_another_way_is_not_called_standard_form():
+    """Issue 16, 6: a uint8 table gathered without one per-tensor DequantizeLinear (here: per-row scales) was
+    called "standard-opset block-quantized", which only our own standard form is."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    codes = np.random.default_rng(0).integers(0, 255, (40, 8), dtype=np.uint8)
+    scales, zero = np.full(40, 0.1, np.float32), np.zeros(40, np.uint8)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["rows"], name="word_lookup"),
+         helper.make_node("DequantizeLinear", ["rows", "scale", "zero"], ["out"], axis=0, name="per_row")],
+        "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [40])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [40, 8])],
+        [numpy_helper.from_array(codes, "table"), numpy_helper.from_array(scales, "scale"),
+         numpy_helper.from_array(zero, "zero")])
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    with pytest.raises(ValueError) as caught:
+        search_word_embedding(model.graph).single()
+    assert "standard-opset" not in str(caught.value)
+    assert "the word table 'table' is stored as uint8 that 'word_lookup' gathers without one per-tensor " \
+           "DequantizeLinear after it" in str(caught.value)
