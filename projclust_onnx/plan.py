@@ -132,7 +132,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
             plan = _plan_file(path, config)
         except _NoLookup as err:
             if len(paths) == 1:
-                raise ValueError(str(err)) from None
+                raise SettingError(err.param, err.message) from None
             skipped.append((path.name, str(err), model_bytes(path)))
             continue
         except SettingError as err:
@@ -159,10 +159,10 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     tied = any(f.heads for f in files)
     if tied and config.target_ratio is not None:
         head = next(h for f in files for h in f.heads)
-        raise SettingError("head", f"target_ratio cannot be used with a tied LM head ({literal(head.describe())}): "
-                           "the chooser's plain quantization of the table cannot rewrite the head. Give "
-                           "compression (and quantize) instead, or set {} to 'keep' to keep the head dense (the "
-                           "model becomes untied)")
+        raise SettingError("head", f"{{target_ratio}} cannot be used with a tied LM head "
+                           f"({literal(head.describe())}): the chooser's plain quantization of the table cannot "
+                           "rewrite the head. Give {compression} (and {quantize}) instead, or set {} to 'keep' to "
+                           "keep the head dense (the model becomes untied)")
     itemsize = first.match.dtype.numpy().itemsize
     extra = index_map_bytes(n) if tied else 0
     if config.target_ratio is not None:
@@ -221,8 +221,11 @@ def _directory_bytes(source_dir: Path, paths: list[Path]) -> int:
     return sum(model_bytes(p) for p in paths) + companions
 
 
-class _NoLookup(ValueError):
+class _NoLookup(SettingError):
     """The file reads no word table from the token ids (e.g. a vision tower): copied as it is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("ids_input", message)
 
 
 def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
@@ -236,15 +239,15 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
         raise ValueError(str(err)) from err
     names = [v.name for v in model.graph.inputs]
     if config.ids_input not in names:
-        raise _NoLookup(f"the model has no graph input named {config.ids_input!r} (inputs: {names}); pass the "
-                        "token-id input's name as ids_input")
+        raise _NoLookup(literal(f"the model has no graph input named {config.ids_input!r} (inputs: {names}); ") +
+                        "pass the token-id input's name as {}")
     search = search_word_embedding(model.graph, config.ids_input)
     try:
         match = search.single()
     except ValueError as err:
         if search.matches or search.factorized or search.fused or search.standard_quantized:
             raise
-        raise _NoLookup(str(err)) from None
+        raise _NoLookup(literal(str(err))) from None
     if match.dtype == ir.DataType.BFLOAT16:
         raise ValueError(f"the word table {match.table.name!r} is stored as bfloat16, which the rewrite does not "
                          "write; export the model in float32 or float16 (optimum-cli export onnx --dtype fp16) and "

@@ -173,3 +173,15 @@ def test_calibration_file_problems_are_refused_before_weighting(model_dir, tmp_p
     line = one_line_error(cli("compress", "-m", model_dir, "-o", tmp_path / "out", "-q", "--calibration-text",
                               big, path))
     assert line.startswith("projclust-onnx: error: --calibration-text: ")
+
+
+def test_plan_refusals_name_flags_on_the_command_line(tmp_path):
+    """The API names Python parameters, the CLI the flags (ids_input, target_ratio, compression, quantize)."""
+    model = write_model_dir(tmp_path / "tied", embedding_model(60, 8, tied=True)[0]).parent
+    line = one_line_error(cli("compress", "-m", model, "-o", tmp_path / "out", "-q", "--target-ratio", "4"))
+    assert "--target-ratio cannot be used with a tied LM head" in line and "--compression" in line
+    assert "--quantize" in line and "--head" in line
+    with pytest.raises(ValueError, match="target_ratio cannot be used .* Give compression"):
+        compress(model, tmp_path, target_ratio=4)
+    line = one_line_error(cli("compress", "-m", model, "-o", tmp_path / "out", "-q", "--ids-input", "tokens"))
+    assert "no graph input named 'tokens'" in line and "as --ids-input" in line
