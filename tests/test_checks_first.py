@@ -185,3 +185,22 @@ def test_plan_refusals_name_flags_on_the_command_line(tmp_path):
         compress(model, tmp_path, target_ratio=4)
     line = one_line_error(cli("compress", "-m", model, "-o", tmp_path / "out", "-q", "--ids-input", "tokens"))
     assert "no graph input named 'tokens'" in line and "as --ids-input" in line
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. "
+                                                               "DefaultCPUAllocator: can't allocate memory")],
+                         ids=["MemoryError", "torch allocator"])
+def test_running_out_of_memory_is_one_line(model_dir, tmp_path, monkeypatch, capsys, error):
+    """`ulimit -v` below what the fit needs gave a torch traceback and exit 1."""
+    from projclust_onnx import cli as cli_module
+
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ProjectiveClustering, "fit", out_of_memory)
+    code = cli_module.main(["compress", "-m", str(model_dir), "-o", str(tmp_path / "out"), "--rank", "3",
+                            "--clusters", "2", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and [ln for ln in err.splitlines() if "error:" in ln] == [ln for ln in err.splitlines() if ln]
+    assert "out of memory" in err and "ulimit -v" in err and not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

@@ -158,3 +158,36 @@ def test_ten_times_smaller_with_int4_factors(exported, tmp_path):
     chosen = mean_pooled(ort.InferenceSession(str(tmp_path / "chosen" / "model.onnx")), tokenizer, texts)
     cosine = (original * chosen).sum(1) / np.linalg.norm(original, axis=1) / np.linalg.norm(chosen, axis=1)
     assert cosine.mean() >= 0.985  # measured 0.9892 here (0.9907 with --calibration-smoothing 100)
+
+
+@pytest.mark.parametrize("case", ["device", "target", "calibration", "occupied", "foreign"])
+def test_refusals_come_before_weighting_on_minilm(exported, tmp_path, monkeypatch, case):
+    """Issue 16: with a large calibration file, every refusal that does not depend on the fit comes before the
+    rows are weighted (tokenizing the file) or clustered. Timings: benchmarks/bench_refusals.py."""
+    from projclust_onnx import ProjectiveClustering
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("weighting or clustering ran before the refusal")
+
+    monkeypatch.setattr(ProjectiveClustering, "fit", too_late)
+    monkeypatch.setattr(ProjClustCompressor, "_weights", too_late)
+    texts = tmp_path / "calibration.txt"
+    texts.write_text("The tea arrived quickly and tasted wonderful.\n" * 200_000)  # 9 MB
+    out, overwrite = tmp_path / "out", False
+    settings = dict(calibration_text=[str(texts)], **FAST)
+    if case == "device":
+        if __import__("torch").cuda.is_available():
+            pytest.skip("refusing CUDA needs a machine without it")
+        settings["device"], match = "cuda", "no CUDA GPU"
+    elif case == "target":
+        settings["target_ratio"], match = 1000, "ask for at most that ratio"
+    elif case == "calibration":
+        settings["calibration_text"], match = [str(texts), str(tmp_path / "missing.txt")], "does not exist"
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        overwrite, match = case == "foreign", "refusing to replace .* not an earlier output of this tool"
+    with pytest.raises(ValueError, match=match):
+        ProjClustCompressor.from_pretrained(exported["feature-extraction"]).compress(
+            out, ProjClustConfig(**settings), overwrite=overwrite)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
