@@ -51,3 +51,23 @@ def exported(minilm_path, tmp_path_factory):
         shutil.copytree(compressor.source_dir, dest, dirs_exist_ok=True)
         out[task] = dest
     return out
+
+
+def _too_late(*args, **kwargs):
+    raise AssertionError("weighting or clustering ran before the refusal")
+
+
+@pytest.fixture
+def no_clustering(monkeypatch):
+    """Fail the test if anything is clustered: the refusal must come first."""
+    from projclust_onnx import ProjectiveClustering
+
+    monkeypatch.setattr(ProjectiveClustering, "fit", _too_late)
+
+
+@pytest.fixture
+def nothing_weighted_or_clustered(no_clustering, monkeypatch):
+    """Fail the test if rows are weighted (calibration can take minutes) or clustered before the refusal."""
+    from projclust_onnx import ProjClustCompressor
+
+    monkeypatch.setattr(ProjClustCompressor, "_weights", _too_late)

@@ -5,46 +5,23 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import onnx
 import pytest
+from cli_run import CLI, cli, one_line_error
 from onnx import TensorProto, helper, numpy_helper
 from tiny_models import embedding_model, write_model_dir
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig, ProjectiveClustering
 
-CLI = [sys.executable, "-m", "projclust_onnx.cli"]
 SMALL = dict(n_clusters=2, rank=3, n_init=2, anneal_steps=2)
 
 
 @pytest.fixture
 def model_dir(tmp_path):
     return write_model_dir(tmp_path / "tiny", embedding_model(60, 8)[0]).parent
-
-
-@pytest.fixture
-def nothing_weighted_or_clustered(monkeypatch):
-    """Fail the test if rows are weighted (calibration can take minutes) or clustered before the refusal."""
-    def too_late(*args, **kwargs):
-        raise AssertionError("weighting or clustering ran before the refusal")
-
-    monkeypatch.setattr(ProjectiveClustering, "fit", too_late)
-    monkeypatch.setattr(ProjClustCompressor, "_weights", too_late)
-
-
-def cli(*args, env=None, **kwargs):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, **kwargs)
-
-
-def one_line_error(done, code=2) -> str:
-    assert done.returncode == code, (done.stdout, done.stderr)
-    lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    return lines[0]
 
 
 def compress(model_dir, tmp_path, **settings):

@@ -5,43 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import time
 
 import onnx
 import pytest
+from cli_run import CLI, cli, one_line_error
 from tiny_models import embedding_model, write_model_dir
 
-from projclust_onnx import ProjClustCompressor, ProjClustConfig, ProjectiveClustering
+from projclust_onnx import ProjClustCompressor, ProjClustConfig
 
-CLI = [sys.executable, "-m", "projclust_onnx.cli"]
 SMALL = dict(n_clusters=2, rank=3, n_init=2, anneal_steps=2)
 
 
 @pytest.fixture
 def model_dir(tmp_path):
     return write_model_dir(tmp_path / "tiny", embedding_model(60, 8)[0]).parent
-
-
-@pytest.fixture
-def no_clustering(monkeypatch):
-    """Fail the test if anything is clustered: the refusal must come first."""
-    def clustered(self, *args, **kwargs):
-        raise AssertionError("clustering ran before the refusal")
-
-    monkeypatch.setattr(ProjectiveClustering, "fit", clustered)
-
-
-def cli(*args, env=None):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
-
-
-def one_line_error(done) -> str:
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, done.stderr
-    return lines[0]
 
 
 @contextlib.contextmanager

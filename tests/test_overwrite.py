@@ -12,13 +12,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from cli_run import CLI, cli, one_line_error
 from tiny_models import embedding_model, write_model_dir
 
 import projclust_onnx.output_dir as output_dir
 from projclust_onnx import ProjClustCompressor, ProjClustConfig, ProjectiveClustering
 from projclust_onnx.output_dir import Interrupted, check_output_dir, owner_tag, recover_stale
 
-CLI = [sys.executable, "-m", "projclust_onnx.cli"]
 SMALL = dict(n_clusters=2, rank=3, n_init=2, anneal_steps=2)
 SMALL_FLAGS = ["--rank", "3", "--clusters", "2", "--n-init", "2", "-q"]
 
@@ -26,18 +26,6 @@ SMALL_FLAGS = ["--rank", "3", "--clusters", "2", "--n-init", "2", "-q"]
 @pytest.fixture
 def model_dir(tmp_path):
     return write_model_dir(tmp_path / "tiny", embedding_model(60, 8)[0]).parent
-
-
-def cli(*args, cwd=None, env=None):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
-
-
-def one_line_error(done, code=2) -> str:
-    assert done.returncode == code, (done.stdout, done.stderr)
-    lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, done.stderr
-    return lines[0]
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
