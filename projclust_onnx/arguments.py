@@ -45,7 +45,7 @@ def number(name: str, value, minimum: float | None = None, maximum: float | None
 
 
 def choice(name: str, value, allowed: tuple) -> str:
-    if value not in allowed if isinstance(value, str) else True:
+    if not isinstance(value, str) or value not in allowed:
         error = SettingError if isinstance(value, str) else SettingTypeError
         raise error(name, f"{{}}={literal(repr(value))} must be one of {literal(allowed)}")
     return str(value)
