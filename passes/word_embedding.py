@@ -37,7 +37,9 @@ __all__ = ["EmbeddingMatch", "EmbeddingSearch", "Head", "head_copies", "search_w
            "find_word_embedding"]
 
 # Ops that change only the shape or integer type of the ids on their way to the Gather.
-_ID_PASSTHROUGH = frozenset({"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+# Ops that move or select token ids without computing new ones (XLM slices input_ids before its lookup).
+_ID_PASSTHROUGH = frozenset({"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Transpose",
+                             "Expand"})
 _FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 _INT_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT32,
                         ir.DataType.INT32, ir.DataType.INT64})
@@ -169,6 +171,24 @@ class EmbeddingMatch:
             copy = tensor.numpy()
             if np.array_equal(copy[:, :8], table[:8].T) and np.array_equal(copy, table.T):
                 found.append((value, [node for node, _ in value.uses()]))
+        return found
+
+    def concatenated_copies(self, graph: ir.Graph) -> list[ir.Value]:
+        """Initializers holding this table's transpose as a block of their rows beside other rows: MobileBERT's
+        head multiplies by concat(E^T, dense), which an exporter folds into one (m, n) matrix, m > d."""
+        if self.storage != "float":
+            return []
+        table = self.table.const_value.numpy()
+        n, d = table.shape
+        found = []
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if value is self.table or tensor is None or len(tensor.shape) != 2 or tensor.shape[1] != n or \
+                    tensor.shape[0] <= d or tensor.dtype != self.dtype:
+                continue
+            rows = tensor.numpy()
+            if any(np.array_equal(rows[start:start + d], table.T) for start in (0, rows.shape[0] - d)):
+                found.append(value)
         return found
 
     def heads(self, graph: ir.Graph) -> list[Head]:

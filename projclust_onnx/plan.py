@@ -13,6 +13,7 @@ tables hold the same values share one fit.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,10 @@ from projclust_onnx.errors import SettingError, literal
 from projclust_onnx.model_files import load_model, model_bytes
 from projclust_onnx.output_dir import check_output_dir, check_room
 from projclust_onnx.parity import max_positions_of
+
+logger = logging.getLogger(__name__)
+# Below this share of the files' bytes, the word table is too small a part of the model to be worth much.
+SMALL_SHARE = 0.01
 
 
 @dataclass
@@ -193,6 +198,10 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                 raise SettingError(err.param, f"{literal(f.onnx_path.name)}: {err.message}") from err
         else:
             _check_target_reachable(n, d, itemsize, config.target_ratio)
+    share = sum(f.stored_bytes for f in files) / max(1, sum(f.input_bytes for f in files))
+    if share < SMALL_SHARE:
+        logger.warning("projclust-onnx: warning: the word table is %.2f%% of the model's bytes (%s x %s); compressing "
+                       "it saves little", 100 * share, n, d)
     plan = CompressionPlan(save_dir, files, skipped, max_positions_of(source_dir))
     # Room for every file the output will hold (at most the input's size: each model file shrinks,
     # companions are copied) plus the parity check's two models of the largest file, written in the stage.
@@ -266,8 +275,19 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
         raise ValueError(f"the word table {match.table.name!r} is stored as bfloat16, which the rewrite does not "
                          "write; export the model in float32 or float16 (optimum-cli export onnx --dtype fp16) and "
                          "compress that")
+    n, d = match.shape
+    if n <= d:
+        raise ValueError(f"the word table {match.table.name!r} has {n} rows of width {d}: with no more rows than "
+                         "columns, factors (n*j + k*j*d values) can only beat n*d by a few rows' worth, so there is "
+                         "nothing to gain; leave this model's embedding as it is")
     heads = match.heads(model.graph) if match.storage == "float" else []
     untied = None
+    concatenated = ", ".join(v.name for v in match.concatenated_copies(model.graph))
+    if concatenated and config.head != "keep":
+        raise SettingError("head", f"the LM head's matrix {literal(concatenated)} holds the word table's transpose "
+                           "concatenated with other rows (MobileBERT's concat(E^T, dense)), which the rewrite does not "
+                           "factorize; set {} to 'keep' to compress the lookup and keep that matrix dense (the model "
+                           "becomes untied)")
     if not heads:
         match.check_untied()
     elif config.head == "keep":
@@ -277,6 +297,7 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
             raise SettingError("head", f"{literal(others)} reads the word table itself, so it cannot be kept dense "
                                "while the table is replaced; set {} to 'factorize'")
         untied, heads = ", ".join(sorted({h.weight.name for h in kept})), []
+    untied = ", ".join(filter(None, [untied, concatenated])) or None
     check_feedable(model, config.ids_input)
     return FilePlan(path, model, match, heads, model_bytes(path), untied, _table_key(match))
 
