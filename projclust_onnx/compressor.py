@@ -173,13 +173,12 @@ class ProjClustCompressor:
                 written += file_written
                 files_report.append({
                     "file": name, "lookups": len(file.match.lookups or [file.match.lookup]),
-                    "storage_before": file.match.storage, "rank": getattr(result, "rank", None),
-                    "quantize": getattr(result, "quantize", None),
+                    "storage_before": file.match.storage, **_storage_of(result),
                     "heads": [h.describe() for h in file.heads], "untied_head": file.untied_head,
                     "table_copies": file.table_copies, "embedding_bytes_before": file.stored_bytes,
                     "embedding_bytes_after": file_written, "file_bytes_before": file.input_bytes,
                     "file_bytes_after": model_bytes(out_path), "parity_max_abs_diff": parity.max_abs_diff,
-                    "parity_min_cosine": parity.min_cosine})
+                    "parity_min_cosine": parity.min_cosine, **_largest_initializer(model)})
             paths = {p.name: p for p in self.onnx_paths}
             for name, why, _ in plan.skipped:
                 out_path = stage / self.relative(paths[name])
@@ -381,6 +380,20 @@ def rewrite_pass(result, config: ProjClustConfig, tied: bool = False):
     if hasattr(result, "reconstruct"):
         return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form)
     return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form)
+
+
+def _storage_of(result) -> dict:
+    """The rank and U storage of a factorization, or the bits of a plainly quantized table (rank None)."""
+    if hasattr(result, "reconstruct"):
+        return {"rank": result.rank, "quantize": result.quantize}
+    return {"rank": None, "quantize": f"int{getattr(result, 'bits', 8)}"}
+
+
+def _largest_initializer(model) -> dict:
+    """The largest initializer's name and bytes: what a runtime with a per-buffer limit (WebGPU) must hold in one."""
+    name, value = max(((n, v) for n, v in model.graph.initializers.items() if v.const_value is not None),
+                      key=lambda item: item[1].const_value.nbytes, default=(None, None))
+    return {"largest_initializer": name, "largest_initializer_bytes": value.const_value.nbytes if value else 0}
 
 
 def _written_bytes(model) -> int:

@@ -126,6 +126,11 @@ class CompressionReport:
             rows.append(("chosen", self.choice["reason"]))
         if self.heads:
             rows.append(("LM head", "rewritten with the same factors (still tied): " + "; ".join(self.heads)))
+        largest = max(self.files, key=lambda f: f.get("largest_initializer_bytes", 0), default=None)
+        if largest and largest.get("largest_initializer"):
+            rows.append(("largest initializer", f"{largest['largest_initializer']} "
+                                                f"({largest['largest_initializer_bytes'] / mib:.2f} MiB" +
+                         (f", in {largest['file']})" if len(self.files) > 1 else ")")))
         if len(self.files) > 1:
             for f in self.files:
                 what = f"copied unchanged ({f['copied unchanged']})" if "copied unchanged" in f else \
