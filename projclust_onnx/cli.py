@@ -74,6 +74,9 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
                              "MatMulNBits); keep leaves its copy dense and compresses the lookup only, untying the "
                              "model "
                              "(default: factorize)")
+    parser.add_argument("--max-initializer-bytes", type=int, default=None, metavar="BYTES",
+                        help="split every initializer larger than BYTES into row blocks after the rewrite, e.g. "
+                             "268435456 for WebGPU's 256 MiB buffers (default: no limit)")
     parser.add_argument("--target-ratio", type=float, default=None, metavar="R",
                         help="choose the method, k, j and bits (plain quantization, SVD, projective clustering) "
                              "with the lowest calibration-weighted error in table bytes / R; overrides "
@@ -164,7 +167,7 @@ def _config(args: argparse.Namespace):
                    compression=args.compression if args.compression is not None else 0.4)
     for name in ("layout", "device", "seed", "calibration_text", "calibration_dataset", "calibration_column",
                  "calibration_smoothing", "special_token_weight", "n_init", "ids_input", "quantize", "block_size",
-                 "lookup_form", "target_ratio", "head"):
+                 "lookup_form", "target_ratio", "head", "max_initializer_bytes"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
     return ProjClustConfig(**options)

@@ -22,6 +22,7 @@ import numpy as np
 from projclust_onnx import arguments as arg
 from projclust_onnx.chooser import weighted_error
 from projclust_onnx.config import ProjClustConfig
+from projclust_onnx.errors import SettingError
 from projclust_onnx.model_files import (
     MODEL_SUBDIR,
     copy_companions,
@@ -34,7 +35,7 @@ from projclust_onnx.model_files import (
 )
 from projclust_onnx.output_dir import MANIFEST_NAME, clean_leftovers, oserrors_name, staged_directory, temp_dir
 from projclust_onnx.parity import QUANTIZED_COSINE
-from projclust_onnx.passes import DensifyEmbeddingPass, with_cleanup
+from projclust_onnx.passes import DensifyEmbeddingPass, SplitInitializersPass, with_cleanup
 from projclust_onnx.passes.builder import PREFIX
 from projclust_onnx.plan import plan_compression
 from projclust_onnx.progress import Phases
@@ -157,6 +158,8 @@ class ProjClustCompressor:
                     model, reference, dense = file.model, load_model(file.onnx_path), dense_of(result)
                     with_cleanup(DensifyEmbeddingPass(dense, config.ids_input, heads=bool(file.heads)))(reference)
                     with_cleanup(rewrite_pass(result, config, tied=plan.tied))(model)
+                    if config.max_initializer_bytes is not None:
+                        split_initializers(model, config.max_initializer_bytes)
                 with phases("parity", f"checking the rewritten model under ONNX Runtime{where}"):
                     parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=n,
                                           dtype=file.match.dtype, seed=config.seed, workdir=stage,
@@ -380,6 +383,19 @@ def rewrite_pass(result, config: ProjClustConfig, tied: bool = False):
     if hasattr(result, "reconstruct"):
         return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form)
     return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form)
+
+
+def split_initializers(model, max_bytes: int) -> None:
+    """SplitInitializersPass with its cleanup; its refusal (a reader that cannot read blocks) as one ValueError."""
+    import onnx_ir as ir
+
+    try:
+        with_cleanup(SplitInitializersPass(max_bytes))(model)
+    except ir.passes.PassError as err:
+        cause = err
+        while cause.__cause__ is not None and isinstance(cause, ir.passes.PassError):
+            cause = cause.__cause__
+        raise SettingError("max_initializer_bytes", f"{{}}: {cause}") from None
 
 
 def _storage_of(result) -> dict:
