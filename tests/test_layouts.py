@@ -17,25 +17,15 @@ TINY = dict(compression=0.4, n_clusters=3, block_size=16, n_init=1, anneal_steps
 SENTENCES = ["the cat sat on the mat", "a dog barked at the mailman all day", "soup"]
 
 
-def tiny_tokenizer(directory: Path, minilm_path: Path, size: int) -> None:
-    """A WordPiece tokenizer over the first `size` entries of MiniLM's vocabulary (its specials included)."""
-    from transformers import BertTokenizerFast
-
-    vocab = (minilm_path / "vocab.txt").read_text().splitlines()[:size]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
-
-
 def sentence_transformers_folder(tmp: Path, minilm_path: Path) -> Path:
     """A tiny sentence-transformers model saved with backend="onnx", plus its dynamic int8 variant."""
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model, models
-    from tiny_checkpoints import VOCAB, build_checkpoint
+    from tiny_checkpoints import VOCAB, build_checkpoint, tiny_tokenizer
 
     from projclust_onnx.compressor import quiet_third_party
 
     hf = build_checkpoint("bert", tmp / "hf")
-    tiny_tokenizer(hf, minilm_path, VOCAB)
+    tiny_tokenizer(hf, minilm_path / "vocab.txt", VOCAB)
     with quiet_third_party():
         transformer = models.Transformer(str(hf))
         st = SentenceTransformer(modules=[transformer, models.Pooling(64, "mean"), models.Normalize()], device="cpu")
@@ -88,6 +78,7 @@ def test_onnx_subfolder_means_the_whole_layout(st_folder, tmp_path):
     assert compressor.relative(compressor.onnx_path) == "onnx/model.onnx"
 
 
+@pytest.mark.slow  # the layout itself runs fast above; this adds quantize_dynamic's uint8 variant
 def test_transformers_js_folder_keeps_its_layout(st_folder, tmp_path):
     """onnx/model.onnx and onnx/model_quantized.onnx (quantize_dynamic, uint8 weights), config and tokenizer on top."""
     from onnxruntime.quantization import QuantType, quantize_dynamic

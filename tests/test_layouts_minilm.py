@@ -37,7 +37,7 @@ def minilm_st(minilm_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finefoods_texts():
-    path = shared_file("data", "finefoods", "test.csv")
+    path = shared_file("finefoods", "test.csv")
     with open(path, newline="") as f:
         return [row["text"] for row in csv.DictReader(f)][:300]
 

@@ -108,3 +108,13 @@ def export_checkpoint(architecture: str, directory: Path, task: str | None = Non
         main_export(str(checkpoint), output=out, task=task or TASKS[architecture], library_name="transformers",
                     do_validation=False)
     return out
+
+
+def tiny_tokenizer(directory: Path, vocab_file: Path, size: int = VOCAB) -> None:
+    """A WordPiece tokenizer over the first `size` entries of a BERT vocabulary (MiniLM's: specials first)."""
+    from transformers import BertTokenizerFast
+
+    vocab = Path(vocab_file).read_text().splitlines()[:size]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
