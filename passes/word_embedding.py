@@ -159,23 +159,16 @@ class EmbeddingMatch:
     def transposed_copies(self, graph: ir.Graph) -> list[tuple[ir.Value, list[ir.Node]]]:
         """Other initializers holding this table's transpose, with their readers: a tied LM head that an
         exporter stored as its own copy (Optimum without accelerate). Compared by content, cheapest first."""
-        if self.storage != "float":
-            return []
-        table = self.table.const_value.numpy()
-        n, d = table.shape
-        found = []
-        for value in graph.initializers.values():
-            tensor = value.const_value
-            if value is self.table or tensor is None or tuple(tensor.shape) != (d, n) or tensor.dtype != self.dtype:
-                continue
-            copy = tensor.numpy()
-            if np.array_equal(copy[:, :8], table[:8].T) and np.array_equal(copy, table.T):
-                found.append((value, [node for node, _ in value.uses()]))
-        return found
+        return [(value, [node for node, _ in value.uses()]) for value in self._transpose_holders(graph, False)]
 
     def concatenated_copies(self, graph: ir.Graph) -> list[ir.Value]:
         """Initializers holding this table's transpose as a block of their rows beside other rows: MobileBERT's
         head multiplies by concat(E^T, dense), which an exporter folds into one (m, n) matrix, m > d."""
+        return self._transpose_holders(graph, True)
+
+    def _transpose_holders(self, graph: ir.Graph, block: bool) -> list[ir.Value]:
+        """Initializers of the table's type holding its transpose: exactly (d, n), or (`block`) as the first or
+        last d of their m > d rows."""
         if self.storage != "float":
             return []
         table = self.table.const_value.numpy()
@@ -183,11 +176,13 @@ class EmbeddingMatch:
         found = []
         for value in graph.initializers.values():
             tensor = value.const_value
-            if value is self.table or tensor is None or len(tensor.shape) != 2 or tensor.shape[1] != n or \
-                    tensor.shape[0] <= d or tensor.dtype != self.dtype:
+            if value is self.table or tensor is None or tensor.dtype != self.dtype or len(tensor.shape) != 2 or \
+                    tensor.shape[1] != n or not (tensor.shape[0] > d if block else tensor.shape[0] == d):
                 continue
             rows = tensor.numpy()
-            if any(np.array_equal(rows[start:start + d], table.T) for start in (0, rows.shape[0] - d)):
+            starts = (0, rows.shape[0] - d) if block else (0,)
+            if any(np.array_equal(rows[s:s + d, :8], table[:8].T) and np.array_equal(rows[s:s + d], table.T)
+                   for s in starts):
                 found.append(value)
         return found
 
