@@ -240,7 +240,12 @@ def run_inspect(args: argparse.Namespace) -> int:
         rows.append(("tied LM head", tied))
         found.append(match)
         held_copies += 1
-    for match in found[:1]:  # the byte arithmetic, once: files of one export share the table's shape
+    by_storage = {}  # the byte arithmetic once per way the table is stored: an int8 variant gets its own
+    for match in found:
+        by_storage.setdefault(match.storage, match)
+    for match in by_storage.values():
+        if len(by_storage) > 1:
+            rows.append(("table stored", f"{match.storage}:"))
         n, d = match.shape
         itemsize = match.dtype.numpy().itemsize
         table_bytes = n * d * itemsize
@@ -279,7 +284,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             ("embedding parameters",
              f"{n * d:,} -> {n * j + k * j * d:,} ({1 - (n * j + k * j * d) / (n * d):.1%} fewer)"),
         ]
-        if held_copies > 1:
+        if held_copies > 1 and len(by_storage) == 1:
             files = len(found)
             rows.append(("table copies", f"{held_copies} in {files} file(s) (lookups, heads' transposed copies): "
                                          f"{held_copies * table_bytes:,} -> {files * (total + extra):,} bytes"))
