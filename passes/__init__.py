@@ -10,6 +10,7 @@ from projclust_onnx.passes.factorize_embedding import DEFAULT_LAYOUT, LAYOUTS, F
 from projclust_onnx.passes.factorize_head import FactorizeHeadPass
 from projclust_onnx.passes.pipeline import factorize_embedding_pipeline, with_cleanup
 from projclust_onnx.passes.quantize_embedding import QuantizeEmbeddingPass
+from projclust_onnx.passes.split_initializers import SplitInitializersPass
 from projclust_onnx.passes.word_embedding import (
     EmbeddingMatch,
     EmbeddingSearch,
@@ -25,6 +26,7 @@ __all__ = [
     "LOOKUP_FORMS",
     "DensifyEmbeddingPass",
     "QuantizeEmbeddingPass",
+    "SplitInitializersPass",
     "with_cleanup",
     "EmbeddingMatch",
     "EmbeddingSearch",

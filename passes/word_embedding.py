@@ -37,7 +37,9 @@ __all__ = ["EmbeddingMatch", "EmbeddingSearch", "Head", "head_copies", "search_w
            "find_word_embedding"]
 
 # Ops that change only the shape or integer type of the ids on their way to the Gather.
-_ID_PASSTHROUGH = frozenset({"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+# Ops that move or select token ids without computing new ones (XLM slices input_ids before its lookup).
+_ID_PASSTHROUGH = frozenset({"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Transpose",
+                             "Expand"})
 _FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 _INT_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT32,
                         ir.DataType.INT32, ir.DataType.INT64})
@@ -157,6 +159,16 @@ class EmbeddingMatch:
     def transposed_copies(self, graph: ir.Graph) -> list[tuple[ir.Value, list[ir.Node]]]:
         """Other initializers holding this table's transpose, with their readers: a tied LM head that an
         exporter stored as its own copy (Optimum without accelerate). Compared by content, cheapest first."""
+        return [(value, [node for node, _ in value.uses()]) for value in self._transpose_holders(graph, False)]
+
+    def concatenated_copies(self, graph: ir.Graph) -> list[ir.Value]:
+        """Initializers holding this table's transpose as a block of their rows beside other rows: MobileBERT's
+        head multiplies by concat(E^T, dense), which an exporter folds into one (m, n) matrix, m > d."""
+        return self._transpose_holders(graph, True)
+
+    def _transpose_holders(self, graph: ir.Graph, block: bool) -> list[ir.Value]:
+        """Initializers of the table's type holding its transpose: exactly (d, n), or (`block`) as the first or
+        last d of their m > d rows."""
         if self.storage != "float":
             return []
         table = self.table.const_value.numpy()
@@ -164,11 +176,14 @@ class EmbeddingMatch:
         found = []
         for value in graph.initializers.values():
             tensor = value.const_value
-            if value is self.table or tensor is None or tuple(tensor.shape) != (d, n) or tensor.dtype != self.dtype:
+            if value is self.table or tensor is None or tensor.dtype != self.dtype or len(tensor.shape) != 2 or \
+                    tensor.shape[1] != n or not (tensor.shape[0] > d if block else tensor.shape[0] == d):
                 continue
-            copy = tensor.numpy()
-            if np.array_equal(copy[:, :8], table[:8].T) and np.array_equal(copy, table.T):
-                found.append((value, [node for node, _ in value.uses()]))
+            rows = tensor.numpy()
+            starts = (0, rows.shape[0] - d) if block else (0,)
+            if any(np.array_equal(rows[s:s + d, :8], table[:8].T) and np.array_equal(rows[s:s + d], table.T)
+                   for s in starts):
+                found.append(value)
         return found
 
     def heads(self, graph: ir.Graph) -> list[Head]:

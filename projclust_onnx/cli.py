@@ -74,6 +74,9 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
                              "MatMulNBits); keep leaves its copy dense and compresses the lookup only, untying the "
                              "model "
                              "(default: factorize)")
+    parser.add_argument("--max-initializer-bytes", type=int, default=None, metavar="BYTES",
+                        help="split every initializer larger than BYTES into row blocks after the rewrite, e.g. "
+                             "268435456 for WebGPU's 256 MiB buffers (default: no limit)")
     parser.add_argument("--target-ratio", type=float, default=None, metavar="R",
                         help="choose the method, k, j and bits (plain quantization, SVD, projective clustering) "
                              "with the lowest calibration-weighted error in table bytes / R; overrides "
@@ -164,7 +167,7 @@ def _config(args: argparse.Namespace):
                    compression=args.compression if args.compression is not None else 0.4)
     for name in ("layout", "device", "seed", "calibration_text", "calibration_dataset", "calibration_column",
                  "calibration_smoothing", "special_token_weight", "n_init", "ids_input", "quantize", "block_size",
-                 "lookup_form", "target_ratio", "head"):
+                 "lookup_form", "target_ratio", "head", "max_initializer_bytes"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
     return ProjClustConfig(**options)
@@ -237,7 +240,12 @@ def run_inspect(args: argparse.Namespace) -> int:
         rows.append(("tied LM head", tied))
         found.append(match)
         held_copies += 1
-    for match in found[:1]:  # the byte arithmetic, once: files of one export share the table's shape
+    by_storage = {}  # the byte arithmetic once per way the table is stored: an int8 variant gets its own
+    for match in found:
+        by_storage.setdefault(match.storage, match)
+    for match in by_storage.values():
+        if len(by_storage) > 1:
+            rows.append(("table stored", f"{match.storage}:"))
         n, d = match.shape
         itemsize = match.dtype.numpy().itemsize
         table_bytes = n * d * itemsize
@@ -276,7 +284,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             ("embedding parameters",
              f"{n * d:,} -> {n * j + k * j * d:,} ({1 - (n * j + k * j * d) / (n * d):.1%} fewer)"),
         ]
-        if held_copies > 1:
+        if held_copies > 1 and len(by_storage) == 1:
             files = len(found)
             rows.append(("table copies", f"{held_copies} in {files} file(s) (lookups, heads' transposed copies): "
                                          f"{held_copies * table_bytes:,} -> {files * (total + extra):,} bytes"))

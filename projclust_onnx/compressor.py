@@ -22,16 +22,20 @@ import numpy as np
 from projclust_onnx import arguments as arg
 from projclust_onnx.chooser import weighted_error
 from projclust_onnx.config import ProjClustConfig
+from projclust_onnx.errors import SettingError
 from projclust_onnx.model_files import (
+    MODEL_SUBDIR,
     copy_companions,
     copy_model_file,
+    layout_root,
     load_model,
     model_bytes,
     resolve_onnx_files,
     save_model,
 )
 from projclust_onnx.output_dir import MANIFEST_NAME, clean_leftovers, oserrors_name, staged_directory, temp_dir
-from projclust_onnx.passes import DensifyEmbeddingPass, with_cleanup
+from projclust_onnx.parity import QUANTIZED_COSINE
+from projclust_onnx.passes import DensifyEmbeddingPass, SplitInitializersPass, with_cleanup
 from projclust_onnx.passes.builder import PREFIX
 from projclust_onnx.plan import plan_compression
 from projclust_onnx.progress import Phases
@@ -47,10 +51,11 @@ class ProjClustCompressor:
     """Compresses the word embedding of an ONNX export (every file that reads it); build it with from_pretrained."""
 
     def __init__(self, onnx_path: Path | list[Path], source: str,
-                 export_dir: tempfile.TemporaryDirectory | None = None) -> None:
+                 export_dir: tempfile.TemporaryDirectory | None = None, root: Path | None = None) -> None:
         self.onnx_paths = [Path(p) for p in onnx_path] if isinstance(onnx_path, (list, tuple)) else [Path(onnx_path)]
         self.source = source
         self._export_dir = export_dir  # keeps an exported model alive as long as the compressor
+        self._root = Path(root) if root is not None else None  # a layout folder (model files in its onnx/)
 
     @property
     def onnx_path(self) -> Path:
@@ -68,6 +73,9 @@ class ProjClustCompressor:
         task = arg.choice("task", task, TASKS)  # checked for an ONNX model too, where it goes unused
         verbose = arg.flag("verbose", verbose, optional=True)
         path = Path(model_name_or_path).expanduser()
+        root = layout_root(path)
+        if root is not None:  # sentence-transformers or transformers.js: every file of onnx/, the layout kept
+            return cls(resolve_onnx_files(root / MODEL_SUBDIR, file_name), str(model_name_or_path), root=root)
         if path.is_file() or (path.is_dir() and any(path.glob("*.onnx"))):
             return cls(resolve_onnx_files(path, file_name), str(model_name_or_path))
         if path.is_dir() and not (path / "config.json").is_file():
@@ -83,7 +91,12 @@ class ProjClustCompressor:
 
     @property
     def source_dir(self) -> Path:
-        return self.onnx_path.parent
+        """The model directory the output repeats: the model files' folder, or the top of a layout folder."""
+        return self._root or self.onnx_path.parent
+
+    def relative(self, path: Path) -> str:
+        """Where a model file goes in the output, relative to its top ('onnx/model.onnx' in a layout folder)."""
+        return Path(path).relative_to(self.source_dir).as_posix()
 
     def compress(self, save_dir: str | Path, config: ProjClustConfig | None = None, overwrite: bool = False,
                  verbose: bool | None = None, factorization=None) -> CompressionReport:
@@ -105,10 +118,11 @@ class ProjClustCompressor:
         verbose = arg.flag("verbose", verbose, optional=True)
         clean_leftovers(Path(save_dir))  # first, whatever is refused later: dead runs' stages and exports
         phases = Phases(verbose)
-        names = ", ".join(p.name for p in self.onnx_paths)
+        names = ", ".join(self.relative(p) for p in self.onnx_paths)
         with phases("load", f"reading and checking {self.source_dir / names if len(self.onnx_paths) == 1 else names}"):
             plan = plan_compression(self.onnx_paths, self.source_dir, Path(save_dir), config, overwrite=overwrite,
                                     factorization=factorization)
+            measure_quantized_steps(plan, config)
         n, d = plan.shape
         n_tokens = n_special = 0
         choice = None
@@ -122,6 +136,7 @@ class ProjClustCompressor:
                 with phases("weights", "weighting rows (tokenizer, calibration text)"):
                     weights, metric, n_tokens, n_special = self._weights(config, n, phases.verbose)
                 for key, table32 in tables.items():
+                    group = plan.groups()[key][0]
                     if config.target_ratio is not None:
                         with phases("clustering", f"choosing the storage of {n} x {d} rows within 1/"
                                                   f"{config.target_ratio:g} of its bytes"):
@@ -129,40 +144,51 @@ class ProjClustCompressor:
                         results[key] = choice.result
                     else:
                         with phases("clustering", f"clustering {n} x {d} rows: {config.method}, "
-                                                  f"k={config.n_clusters}, j={plan.rank}, U {plan.quantize}"):
-                            results[key] = fit_factorization(table32, config, plan.rank, weights, phases.verbose,
-                                                             dtype=plan.match.dtype.numpy(), quantize=plan.quantize,
+                                                  f"k={config.n_clusters}, j={group.rank}, U {group.quantize}"
+                                                  f"{self._where(plan, group)}"):
+                            results[key] = fit_factorization(table32, config, group.rank, weights, phases.verbose,
+                                                             dtype=group.match.dtype.numpy(), quantize=group.quantize,
                                                              tied=plan.tied)
 
             parities, written, files_report = [], 0, []
             for file in plan.files:
                 result = results[file.table_key]
-                where = f" ({file.onnx_path.name})" if len(plan.files) > 1 else ""
+                where, name = self._where(plan, file), self.relative(file.onnx_path)
                 with phases("rewrite", f"rewriting the graph{where}"):
                     model, reference, dense = file.model, load_model(file.onnx_path), dense_of(result)
                     with_cleanup(DensifyEmbeddingPass(dense, config.ids_input, heads=bool(file.heads)))(reference)
                     with_cleanup(rewrite_pass(result, config, tied=plan.tied))(model)
+                    if config.max_initializer_bytes is not None:
+                        split_initializers(model, config.max_initializer_bytes)
                 with phases("parity", f"checking the rewritten model under ONNX Runtime{where}"):
                     parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=n,
-                                          dtype=file.match.dtype, seed=config.seed, workdir=stage)
+                                          dtype=file.match.dtype, seed=config.seed, workdir=stage,
+                                          max_positions=plan.max_positions,
+                                          cosine_bound=file.cosine_bound or QUANTIZED_COSINE)
                     parities.append(parity)
                     del reference
-                with phases("save", f"writing {plan.save_dir / file.onnx_path.name}", announce=file is plan.first):
-                    out_path = stage / file.onnx_path.name
+                with phases("save", f"writing {plan.save_dir / name}", announce=file is plan.first):
+                    out_path = stage / name
+                    out_path.parent.mkdir(parents=True, exist_ok=True)
                     save_model(model, out_path)
                     _check_saved(out_path)
                 file_written = _written_bytes(model)
                 written += file_written
                 files_report.append({
-                    "file": file.onnx_path.name, "lookups": len(file.match.lookups or [file.match.lookup]),
+                    "file": name, "lookups": len(file.match.lookups or [file.match.lookup]),
+                    "storage_before": file.match.storage, **_storage_of(result),
                     "heads": [h.describe() for h in file.heads], "untied_head": file.untied_head,
                     "table_copies": file.table_copies, "embedding_bytes_before": file.stored_bytes,
                     "embedding_bytes_after": file_written, "file_bytes_before": file.input_bytes,
-                    "file_bytes_after": model_bytes(out_path), "parity_max_abs_diff": parity.max_abs_diff})
+                    "file_bytes_after": model_bytes(out_path), "parity_max_abs_diff": parity.max_abs_diff,
+                    "parity_min_cosine": parity.min_cosine, **_largest_initializer(model)})
+            paths = {p.name: p for p in self.onnx_paths}
             for name, why, _ in plan.skipped:
-                copy_model_file(self.source_dir / name, stage)
-                files_report.append({"file": name, "copied unchanged": why,
-                                     "file_bytes_after": model_bytes(stage / name)})
+                out_path = stage / self.relative(paths[name])
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                copy_model_file(paths[name], out_path.parent)
+                files_report.append({"file": self.relative(paths[name]), "copied unchanged": why,
+                                     "file_bytes_after": model_bytes(out_path)})
 
             first = results[plan.first.table_key]
             table32 = tables[plan.first.table_key]
@@ -173,18 +199,26 @@ class ProjClustCompressor:
                 report.relative_error_reason = "the table is all zeros: ||E||^2 = 0 leaves the ratio undefined"
             if config.rank is None and config.target_ratio is None and factorization is None:
                 report.compression_asked = config.compression
-                report.compression_realised = 1 - written / len(plan.files) / plan.first.match.stored_bytes
+                # Per file, of that file's stored table: an int8 variant counts against its own int8 bytes.
+                report.compression_realised = 1 - float(np.mean([f["embedding_bytes_after"] / p.match.stored_bytes
+                                                                 for f, p in zip(files_report, plan.files)]))
                 if report.undersize_notice():
                     logger.warning("projclust-onnx: notice: %s", report.undersize_notice())
             report.files = files_report
             saved_config = config if config.target_ratio is not None else \
-                dataclasses.replace(config, quantize=plan.quantize)
+                dataclasses.replace(config, quantize=plan.quantize if len({f.quantize for f in plan.files}) == 1
+                                    else config.quantize)
             with phases("save", f"writing {plan.save_dir}", announce=False):  # announced with the first file
-                copy_companions(self.source_dir, stage, skip={REPORT_NAME, MANIFEST_NAME})
+                copy_companions(self.source_dir, stage, skip={REPORT_NAME, MANIFEST_NAME},
+                                model_dirs=(MODEL_SUBDIR,) if self._root else ())
                 saved_config.save_pretrained(stage)
                 report.file_bytes_after = sum(model_bytes(stage / f["file"]) for f in files_report)
             report.save(stage)
         return report
+
+    def _where(self, plan, file) -> str:
+        """' (file name)' in phase messages when there are several files."""
+        return f" ({self.relative(file.onnx_path)})" if len(plan.files) > 1 else ""
 
     def _weights(self, config: ProjClustConfig, n: int, progress: bool = False):
         """(sample weights for the fit, calibration weights for the chooser's score, tokens, special tokens);
@@ -226,7 +260,7 @@ class ProjClustCompressor:
         else:
             method, k, rank, ids, params = "quantize", None, None, 0, n * d
             quantize, block = f"int{getattr(result, 'bits', 8)}", getattr(result, "block_size", None)
-        heads = [f"{f.onnx_path.name}: {h.describe()}" if len(plan.files) > 1 else h.describe()
+        heads = [f"{self.relative(f.onnx_path)}: {h.describe()}" if len(plan.files) > 1 else h.describe()
                  for f in plan.files for h in f.heads]
         return CompressionReport(
             source=self.source, output=str(plan.save_dir), method=method, n_clusters=k, rank=rank,
@@ -284,6 +318,53 @@ def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sam
     return factorization
 
 
+def measure_quantized_steps(plan, config: ProjClustConfig) -> None:
+    """For each file that quantizes its activations, the numeric check's cheap part before the fit: how far
+    its outputs step under rounding-sized noise and under a rewrite with cheap factors (one SVD, rows dealt
+    to the clusters in turn), which sets the file's cosine bound; ParityError (naming the file) when the
+    steps leave no usable bound, or the cheap rewrite fails the exact check before the quantized nodes."""
+    import onnx_ir as ir
+
+    from projclust_onnx.parity import check_parity, quantized_activations, reference_step, step_bound
+
+    for file in plan.files:
+        if not quantized_activations(file.model):
+            continue
+        table = file.match.dense().astype(np.float32)
+        kwargs = dict(ids_input=config.ids_input, seed=config.seed, max_positions=plan.max_positions)
+        try:
+            noise = reference_step(file.model, table, heads=bool(file.heads), **kwargs)
+            cheap = cheap_factorization(table, config, file, tied=plan.tied)
+            model, reference = (ir.from_proto(ir.to_proto(file.model)) for _ in range(2))
+            with_cleanup(DensifyEmbeddingPass(dense_of(cheap), config.ids_input, heads=bool(file.heads)))(reference)
+            with_cleanup(rewrite_pass(cheap, config, tied=plan.tied))(model)
+            fit = check_parity(model, reference, n_rows=len(table), dtype=file.match.dtype, cosine_bound=-1.0,
+                               **kwargs)
+            file.cosine_bound = step_bound(noise, 1.0 - fit.min_cosine)
+        except ValueError as err:
+            raise type(err)(f"{file.onnx_path.name}: {err}" if len(plan.files) > 1 else str(err)) from None
+
+
+def cheap_factorization(table: np.ndarray, config: ProjClustConfig, file, tied: bool = False):
+    """Factors of the planned shape and storage without clustering: the table's top right singular vectors
+    as every branch, rows dealt to the k clusters in turn."""
+    from projclust_onnx.budget import BITS
+    from projclust_onnx.factorization import EmbeddingFactorization
+
+    n, d = table.shape
+    quantized = file.quantize != "none"
+    rank = file.rank or (config.block_size if quantized else max(1, d // 2))
+    basis = np.linalg.svd(table, full_matrices=False)[2][:rank].T  # (d, j)
+    dtype = file.match.dtype.numpy()
+    k = min(config.n_clusters, n)
+    result = EmbeddingFactorization(labels=np.arange(n) % k, U=(table @ basis).astype(dtype),
+                                    V=np.repeat(basis.T[None], k, axis=0).astype(dtype))
+    if quantized:
+        result = result.quantized(BITS[file.quantize], config.block_size, table,
+                                  compute_dtype=dtype if tied else None)
+    return result
+
+
 def dense_of(result) -> np.ndarray:
     """The dense table a factorization or a quantized table stands for."""
     return result.reconstruct() if hasattr(result, "reconstruct") else result.dequantize()
@@ -302,6 +383,33 @@ def rewrite_pass(result, config: ProjClustConfig, tied: bool = False):
     if hasattr(result, "reconstruct"):
         return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form)
     return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form)
+
+
+def split_initializers(model, max_bytes: int) -> None:
+    """SplitInitializersPass with its cleanup; its refusal (a reader that cannot read blocks) as one ValueError."""
+    import onnx_ir as ir
+
+    try:
+        with_cleanup(SplitInitializersPass(max_bytes))(model)
+    except ir.passes.PassError as err:
+        cause = err
+        while cause.__cause__ is not None and isinstance(cause, ir.passes.PassError):
+            cause = cause.__cause__
+        raise SettingError("max_initializer_bytes", f"{{}}: {cause}") from None
+
+
+def _storage_of(result) -> dict:
+    """The rank and U storage of a factorization, or the bits of a plainly quantized table (rank None)."""
+    if hasattr(result, "reconstruct"):
+        return {"rank": result.rank, "quantize": result.quantize}
+    return {"rank": None, "quantize": f"int{getattr(result, 'bits', 8)}"}
+
+
+def _largest_initializer(model) -> dict:
+    """The largest initializer's name and bytes: what a runtime with a per-buffer limit (WebGPU) must hold in one."""
+    name, value = max(((n, v) for n, v in model.graph.initializers.items() if v.const_value is not None),
+                      key=lambda item: item[1].const_value.nbytes, default=(None, None))
+    return {"largest_initializer": name, "largest_initializer_bytes": value.const_value.nbytes if value else 0}
 
 
 def _written_bytes(model) -> int:

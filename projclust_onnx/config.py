@@ -52,6 +52,9 @@ class ProjClustConfig:
             model stays tied and the head costs n*j + k*j*d multiply-adds per position instead of
             n*d; quantized U is read by MatMulNBits, and target_ratio is refused. "keep" leaves it
             dense and compresses the lookup only: the model is then untied, and the report says so.
+        max_initializer_bytes: split every initializer larger than this into row blocks (or column
+            blocks of a MatMul weight) after the rewrite: WebGPU holds at most 256 MiB (268435456) in
+            one buffer. None (default): no limit.
         layout: runtime subgraph, "grouped" or "onehot" (see passes.factorize_embedding).
         init, n_init, anneal_steps, max_iter, tol, z: ProjectiveClustering settings.
         seed: random_state of the clustering and of the parity check's inputs.
@@ -76,6 +79,7 @@ class ProjClustConfig:
     lookup_form: str = "contrib"
     target_ratio: float | None = None
     head: str = "factorize"
+    max_initializer_bytes: int | None = None
     layout: str = "grouped"
     init: str = "kmeans"
     n_init: int = 10
@@ -135,6 +139,8 @@ class ProjClustConfig:
         if self.head is None:  # configs saved before the head pass existed
             self.head = "factorize"
         self.head = arg.choice("head", self.head, HEAD_CHOICES)
+        if self.max_initializer_bytes is not None:
+            self.max_initializer_bytes = arg.whole("max_initializer_bytes", self.max_initializer_bytes, 1024)
         self.init = arg.choice("init", self.init, INIT_METHODS)
         self.n_init = arg.whole("n_init", self.n_init, 1)
         self.anneal_steps = arg.whole("anneal_steps", self.anneal_steps, 0)

@@ -58,6 +58,24 @@ def resolve_onnx_files(path: Path, file_name: str | None = None) -> list[Path]:
     return found
 
 
+# Where sentence-transformers (backend="onnx") and transformers.js keep their ONNX files: config,
+# tokenizer and modules.json stay at the top, the model files (float and quantized variants) go here.
+MODEL_SUBDIR = "onnx"
+
+
+def layout_root(path: Path) -> Path | None:
+    """The top of a sentence-transformers or transformers.js folder given as `path` (that folder or its
+    `onnx/` subfolder), or None when `path` is not one: the output repeats the whole layout."""
+    if not path.is_dir():
+        return None
+    if not onnx_files(path) and (path / MODEL_SUBDIR).is_dir() and onnx_files(path / MODEL_SUBDIR):
+        return path
+    companions = ("config.json", "modules.json", "tokenizer.json", "tokenizer_config.json")
+    if path.name == MODEL_SUBDIR and onnx_files(path) and any((path.parent / c).is_file() for c in companions):
+        return path.parent
+    return None
+
+
 def copy_model_file(path: Path, dest_dir: Path) -> None:
     """Copy a model file the rewrite leaves alone, with the external-data files it refers to."""
     import onnx
@@ -142,13 +160,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def copy_companions(source_dir: Path, dest_dir: Path, skip: set[str]) -> list[str]:
-    """Copy config, tokenizer and other non-model files so the output is a complete model directory."""
+def copy_companions(source_dir: Path, dest_dir: Path, skip: set[str], model_dirs: tuple[str, ...] = ()) -> list[str]:
+    """Copy config, tokenizer and other non-model files so the output is a complete model directory;
+    in `model_dirs` (the `onnx/` of a layout folder) only the files that are not models, one level deep."""
     copied = []
     for item in sorted(source_dir.iterdir()):
         if item.name in skip or item.suffix == ".onnx" or item.name.endswith(".onnx_data") or item.name.startswith("."):
             continue
-        if item.is_file():
+        if item.is_dir() and item.name in model_dirs:
+            (dest_dir / item.name).mkdir(exist_ok=True)
+            copied += [f"{item.name}/{name}" for name in copy_companions(item, dest_dir / item.name, skip)]
+        elif item.is_file():
             shutil.copy2(item, dest_dir / item.name)
             copied.append(item.name)
         elif item.is_dir():

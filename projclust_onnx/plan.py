@@ -13,6 +13,7 @@ tables hold the same values share one fit.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,11 @@ from projclust_onnx.config import ProjClustConfig
 from projclust_onnx.errors import SettingError, literal
 from projclust_onnx.model_files import load_model, model_bytes
 from projclust_onnx.output_dir import check_output_dir, check_room
+from projclust_onnx.parity import max_positions_of
+
+logger = logging.getLogger(__name__)
+# Below this share of the files' bytes, the word table is too small a part of the model to be worth much.
+SMALL_SHARE = 0.01
 
 
 @dataclass
@@ -38,6 +44,9 @@ class FilePlan:
     input_bytes: int = 0
     untied_head: str | None = None  # the dense head's copy of the table, left as it was (head="keep")
     table_key: str = ""  # files with the same key share one fit
+    rank: int | None = None  # this file's rank and U storage: each file is compressed within its own bytes
+    quantize: str = "none"
+    cosine_bound: float | None = None  # outputs after quantized activations: the bound measured before the fit
 
     @property
     def stored_bytes(self) -> int:
@@ -59,9 +68,18 @@ class CompressionPlan:
 
     save_dir: Path
     files: list[FilePlan]
-    rank: int | None  # None when the chooser picks it (target_ratio)
-    quantize: str  # how U is stored: the config's choice, else as the input table was stored
     skipped: list[tuple[str, str, int]] = field(default_factory=list)  # (file, why, bytes): copied as they are
+    max_positions: int | None = None  # the model's position limit: the parity check's sequences stay within it
+
+    # The rank (None when the chooser picks it: target_ratio) and how U is stored (the config's choice, else
+    # as the input table was stored) are per file: an int8 variant beside a float model keeps int8 bytes.
+    @property
+    def rank(self) -> int | None:
+        return self.first.rank
+
+    @property
+    def quantize(self) -> str:
+        return self.first.quantize
 
     # The first file stands for the table in the report and the fit's settings.
     @property
@@ -147,7 +165,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     if not files:
         raise ValueError("no file holds a word-embedding lookup of the token ids: " +
                          "; ".join(f"{name}: {why}" for name, why, _ in skipped))
-    shapes = {(f.match.shape, f.match.dtype) for f in files}
+    shapes = {f.match.shape for f in files}
     if len(shapes) > 1:
         raise ValueError(f"the files hold word tables of different shapes or types {sorted(map(str, shapes))}; "
                          "compress them one at a time (file_name=..., --file-name)")
@@ -155,7 +173,6 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     n, d = first.match.shape
     if config.n_clusters > n:
         raise SettingError("n_clusters", f"{{}}={config.n_clusters} must be <= the table's {n} rows")
-    quantize = config.quantize or {None: "none", 8: "int8", 4: "int4"}[first.match.bits]
     tied = any(f.heads for f in files)
     if tied and config.target_ratio is not None:
         head = next(h for f in files for h in f.heads)
@@ -163,20 +180,29 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                            f"({literal(head.describe())}): the chooser's plain quantization of the table cannot "
                            "rewrite the head. Give {compression} (and {quantize}) instead, or set {} to 'keep' to "
                            "keep the head dense (the model becomes untied)")
-    itemsize = first.match.dtype.numpy().itemsize
-    extra = index_map_bytes(n) if tied else 0
-    if config.target_ratio is not None:
-        rank = None
-    elif factorization is None:
-        rank = config.rank_for(n, d, itemsize, quantize, first.match.stored_bytes, extra_bytes=extra)
-    elif (factorization.n_rows, factorization.dim) != (n, d):
+    if factorization is not None and (factorization.n_rows, factorization.dim) != (n, d):
         raise ValueError(f"the factorization is {factorization.n_rows} x {factorization.dim} but the table "
                          f"is {n} x {d}")
-    else:
-        rank = factorization.rank
-    if config.target_ratio is not None:
-        _check_target_reachable(n, d, itemsize, config.target_ratio)
-    plan = CompressionPlan(save_dir, files, rank, quantize, skipped)
+    extra = index_map_bytes(n) if tied else 0
+    for f in files:
+        f.quantize = config.quantize or {None: "none", 8: "int8", 4: "int4"}[f.match.bits]
+        itemsize = f.match.dtype.numpy().itemsize
+        if factorization is not None:
+            f.rank = factorization.rank
+        elif config.target_ratio is None:
+            try:
+                f.rank = config.rank_for(n, d, itemsize, f.quantize, f.match.stored_bytes, extra_bytes=extra)
+            except SettingError as err:
+                if len(files) == 1:
+                    raise
+                raise SettingError(err.param, f"{literal(f.onnx_path.name)}: {err.message}") from err
+        else:
+            _check_target_reachable(n, d, itemsize, config.target_ratio)
+    share = sum(f.stored_bytes for f in files) / max(1, sum(f.input_bytes for f in files))
+    if share < SMALL_SHARE:
+        logger.warning("projclust-onnx: warning: the word table is %.2f%% of the model's bytes (%s x %s); compressing "
+                       "it saves little", 100 * share, n, d)
+    plan = CompressionPlan(save_dir, files, skipped, max_positions_of(source_dir))
     # Room for every file the output will hold (at most the input's size: each model file shrinks,
     # companions are copied) plus the parity check's two models of the largest file, written in the stage.
     check_room(save_dir.parent, _directory_bytes(source_dir, paths) + 2 * max(f.input_bytes for f in files))
@@ -252,8 +278,19 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
         raise ValueError(f"the word table {match.table.name!r} is stored as bfloat16, which the rewrite does not "
                          "write; export the model in float32 or float16 (optimum-cli export onnx --dtype fp16) and "
                          "compress that")
+    n, d = match.shape
+    if n <= d:
+        raise ValueError(f"the word table {match.table.name!r} has {n} rows of width {d}: with no more rows than "
+                         "columns, factors (n*j + k*j*d values) can only beat n*d by a few rows' worth, so there is "
+                         "nothing to gain; leave this model's embedding as it is")
     heads = match.heads(model.graph) if match.storage == "float" else []
     untied = None
+    concatenated = ", ".join(v.name for v in match.concatenated_copies(model.graph))
+    if concatenated and config.head != "keep":
+        raise SettingError("head", f"the LM head's matrix {literal(concatenated)} holds the word table's transpose "
+                           "concatenated with other rows (MobileBERT's concat(E^T, dense)), which the rewrite does not "
+                           "factorize; set {} to 'keep' to compress the lookup and keep that matrix dense (the model "
+                           "becomes untied)")
     if not heads:
         match.check_untied()
     elif config.head == "keep":
@@ -263,6 +300,7 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
             raise SettingError("head", f"{literal(others)} reads the word table itself, so it cannot be kept dense "
                                "while the table is replaced; set {} to 'factorize'")
         untied, heads = ", ".join(sorted({h.weight.name for h in kept})), []
+    untied = ", ".join(filter(None, [untied, concatenated])) or None
     check_feedable(model, config.ids_input)
     return FilePlan(path, model, match, heads, model_bytes(path), untied, _table_key(match))
 
@@ -277,4 +315,4 @@ def _table_key(match) -> str:
         raise ValueError(f"the word table {match.table.name!r} holds {int(bad.sum())} NaN or infinite values (rows "
                          f"{', '.join(map(str, rows[:3]))}{', ...' if len(rows) > 3 else ''}); the model is damaged: "
                          "re-export it, or repair those rows first")
-    return hashlib.sha256(table.view(np.uint8)).hexdigest() + str(table.shape) + table.dtype.str
+    return hashlib.sha256(table.view(np.uint8)).hexdigest() + str(table.shape) + table.dtype.str + match.storage

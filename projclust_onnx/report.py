@@ -105,9 +105,12 @@ class CompressionReport:
             ("method", method),
             ("embedding table",
              f"{self.table} ({self.n_rows} x {self.dim}, {self.dtype}, stored {self.storage_before})"),
-            ("embedding bytes", f"{self.embedding_bytes_before:,} -> {self.embedding_bytes_after:,} "
-                                f"({self.embedding_ratio:.2f}x smaller than the {self.dtype} table" +
-                                (f"'s {self.table_copies} copies)" if self.table_copies > 1 else ")")),
+            ("embedding bytes", f"{self.embedding_bytes_before:,} -> {self.embedding_bytes_after:,} " + (
+                f"({self.embedding_bytes_before / self.embedding_bytes_after:.2f}x smaller than stored; the files "
+                "store the table differently, each is compressed within its own bytes: see below)"
+                if self.mixed_storage else
+                f"({self.embedding_ratio:.2f}x smaller than the {self.dtype} table" +
+                (f"'s {self.table_copies} copies)" if self.table_copies > 1 else ")"))),
             *([("compression", f"asked {self.compression_asked:.0%}, realised {self.compression_realised:.0%} of the "
                                "stored table's bytes")] if self.compression_asked is not None else []),
             ("embedding parameters", f"{self.embedding_params_before:,} -> {self.embedding_params_after:,} "
@@ -123,17 +126,30 @@ class CompressionReport:
             rows.append(("chosen", self.choice["reason"]))
         if self.heads:
             rows.append(("LM head", "rewritten with the same factors (still tied): " + "; ".join(self.heads)))
+        largest = max(self.files, key=lambda f: f.get("largest_initializer_bytes", 0), default=None)
+        if largest and largest.get("largest_initializer"):
+            rows.append(("largest initializer", f"{largest['largest_initializer']} "
+                                                f"({largest['largest_initializer_bytes'] / mib:.2f} MiB" +
+                         (f", in {largest['file']})" if len(self.files) > 1 else ")")))
         if len(self.files) > 1:
             for f in self.files:
                 what = f"copied unchanged ({f['copied unchanged']})" if "copied unchanged" in f else \
                     f"{f['file_bytes_before'] / mib:.2f} MiB -> {f['file_bytes_after'] / mib:.2f} MiB" + \
-                    (f", {len(f['heads'])} head(s) rewritten" if f["heads"] else "")
+                    (f", {len(f['heads'])} head(s) rewritten" if f["heads"] else "") + \
+                    (f"; table stored {f['storage_before']}: {f['embedding_bytes_before']:,} -> "
+                     f"{f['embedding_bytes_after']:,} bytes, j={f['rank']}, U {f['quantize']}"
+                     if self.mixed_storage else "")
                 rows.append(("file " + f["file"], what))
         if self.untied_head:
             rows.append(("LM head", f"kept dense ({self.untied_head}): the model is now UNTIED, input and output "
                                     "embeddings differ"))
         rows.append(("time", ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())))
         return rows
+
+    @property
+    def mixed_storage(self) -> bool:
+        """Whether the files stored the table differently (a float model beside its int8 variant)."""
+        return len({f["storage_before"] for f in self.files if "storage_before" in f}) > 1
 
     @property
     def storage_after(self) -> str:

@@ -55,13 +55,32 @@ ARCHITECTURES = {
                                                                encoder_attention_heads=2, decoder_attention_heads=2,
                                                                encoder_ffn_dim=128, decoder_ffn_dim=128,
                                                                max_position_embeddings=128)),
+    # Architectures that slip past the usual forms: MobileBERT's head multiplies by concat(E^T, dense), XLM
+    # reads the word table with token_type_ids too, a whisper decoder holds 64 positions, ESM has 33 tokens.
+    "mobilebert": ("MobileBertConfig", "MobileBertForMaskedLM", dict(hidden_size=HIDDEN, embedding_size=32,
+                                                                     num_hidden_layers=2, intra_bottleneck_size=32,
+                                                                     true_hidden_size=32, num_feedforward_networks=1,
+                                                                     max_position_embeddings=128, **_SMALL)),
+    "xlm": ("XLMConfig", "XLMWithLMHeadModel", dict(emb_dim=HIDDEN, n_layers=2, n_heads=2,
+                                                    max_position_embeddings=128)),
+    "whisper": ("WhisperConfig", "WhisperForConditionalGeneration",
+                dict(d_model=HIDDEN, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, max_target_positions=64,
+                     max_source_positions=1500, num_mel_bins=80, decoder_start_token_id=1, pad_token_id=0,
+                     eos_token_id=2, bos_token_id=1, suppress_tokens=[], begin_suppress_tokens=[])),
+    "esm": ("EsmConfig", "EsmForMaskedLM", dict(hidden_size=HIDDEN, num_hidden_layers=2, max_position_embeddings=130,
+                                                pad_token_id=1, mask_token_id=32, **_SMALL)),
 }
+# Vocabulary sizes other than VOCAB (ESM's 33 amino-acid tokens).
+VOCAB_OF = {"esm": 33}
 TASKS = {"gpt2": "text-generation-with-past", "llama": "text-generation-with-past",
          "llama-untied": "text-generation-with-past", "qwen2": "text-generation-with-past",
          "mistral": "text-generation-with-past", "phi": "text-generation-with-past",
          "bert": "fill-mask", "roberta": "fill-mask", "distilbert": "fill-mask", "xlm-roberta": "fill-mask",
          "albert": "fill-mask", "electra": "fill-mask", "deberta-v2": "fill-mask", "mpnet": "fill-mask",
-         "t5": "text2text-generation-with-past", "bart": "text2text-generation-with-past"}
+         "t5": "text2text-generation-with-past", "bart": "text2text-generation-with-past",
+         "mobilebert": "fill-mask", "xlm": "fill-mask", "whisper": "automatic-speech-recognition-with-past",
+         "esm": "fill-mask"}
 
 
 def build_checkpoint(architecture: str, directory: Path, seed: int = 0) -> Path:
@@ -70,7 +89,7 @@ def build_checkpoint(architecture: str, directory: Path, seed: int = 0) -> Path:
     import transformers
 
     config_name, model_name, extra = ARCHITECTURES[architecture]
-    config = getattr(transformers, config_name)(vocab_size=VOCAB, **extra)
+    config = getattr(transformers, config_name)(vocab_size=VOCAB_OF.get(architecture, VOCAB), **extra)
     torch.manual_seed(seed)
     model = getattr(transformers, model_name)(config).eval()
     model.save_pretrained(directory)
@@ -89,3 +108,13 @@ def export_checkpoint(architecture: str, directory: Path, task: str | None = Non
         main_export(str(checkpoint), output=out, task=task or TASKS[architecture], library_name="transformers",
                     do_validation=False)
     return out
+
+
+def tiny_tokenizer(directory: Path, vocab_file: Path, size: int = VOCAB) -> None:
+    """A WordPiece tokenizer over the first `size` entries of a BERT vocabulary (MiniLM's: specials first)."""
+    from transformers import BertTokenizerFast
+
+    vocab = Path(vocab_file).read_text().splitlines()[:size]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data-files", nargs="+", default=None, help="local CSV/JSON files with labeled texts")
     data.add_argument("--fidelity-text", nargs="+", default=None, metavar="FILE",
                       help="text files, one text a line: fidelity (mean cosine to the original) without labels")
+    data.add_argument("--perplexity-text", nargs="+", default=None, metavar="FILE",
+                      help="for a causal LM with a KV cache: perplexity and next-token agreement with the original "
+                           "on these text files, in windows of --max-length tokens")
     data.add_argument("--split", default=None, help="dataset split (default: validation for GLUE)")
     data.add_argument("--text-column", nargs="+", default=None, help="one or two text columns of --data-files")
     data.add_argument("--label-column", default="label", help="label column of --data-files (default: label)")

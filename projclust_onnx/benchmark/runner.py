@@ -123,8 +123,12 @@ def measure_latency(sessions: dict, grid: list[tuple[int, int]], n_rows: int, wa
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(grid) * repeats * len(names), desc="latency", unit="run")
+    from projclust_onnx.benchmark.decoder import is_decoder, step_feeds
+
     for batch, seq in grid:
-        feeds = {name: random_feeds(s.get_inputs(), "input_ids", n_rows, batch, seq, np.random.default_rng(0))
+        # A decoder's sequence length is its cache: one decode step after `seq` cached positions.
+        feeds = {name: step_feeds(s, n_rows, batch, seq, np.random.default_rng(0)) if is_decoder(s) else
+                 random_feeds(s.get_inputs(), "input_ids", n_rows, batch, seq, np.random.default_rng(0))
                  for name, s in sessions.items()}
         runners = {name: _runner(sessions[name], feeds[name], use_iobinding) for name in names}
         for name in names:
@@ -229,11 +233,14 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
                   batch_sizes=(1, 8), sequence_lengths=(32, 128), warmup: int = 3, repeats: int = 20,
                   threads: int = 0, data: LabeledData | None = None, fidelity_texts=None,
                   fidelity_source: str | None = None, max_length: int = 128, memory: bool = True,
-                  plots: bool = True, progress: bool = True, overwrite: bool = False) -> dict:
+                  plots: bool = True, progress: bool = True, overwrite: bool = False,
+                  perplexity_texts: list[str] | None = None) -> dict:
     """Benchmark `models` (the first is the original) and write report.json, report.md and plots.
 
-    `fidelity_texts` (tuples of one or two texts) measure fidelity without labels. A
-    previous report in output_dir is replaced only with overwrite, and atomically.
+    `fidelity_texts` (tuples of one or two texts) measure fidelity without labels. For a
+    decoder (a KV-cache export), latency is one decode step after each sequence length of
+    cached positions, and `perplexity_texts` give perplexity in windows of max_length tokens.
+    A previous report in output_dir is replaced only with overwrite, and atomically.
     """
     from projclust_onnx.model_files import resolve_onnx_file
     from projclust_onnx.output_dir import check_output_dir, clean_leftovers, staged_directory
@@ -254,9 +261,21 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
     grid = [(b, s) for b in batch_sizes for s in sequence_lengths]
     use_iobinding = providers[0] == "CUDAExecutionProvider"
     latency = measure_latency(sessions, grid, n_rows, warmup, repeats, use_iobinding, progress)
+    from projclust_onnx.benchmark.decoder import is_decoder, perplexity
+
+    decoder = is_decoder(sessions[names[0]])
+    if perplexity_texts and not decoder:
+        raise ValueError("--perplexity-text needs a causal LM exported with its KV cache "
+                         "(optimum-cli export onnx --task text-generation-with-past)")
+    scores = {name: None for name in names}
+    if perplexity_texts:
+        from transformers import AutoTokenizer
+
+        scores = perplexity(sessions, AutoTokenizer.from_pretrained(paths[names[0]].parent), perplexity_texts,
+                            max_length)
 
     report = {"schema_version": SCHEMA_VERSION, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_description(), "provider": providers[0],
+              "machine": machine_description(), "provider": providers[0], "decoder": decoder,
               "grid": {"batch_sizes": list(batch_sizes), "sequence_lengths": list(sequence_lengths),
                        "warmup": warmup, "repeats": repeats, "threads": threads},
               "data": None, "fidelity_source": fidelity_source if fidelity_texts else None, "models": {}}
@@ -278,7 +297,7 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
             "latency": latency[name],
             "latency_ratio": {k: v["p50_ms"] / base[k]["p50_ms"] for k, v in latency[name].items()},
             "memory": measure_memory(paths[name], providers, *biggest, n_rows) if memory else None,
-            "accuracy": accuracy[name], "fidelity_cosine": fidelity[name],
+            "accuracy": accuracy[name], "fidelity_cosine": fidelity[name], "perplexity": scores[name],
         }
     with staged_directory(output_dir, overwrite, kind="benchmark") as stage:
         (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -333,7 +352,16 @@ def markdown_report(report: dict) -> str:
         mem = f"{m['memory']['peak_mb']:.0f}" if m["memory"] and "peak_mb" in m["memory"] else "-"
         emb = f"{m['embedding_parameters']:,}" if m["embedding_parameters"] else "-"
         lines.append(f"| {name} | {m['file_bytes'] / 2**20:.1f} | {emb} | {acc} | {fid} | {mem} |")
-    lines += ["", "| model | batch | seq | p50 ms | p90 ms | p99 ms | IQR ms | seq/s | p50 vs original |",
+    scored = {name: m["perplexity"] for name, m in report["models"].items() if m.get("perplexity")}
+    if scored:
+        lines += ["", "| model | perplexity | next-token agreement | tokens |", "|---|---|---|---|"]
+        lines += [f"| {name} | {p['perplexity']:.3f} | {p['next_token_agreement']:.4f} | {p['tokens']} |"
+                  for name, p in scored.items()]
+    if report.get("decoder"):
+        lines += ["", "Decoder: each latency point is one decode step (one new token per sequence) after `cached` "
+                      "positions in the KV cache."]
+    seq = "cached" if report.get("decoder") else "seq"
+    lines += ["", f"| model | batch | {seq} | p50 ms | p90 ms | p99 ms | IQR ms | seq/s | p50 vs original |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, m in report["models"].items():
         for key, s in m["latency"].items():
@@ -371,6 +399,19 @@ def load_labeled_data(args) -> LabeledData | None:
     return LabeledData(source, texts, labels, metrics)
 
 
+def _perplexity_texts(args) -> list[str] | None:
+    """The text of --perplexity-text files, one entry per file."""
+    if not getattr(args, "perplexity_text", None):
+        return None
+    texts = []
+    for name in args.perplexity_text:
+        try:
+            texts.append(Path(name).read_text(encoding="utf-8", errors="replace"))
+        except OSError as err:
+            raise ValueError(f"--perplexity-text {name}: {err.strerror or err}; give readable text files") from None
+    return texts
+
+
 def run_from_args(args) -> int:
     models = []
     for i, spec in enumerate(args.models):
@@ -392,7 +433,7 @@ def run_from_args(args) -> int:
                            threads=args.threads, data=load_labeled_data(args), fidelity_texts=fidelity_texts,
                            fidelity_source=", ".join(args.fidelity_text or []), max_length=args.max_length,
                            memory=not args.no_memory, plots=not args.no_plots, progress=not args.quiet,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, perplexity_texts=_perplexity_texts(args))
     print(markdown_report(report))
     print(f"wrote {Path(args.output) / 'report.json'}")
     return 0
