@@ -9,7 +9,6 @@ assignment, restarts, sample weights in both steps and the robust l_z objective.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -17,14 +16,22 @@ import numpy as np
 import torch
 
 from projclust_onnx.device import resolve_device
+from projclust_onnx.progress import bar as _progress
 from projclust_onnx.threads import available_cpus, torch_threads
 
 __all__ = ["ConvergenceWarning", "ProjectiveClustering"]
 
 INIT_METHODS = ("kmeans", "random")
 
-# Rows per block in the assignment step: bounds the (rows, k * columns) product in memory.
-_ASSIGN_BLOCK_ELEMENTS = 1 << 26
+# Elements per block of rows in the moment sums, and of the (rows, k * columns) product in
+# the assignment: a few MiB, reused, instead of table-sized temporaries allocated each step.
+_ASSIGN_BLOCK_ELEMENTS = 1 << 22
+_DIST_BLOCK_ELEMENTS = 1 << 22
+# Seeds whose costs differ by less than this fraction are ties (often one partition, relabelled).
+_TIE = 1e-6
+# Rows per fitted dimension (k * rank) below which a sample overfits the subspaces: seeds are
+# scored, and annealing starts, on at least this many; MiniLM's k=5, j=216 uses every row.
+_ROWS_PER_DIM = 40
 # Distances below this (relative to the mean squared row norm) are clamped in the l_z
 # reweighting, so a row that lies on its subspace does not get an infinite weight.
 _IRLS_EPS = 1e-6
@@ -43,6 +50,7 @@ class _Run:
     history: list[float]
     n_iter: int
     converged: bool
+    subspaces: _Subspaces
 
 
 class ProjectiveClustering:
@@ -70,6 +78,12 @@ class ProjectiveClustering:
         Soft-assignment EM steps with a falling temperature between the seeding and
         the hard Lloyd iterations (0 turns it off). They move the seed out of poor
         local minima, which hard Lloyd alone cannot leave.
+    sample_size : int or None
+        Rows drawn at random for the spherical k-means of the seeding (None: every row).
+        Seeds are scored, and annealing starts, on max(sample_size, 40 * k * rank) rows,
+        fewer than which overfit the subspaces; annealing's samples grow to every row by
+        its last step, and Lloyd uses every row. On a 250,000-row table this cuts the
+        seeding and annealing to a fraction; MiniLM at k=5, j=216 is fitted on every row.
     max_iter : int
         Lloyd iterations per run.
     tol : float
@@ -106,6 +120,7 @@ class ProjectiveClustering:
         init: str | np.ndarray = "kmeans",
         n_init: int = 10,
         anneal_steps: int = 8,
+        sample_size: int | None = 8192,
         max_iter: int = 30,
         tol: float = 1e-4,
         z: float = 2.0,
@@ -118,6 +133,7 @@ class ProjectiveClustering:
         self.init = init
         self.n_init = n_init
         self.anneal_steps = anneal_steps
+        self.sample_size = sample_size
         self.max_iter = max_iter
         self.tol = tol
         self.z = z
@@ -147,16 +163,15 @@ class ProjectiveClustering:
         else:
             generator.seed()
 
-        if init_labels is not None:
-            labels0 = init_labels.to(device)
-        else:
-            with _progress(self.verbose, "seeding", self.n_init) as bar:
-                labels0 = self._best_seed(Xt, w, generator, bar)
-        if self.anneal_steps and self.n_clusters > 1:
-            with _progress(self.verbose, "annealing", self.anneal_steps) as bar:
-                labels0 = _anneal(Xt, w, labels0, self.n_clusters, self.rank, self.anneal_steps, bar)
-        with _progress(self.verbose, "Lloyd (stops when settled)", self.max_iter) as bar:
-            best = _lloyd(Xt, w, labels0, self.n_clusters, self.rank, self.z, self.max_iter, self.tol, bar)
+        norms2 = (Xt * Xt).sum(dim=1)
+        k = self.n_clusters
+        labels0 = init_labels.to(device) if init_labels is not None else None
+        if k > 1 and (labels0 is None or self.anneal_steps):
+            labels0 = self._start(Xt, w, norms2, labels0, generator)
+        elif labels0 is None:  # one subspace: the truncated SVD needs no seed
+            labels0 = torch.zeros(n, dtype=torch.int64, device=device)
+        with _progress(self.verbose, "Lloyd (stops when settled)", 1 if k == 1 else self.max_iter) as bar:
+            best = _lloyd(Xt, w, norms2, labels0, k, self.rank, self.z, self.max_iter, self.tol, bar)
         if not best.converged:
             warnings.warn(
                 f"max_iter={self.max_iter} reached before the cost settled "
@@ -165,6 +180,7 @@ class ProjectiveClustering:
 
         self.labels_ = best.labels.cpu().numpy().astype(np.int64)
         self.bases_ = best.bases.cpu().numpy()
+        self._subspaces = (self.bases_, best.subspaces)  # what predict reuses while bases_ stays
         cost_scale = x_scale ** float(self.z) * w_scale
         self.cost_ = float(best.cost) * cost_scale
         self.cost_history_ = [c * cost_scale for c in best.history]
@@ -189,8 +205,40 @@ class ProjectiveClustering:
         coef = _coefficients(Xt, labels, bases)
         return torch.einsum("nj,ndj->nd", coef, bases[labels]).cpu().numpy()
 
+    def predict_transform(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """predict(X) and transform(X) from one assignment."""
+        Xt, labels, bases = self._prepare(X)
+        return labels.cpu().numpy().astype(np.int64), _coefficients(Xt, labels, bases).cpu().numpy()
+
     # ------------------------------------------------------------------ helpers
-    def _best_seed(self, X, w, generator, progress) -> torch.Tensor:
+    def _start(self, X, w, norms2, labels, generator) -> torch.Tensor:
+        """Labels for Lloyd from seeding (unless given) and annealing, each on a sample of rows.
+
+        Spherical k-means sees `sample_size` rows (k directions need few); seeds are scored,
+        and annealing starts, on _ROWS_PER_DIM rows per fitted dimension (fewer overfit a
+        rank-j subspace), and annealing's samples grow to every row at its last step.
+        """
+        n, k, j = X.shape[0], self.n_clusters, self.rank
+        size = self.sample_size or n
+        fit_size = max(size, _ROWS_PER_DIM * k * j)
+        perm = torch.randperm(n, generator=generator) if n > size else None
+        Xf, wf, nf = _rows(X, w, norms2, _prefix(perm, fit_size))
+        if labels is None:
+            sphere = _Sphere.of(*_rows(X, w, norms2, _prefix(perm, size))[:2]) if self.init == "kmeans" else None
+            with _progress(self.verbose, "seeding", self.n_init) as bar:
+                labels = self._best_seed(Xf, wf, nf, sphere, generator, bar)
+        elif perm is not None and n > fit_size:
+            labels = labels[_prefix(perm, fit_size).to(labels.device)]
+        if Xf is X and not self.anneal_steps:
+            return labels
+        subspaces = _refit(Xf, wf, labels, k, j)
+        if self.anneal_steps:
+            sizes = _growing(min(fit_size, n), n, self.anneal_steps)
+            with _progress(self.verbose, "annealing", self.anneal_steps) as bar:
+                subspaces = _anneal(X, w, norms2, subspaces, [_prefix(perm, m) for m in sizes], bar)
+        return _assign(X, norms2, subspaces)[0]
+
+    def _best_seed(self, X, w, norms2, sphere, generator, progress) -> torch.Tensor:
         """Draw n_init seeds and keep the one whose first Lloyd step costs least.
 
         On MiniLM that one-step cost ranks seeds as their converged cost does, at a
@@ -198,14 +246,12 @@ class ProjectiveClustering:
         """
         best_labels, best_cost = None, float("inf")
         for _ in range(self.n_init):
-            labels = _seed_labels(X, w, self.n_clusters, self.init, generator)
-            bases = _refit(X, w, labels, self.n_clusters, self.rank)
-            _, dist2 = _assign(X, bases)
+            labels = _seed_labels(X, self.n_clusters, self.init, generator, sphere)
+            _, dist2 = _assign(X, norms2, _refit(X, w, labels, self.n_clusters, self.rank))
             cost = _cost(w, dist2, self.z)
-            if cost < best_cost:
+            if cost < best_cost * (1 - _TIE):  # a near tie keeps the earlier seed, whatever the rounding
                 best_labels, best_cost = labels, cost
-            if progress is not None:
-                progress.update(1)
+            progress(1)
         return best_labels
 
     def _check_params(self, n: int, d: int) -> torch.Tensor | None:
@@ -222,6 +268,9 @@ class ProjectiveClustering:
             raise ValueError(f"z={self.z} must lie in [1, 2]")
         if self.max_iter < 1:
             raise ValueError(f"max_iter={self.max_iter} must be >= 1")
+        if self.sample_size is not None and (not isinstance(self.sample_size, (int, np.integer))
+                                             or self.sample_size < 1):
+            raise ValueError(f"sample_size={self.sample_size!r} must be a positive integer or None")
         if self.anneal_steps < 0:
             raise ValueError(f"anneal_steps={self.anneal_steps} must be >= 0")
         if self.n_init < 1:
@@ -250,7 +299,12 @@ class ProjectiveClustering:
         if Xt.shape[1] != self.n_features_in_:
             raise ValueError(f"X has n_features={Xt.shape[1]}, the fit saw {self.n_features_in_}")
         bases = torch.as_tensor(self.bases_, device=device, dtype=Xt.dtype)
-        labels, _ = _assign(_unit_scaled(Xt)[0], bases)
+        cached = getattr(self, "_subspaces", None)
+        if cached is None or cached[0] is not self.bases_ or cached[1].vectors.device != device \
+                or cached[1].vectors.dtype != Xt.dtype:
+            self._subspaces = (self.bases_, _as_subspaces(bases))
+        unit = _unit_scaled(Xt)[0]
+        labels, _ = _assign(unit, (unit * unit).sum(dim=1), self._subspaces[1])
         return Xt, labels, bases
 
 
@@ -296,25 +350,33 @@ def _unit_scaled(X: torch.Tensor) -> tuple[torch.Tensor, float]:
     return X / scale, scale
 
 
-@contextlib.contextmanager
-def _progress(verbose: bool, phase: str, total: int):
-    """One bar per phase, with its own total and ETA; None when not verbose."""
-    if not verbose:
-        yield None
-        return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc=f"  {phase}", total=total, unit="step")
-    try:
-        yield bar
-    finally:
-        bar.total = bar.n  # Lloyd usually settles before max_iter: show the phase as done
-        bar.close()
-
-
 # ---------------------------------------------------------------------- seeding
-def _seed_labels(X: torch.Tensor, w: torch.Tensor, k: int, init: str,
-                 generator: torch.Generator) -> torch.Tensor:
+def _prefix(perm: torch.Tensor | None, size: int | None) -> torch.Tensor | None:
+    """The first `size` rows of a random permutation, sorted (None: every row)."""
+    if perm is None or size is None or size >= len(perm):
+        return None
+    return perm[:size].sort().values
+
+
+def _growing(first: int, n: int, steps: int) -> list[int]:
+    """Sample sizes growing geometrically from `first` to n over `steps` steps."""
+    if steps == 1:
+        return [n]
+    return [round(first * (n / first) ** (i / (steps - 1))) for i in range(steps)]
+
+
+def _rows(X: torch.Tensor, w: torch.Tensor, norms2: torch.Tensor, rows: torch.Tensor | None):
+    """X, w and norms2 restricted to `rows` (all when None); weights stay usable when the
+    sample drew only weightless rows."""
+    if rows is None:
+        return X, w, norms2
+    rows = rows.to(X.device)
+    ws = w[rows]
+    return X[rows], (ws if float(ws.sum()) > 0 else torch.ones_like(ws)), norms2[rows]
+
+
+def _seed_labels(X: torch.Tensor, k: int, init: str, generator: torch.Generator, sphere=None) -> torch.Tensor:
+    """Initial labels of X's rows: an equal random split, or the nearest spherical k-means centre."""
     n = X.shape[0]
     if k == 1:
         return torch.zeros(n, dtype=torch.int64, device=X.device)
@@ -323,23 +385,36 @@ def _seed_labels(X: torch.Tensor, w: torch.Tensor, k: int, init: str,
         labels = torch.empty(n, dtype=torch.int64, device=X.device)
         labels[perm] = torch.arange(n, device=X.device) % k
         return labels
-    return _spherical_kmeans(X, w, k, generator)
+    # argmax of x . c is the nearest centre by cosine: a row's norm does not change it.
+    return (X @ _spherical_kmeans(sphere, k, generator).T).argmax(dim=1)
 
 
-def _spherical_kmeans(X: torch.Tensor, w: torch.Tensor, k: int, generator: torch.Generator,
-                      n_iter: int = 10) -> torch.Tensor:
-    """Labels from weighted spherical k-means on the row directions.
+@dataclass
+class _Sphere:
+    """Row directions and their masses w_i * ||x_i||^2, computed once for every seed."""
+
+    directions: torch.Tensor
+    mass: torch.Tensor
+    weighted: torch.Tensor  # directions * mass, what a centre sums
+    probs: torch.Tensor  # mass / sum(mass) on the CPU, for sampling
+
+    @classmethod
+    def of(cls, X: torch.Tensor, w: torch.Tensor) -> _Sphere:
+        norms2 = (X * X).sum(dim=1)
+        directions = X / norms2.sqrt().clamp_min(1e-12)[:, None]
+        mass = w * norms2
+        if float(mass.sum()) <= 0:  # the weighted rows are all zero: any direction fits them
+            mass = w
+        return cls(directions, mass, directions * mass[:, None], (mass / mass.sum()).cpu().double())
+
+
+def _spherical_kmeans(sphere: _Sphere, k: int, generator: torch.Generator, n_iter: int = 10) -> torch.Tensor:
+    """Centres of shape (k, d) from weighted spherical k-means on the row directions.
 
     A row's weight is w_i * ||x_i||^2, its share of the energy a subspace must
     capture; centres are seeded by k-means++ on the cosine distance.
     """
-    norms2 = (X * X).sum(dim=1)
-    directions = X / norms2.sqrt().clamp_min(1e-12)[:, None]
-    mass = w * norms2
-    n = X.shape[0]
-    if float(mass.sum()) <= 0:  # the weighted rows are all zero: any direction fits them
-        mass = w
-    probs = (mass / mass.sum()).cpu().double()
+    directions, mass, probs = sphere.directions, sphere.mass, sphere.probs
     first = int(torch.multinomial(probs, 1, generator=generator))
     centres = directions[first:first + 1]
     closest = 1.0 - directions @ centres[0]
@@ -349,91 +424,163 @@ def _spherical_kmeans(X: torch.Tensor, w: torch.Tensor, k: int, generator: torch
         nxt = int(torch.multinomial(p, 1, generator=generator))
         centres = torch.cat([centres, directions[nxt:nxt + 1]])
         closest = torch.minimum(closest, 1.0 - directions @ directions[nxt])
-    labels = torch.zeros(n, dtype=torch.int64, device=X.device)
-    for _ in range(n_iter):
+    for _ in range(n_iter - 1):  # the centres that gave the last labels are returned, not their update
         labels = (directions @ centres.T).argmax(dim=1)
-        sums = torch.zeros_like(centres).index_add_(0, labels, directions * mass[:, None])
+        # One (k, m) x (m, d) product; index_add_ scatters row by row, ten times slower here.
+        sums = torch.nn.functional.one_hot(labels, k).T.to(directions.dtype) @ sphere.weighted
         norms = sums.norm(dim=1, keepdim=True)
         keep = norms[:, 0] > 0
         centres = torch.where(keep[:, None], sums / norms.clamp_min(1e-12), centres)
-    return labels
+    return centres
 
 
-# ---------------------------------------------------------------------- Lloyd steps
-def _refit(X: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, k: int, rank: int) -> torch.Tensor:
-    """Top-`rank` eigenvectors of each cluster's weighted second moment, of shape (k, d, rank)."""
-    members = [labels == c for c in range(k)]
-    return _top_eigenvectors(X, [(m, w[m]) for m in members], rank)
+# ---------------------------------------------------------------------- subspaces
+@dataclass
+class _Subspaces:
+    """Each cluster's eigenvectors, ascending, of shape (k, d, d); the bases are the top `rank`.
+
+    Distances use whichever side is narrower: ||x||^2 - ||B^T x||^2 with the basis B, or
+    ||C^T x||^2 with its orthogonal complement C (d - rank columns, free from the same
+    eigendecomposition, and exact where the first form cancels).
+    """
+
+    vectors: torch.Tensor
+    rank: int
+
+    @property
+    def bases(self) -> torch.Tensor:
+        return self.vectors[..., -self.rank:].flip(-1).contiguous()
+
+    def projector(self) -> tuple[torch.Tensor, bool]:
+        """(columns stacked as (d, k * width), whether they span the complement)."""
+        d = self.vectors.shape[1]
+        complement = d - self.rank < self.rank
+        cols = self.vectors[..., :d - self.rank] if complement else self.vectors[..., -self.rank:]
+        return cols.permute(1, 0, 2).reshape(d, -1).contiguous(), complement
 
 
-def _soft_refit(X: torch.Tensor, w: torch.Tensor, resp: torch.Tensor, rank: int) -> torch.Tensor:
+def _as_subspaces(bases: torch.Tensor) -> _Subspaces:
+    """Wrap given bases (k, d, j); the complement is built only where it is narrower."""
+    k, d, j = bases.shape
+    if d - j >= j:
+        return _Subspaces(bases.flip(-1), j)  # only the top j columns are read
+    eye = torch.eye(d, dtype=torch.float64, device=bases.device)
+    b = bases.double()
+    _, vecs = _eigh(eye - b @ b.transpose(1, 2))  # the complement: eigenvalue 1, the basis: 0
+    return _Subspaces(torch.cat([vecs[..., -(d - j):], b.flip(-1)], dim=-1).to(bases.dtype), j)
+
+
+def _eigh(moments: torch.Tensor):
+    if moments.device.type == "cpu":
+        with torch_threads(1):  # small and latency-bound: extra threads only wait on each other
+            return torch.linalg.eigh(moments)  # ascending eigenvalues
+    return torch.linalg.eigh(moments)
+
+
+def _decompose(moments: torch.Tensor, rank: int, dtype: torch.dtype) -> _Subspaces:
+    """Moments (float64) decomposed in float64, so float32 data still gets accurate, orthonormal bases."""
+    _, vecs = _eigh(moments)
+    return _Subspaces(vecs.to(dtype), rank)
+
+
+def _moments(X: torch.Tensor, w: torch.Tensor | None, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Each cluster's weighted second moment sum_i w_i x_i x_i^T, of shape (k, d, d), in float64.
+
+    Rows go through in blocks sorted by label, so temporaries stay a block in size and each
+    cluster is one contiguous product per block.
+    """
+    n, d = X.shape
+    out = torch.zeros(k, d, d, dtype=torch.float64, device=X.device)
+    block = max(1, _ASSIGN_BLOCK_ELEMENTS // d)
+    for start in range(0, n, block):
+        lb = labels[start:start + block]
+        order = torch.argsort(lb)
+        Xb = X[start:start + block][order]
+        if w is not None:
+            Xb.mul_(w[start:start + block][order].sqrt()[:, None])
+        counts = torch.bincount(lb, minlength=k).tolist()
+        first = 0
+        for c, count in enumerate(counts):
+            if count:
+                rows = Xb[first:first + count]
+                out[c] += (rows.T @ rows).double()
+            first += count
+    return out
+
+
+def _refit(X: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, k: int, rank: int) -> _Subspaces:
+    """Top-`rank` eigenvectors of each cluster's weighted second moment."""
+    return _decompose(_moments(X, w, labels, k), rank, X.dtype)
+
+
+def _soft_refit(X: torch.Tensor, w: torch.Tensor, resp: torch.Tensor, rank: int) -> _Subspaces:
     """As _refit, with responsibilities of shape (n, k); rows with a responsibility
     under 1e-3 are left out, which keeps annealing cheap once it sharpens."""
-    members = [resp[:, c] > 1e-3 for c in range(resp.shape[1])]
-    return _top_eigenvectors(X, [(m, w[m] * resp[m, c]) for c, m in enumerate(members)], rank)
-
-
-def _top_eigenvectors(X: torch.Tensor, groups, rank: int) -> torch.Tensor:
-    """Moments are accumulated in X's dtype and decomposed in float64, so float32 data
-    still gets accurate, orthonormal bases."""
-    d = X.shape[1]
-    moments = torch.zeros(len(groups), d, d, dtype=torch.float64, device=X.device)
-    for c, (rows, wc) in enumerate(groups):
+    k, d = resp.shape[1], X.shape[1]
+    moments = torch.zeros(k, d, d, dtype=torch.float64, device=X.device)
+    for c in range(k):
+        rows = resp[:, c] > 1e-3
         Xc = X[rows]
         if Xc.shape[0]:
-            moments[c] = ((Xc * wc[:, None]).T @ Xc).double()
-    if X.device.type == "cpu":
-        with torch_threads(1):  # small and latency-bound: extra threads only wait on each other
-            _, vecs = torch.linalg.eigh(moments)  # ascending eigenvalues
-    else:
-        _, vecs = torch.linalg.eigh(moments)
-    return vecs[..., -rank:].flip(-1).to(X.dtype).contiguous()
+            Xc.mul_((w[rows] * resp[rows, c]).sqrt()[:, None])
+            moments[c] = (Xc.T @ Xc).double()
+    return _decompose(moments, rank, X.dtype)
 
 
-def _anneal(X: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, k: int, rank: int,
-            steps: int, progress=None, start: float = 0.3, end: float = 0.03) -> torch.Tensor:
-    """Soft EM with a falling temperature; returns the hard labels it settles on.
+def _anneal(X: torch.Tensor, w: torch.Tensor, norms2: torch.Tensor, subspaces: _Subspaces, samples,
+            progress, start: float = 0.3, end: float = 0.03) -> _Subspaces:
+    """Soft EM with a falling temperature, one step on each sample of rows (None: all rows);
+    returns the subspaces it settles on.
 
     Hard Lloyd moves a row only when another subspace already fits it better; soft
     responsibilities let subspaces drift towards rows they would win after moving,
     which escapes the seed's local minimum (about 1.5% lower cost on MiniLM).
     The temperature runs geometrically from `start` to `end` times the mean distance.
+    The early, hot steps only need the rough shape of the data, so they can run on
+    a sample; the last one runs on every row.
     """
-    bases = _refit(X, w, labels, k, rank)
-    dist2 = _distances(X, bases)
-    scale = float((w * dist2.min(dim=1).values).sum() / w.sum())
-    if scale <= 0:
-        return labels
-    for step in range(steps):
+    steps = len(samples)
+    scale = None
+    for step, rows in enumerate(samples):
+        Xs, ws, ns = _rows(X, w, norms2, rows)
+        dist2 = _distances(Xs, ns, subspaces)
+        if scale is None:
+            scale = float((ws * dist2.min(dim=1).values).sum() / ws.sum())
+            if scale <= 0:
+                return subspaces
         temperature = scale * start * (end / start) ** (step / max(steps - 1, 1))
-        resp = torch.softmax(-dist2 / temperature, dim=1)
-        bases = _soft_refit(X, w, resp, rank)
-        dist2 = _distances(X, bases)
-        if progress is not None:
-            progress.update(1)
-    return dist2.argmin(dim=1)
+        resp = torch.softmax(dist2.div_(-temperature), dim=1)
+        subspaces = _soft_refit(Xs, ws, resp, subspaces.rank)
+        progress(1)
+    return subspaces
 
 
-def _distances(X: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
+def _distances(X: torch.Tensor, norms2: torch.Tensor, subspaces: _Subspaces) -> torch.Tensor:
     """Squared distance of every row to every subspace, of shape (n, k).
 
-    dist^2 = ||x||^2 - ||B^T x||^2, one batched product against all k bases per block of rows.
+    One product against all k projectors per block of rows, into one reused buffer.
     """
-    n, d = X.shape
-    k, _, j = bases.shape
-    stacked = bases.permute(1, 0, 2).reshape(d, k * j)
-    block = max(1, _ASSIGN_BLOCK_ELEMENTS // (k * j))
+    n = X.shape[0]
+    k = subspaces.vectors.shape[0]
+    stacked, complement = subspaces.projector()
+    width = stacked.shape[1] // k
+    block = max(1, min(n, _DIST_BLOCK_ELEMENTS // max(k * width, 1)))
+    buffer = torch.empty(block, k * width, dtype=X.dtype, device=X.device)
     out = torch.empty(n, k, dtype=X.dtype, device=X.device)
     for start in range(0, n, block):
         Xb = X[start:start + block]
-        captured = (Xb @ stacked).reshape(-1, k, j).square().sum(dim=2)
-        out[start:start + block] = ((Xb * Xb).sum(dim=1, keepdim=True) - captured).clamp_min(0)
+        prod = torch.matmul(Xb, stacked, out=buffer[:Xb.shape[0]])
+        captured = prod.square_().view(-1, k, width).sum(dim=2)
+        if complement:
+            out[start:start + block] = captured
+        else:
+            out[start:start + block] = (norms2[start:start + block, None] - captured).clamp_min_(0)
     return out
 
 
-def _assign(X: torch.Tensor, bases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _assign(X: torch.Tensor, norms2: torch.Tensor, subspaces: _Subspaces) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest subspace and the squared distance to it, for every row."""
-    dist2, labels = _distances(X, bases).min(dim=1)
+    dist2, labels = _distances(X, norms2, subspaces).min(dim=1)
     return labels, dist2
 
 
@@ -483,14 +630,46 @@ def _reseed_small(labels: torch.Tensor, dist2: torch.Tensor, k: int, rank: int) 
     return True
 
 
-def _lloyd(X, w, labels, k, rank, z, max_iter, tol, progress) -> _Run:
-    scale = float((w * (X * X).sum(dim=1)).sum() / w.sum())
+class _Moments:
+    """The clusters' second moments for the current labels, updated by the rows that moved.
+
+    After the first Lloyd steps few rows change cluster, so moving their outer products
+    costs a fraction of recomputing every moment (z = 2, where the weights stay fixed).
+    """
+
+    def __init__(self, X: torch.Tensor, k: int) -> None:
+        self.X, self.k = X, k
+        self.labels: torch.Tensor | None = None
+        self.weights: torch.Tensor | None = None
+        self.moments: torch.Tensor | None = None
+
+    def update(self, w: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        moved = None
+        if self.labels is not None and self.weights is w:
+            moved = torch.nonzero(labels != self.labels).flatten()
+        if moved is None or len(moved) > len(labels) // 4:
+            self.moments = _moments(self.X, w, labels, self.k)
+        elif len(moved):
+            Xm = self.X[moved]
+            Xm.mul_(w[moved].sqrt()[:, None])
+            self.moments -= _moments(Xm, None, self.labels[moved], self.k)
+            self.moments += _moments(Xm, None, labels[moved], self.k)
+        self.labels, self.weights = labels.clone(), w
+        return self.moments
+
+
+def _lloyd(X, w, norms2, labels, k, rank, z, max_iter, tol, progress) -> _Run:
+    scale = float((w * norms2).sum() / w.sum())
     labels = labels.clone()
     fit_w = w
-    bases = _refit(X, fit_w, labels, k, rank)
-    labels, dist2 = _assign(X, bases)
+    moments = _Moments(X, k)
+    subspaces = _decompose(moments.update(fit_w, labels), rank, X.dtype)
+    labels, dist2 = _assign(X, norms2, subspaces)
     cost = _cost(w, dist2, z)
     history = [cost]
+    if k == 1 and z == 2.0:  # one subspace, fixed weights: nothing can move, the SVD is final
+        progress(1)
+        return _Run(labels, subspaces.bases, dist2, cost, history, 1, True, subspaces)
     converged = False
     n_iter = 0
     while n_iter < max_iter:
@@ -501,15 +680,12 @@ def _lloyd(X, w, labels, k, rank, z, max_iter, tol, progress) -> _Run:
                 "lower n_clusters or rank", ConvergenceWarning, stacklevel=4)
         if z != 2.0:
             fit_w = w * dist2.clamp_min(_IRLS_EPS * (scale or 1.0)).pow(z / 2.0 - 1.0)
-        bases = _refit(X, fit_w, labels, k, rank)
-        labels, dist2 = _assign(X, bases)
+        subspaces = _decompose(moments.update(fit_w, labels), rank, X.dtype)
+        labels, dist2 = _assign(X, norms2, subspaces)
         previous, cost = cost, _cost(w, dist2, z)
         history.append(cost)
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(cost=f"{cost:.5g}")
+        progress(1, cost=f"{cost:.5g}")
         if previous - cost <= tol * abs(previous):
             converged = True
             break
-    return _Run(labels, bases, dist2, cost, history, n_iter, converged)
-
+    return _Run(labels, subspaces.bases, dist2, cost, history, n_iter, converged, subspaces)
