@@ -170,6 +170,9 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                          f"is {n} x {d}")
     else:
         rank = factorization.rank
+    if factorization is None:  # refuse before any work a fit that cannot fit in memory (issue 18)
+        from projclust_onnx.clustering import check_fit_memory
+        check_fit_memory(n, d, 8 if rank is None else config.n_clusters, rank or d - 1)
     return CompressionPlan(save_dir, files, rank, quantize, skipped)
 
 
