@@ -32,6 +32,9 @@ _TIE = 1e-6
 # Rows per fitted dimension (k * rank) below which a sample overfits the subspaces: seeds are
 # scored, and annealing starts, on at least this many; MiniLM's k=5, j=216 uses every row.
 _ROWS_PER_DIM = 40
+# max |x| within which a table is fitted as it is: sums of d squares stay far from float32's
+# underflow and overflow. Outside it the fit works on a copy scaled to max |x| = 1.
+_SAFE_SCALE = (2.0**-20, 2.0**20)
 # Distances below this (relative to the mean squared row norm) are clamped in the l_z
 # reweighting, so a row that lies on its subspace does not get an infinite weight.
 _IRLS_EPS = 1e-6
@@ -154,8 +157,8 @@ class ProjectiveClustering:
         n, d = Xt.shape
         w, w_scale = _as_weights(sample_weight, n, device, Xt.dtype)
         init_labels = self._check_params(n, d)
-        # Fit on a copy scaled to max |x| = 1: subspaces do not change with scale, and the
-        # squared distances of a 1e-30 or 1e25 table would underflow or overflow float32.
+        # Subspaces do not change with scale, but the squared distances of a 1e-30 or 1e25 table
+        # would underflow or overflow float32: such a table is fitted on a copy scaled to max |x| = 1.
         Xt, x_scale = _unit_scaled(Xt)
 
         generator = torch.Generator(device="cpu")
@@ -308,8 +311,9 @@ class ProjectiveClustering:
         if cached is None or cached[0] is not self.bases_ or cached[1].vectors.device != device \
                 or cached[1].vectors.dtype != Xt.dtype:
             self._subspaces = (self.bases_, _as_subspaces(bases))
-        scale = float(Xt.abs().max()) if Xt.numel() else 0.0
-        labels, _ = _assign(Xt, None, self._subspaces[1], scale or 1.0)
+        if bases.shape[0] == 1:  # one subspace: every row is its
+            return Xt, torch.zeros(len(Xt), dtype=torch.int64, device=device), bases
+        labels, _ = _assign(Xt, None, self._subspaces[1], _scale_of(Xt))
         return Xt, labels, bases
 
 
@@ -362,7 +366,9 @@ def _as_matrix(X, device: torch.device) -> torch.Tensor:
         raise ValueError(f"X of dtype {t.dtype} must be numeric")
     dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     t = t.to(device=device, dtype=dtype)
-    bad = ~torch.isfinite(t).all(dim=1)
+    step = max(1, _ASSIGN_BLOCK_ELEMENTS // max(t.shape[1], 1))
+    bad = torch.cat([~torch.isfinite(t[start:start + step]).all(dim=1) for start in range(0, len(t), step)]
+                    or [torch.zeros(0, dtype=torch.bool, device=device)])
     if bool(bad.any()):
         rows = torch.nonzero(bad).flatten()[:5].tolist()
         raise ValueError(f"X has {int(bad.sum())} rows with NaN or inf (first: {rows}); "
@@ -385,12 +391,21 @@ def _as_weights(sample_weight, n: int, device: torch.device, dtype: torch.dtype)
     return torch.as_tensor(w / top).to(device=device, dtype=dtype), top
 
 
+def _scale_of(X: torch.Tensor) -> float:
+    """max |X| (found without an |X|-sized temporary) when X must be scaled down or up to be
+    fitted in float32, else 1."""
+    if not X.numel():
+        return 1.0
+    lo, hi = torch.aminmax(X)
+    scale = max(-float(lo), float(hi))
+    return 1.0 if scale == 0.0 or _SAFE_SCALE[0] <= scale <= _SAFE_SCALE[1] else scale
+
+
 def _unit_scaled(X: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """X / max|X| and that scale (1 for an all-zero X)."""
-    scale = float(X.abs().max()) if X.numel() else 0.0
-    if scale == 0.0 or scale == 1.0:
-        return X, 1.0
-    return X / scale, scale
+    """X / max|X| and that scale, or X itself and 1 where its squares already sit well inside
+    float32's range: then no table-sized copy is made."""
+    scale = _scale_of(X)
+    return (X, 1.0) if scale == 1.0 else (X / scale, scale)
 
 
 # ---------------------------------------------------------------------- seeding
@@ -402,10 +417,12 @@ def _prefix(perm: torch.Tensor | None, size: int | None) -> torch.Tensor | None:
 
 
 def _growing(first: int, n: int, steps: int) -> list[int]:
-    """Sample sizes growing geometrically from `first` to n over `steps` steps."""
+    """Sample sizes growing geometrically from `first` to n over `steps` steps; a sample of more than
+    half the rows is all of them (gathering it would cost more memory than its time saves)."""
     if steps == 1:
         return [n]
-    return [round(first * (n / first) ** (i / (steps - 1))) for i in range(steps)]
+    sizes = [round(first * (n / first) ** (i / (steps - 1))) for i in range(steps)]
+    return [n if 2 * m > n else m for m in sizes]
 
 
 def _rows(X: torch.Tensor, w: torch.Tensor, norms2: torch.Tensor, rows: torch.Tensor | None):

@@ -123,3 +123,28 @@ def test_memory_estimate_grows_with_the_table_and_refuses_in_one_line():
 def test_bad_sample_size_is_refused():
     with pytest.raises(ValueError, match="sample_size=0 must be a positive integer or None"):
         ProjectiveClustering(2, 2, sample_size=0).fit(np.eye(6))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantizing_in_pieces_equals_quantizing_whole(monkeypatch, bits):
+    from projclust_onnx import quantization
+    from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized
+
+    M = np.random.default_rng(1).standard_normal((50, 64)).astype(np.float32)
+    whole_b, whole_t = BlockQuantized.quantize(M, bits, 32), PerTensorQuantized.quantize(M)
+    monkeypatch.setattr(quantization, "_ROWS_PER_PIECE", 7)
+    pieces_b, pieces_t = BlockQuantized.quantize(M, bits, 32), PerTensorQuantized.quantize(M)
+    for name in ("data", "scales", "zero_points"):
+        np.testing.assert_array_equal(getattr(pieces_b, name), getattr(whole_b, name))
+    np.testing.assert_array_equal(pieces_t.data, whole_t.data)
+    assert weighted_error(M, whole_b, None) == pytest.approx(weighted_error(M, whole_b.dequantize(), None), rel=1e-12)
+
+
+@pytest.mark.parametrize(("quantize", "block"), [("int8", None), ("int8", 32), ("int4", 64), ("int4", 32)])
+def test_plain_storage_bytes_are_known_before_quantizing(quantize, block):
+    from projclust_onnx.chooser import _plain_bytes
+    from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized
+
+    M = np.random.default_rng(2).standard_normal((33, 128)).astype(np.float32)
+    q = PerTensorQuantized.quantize(M) if block is None else BlockQuantized.quantize(M, int(quantize[3:]), block)
+    assert _plain_bytes(33, 128, quantize, block) == q.nbytes
