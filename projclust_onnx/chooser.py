@@ -38,12 +38,13 @@ import numpy as np
 
 from projclust_onnx.budget import BITS, QUANTIZE, factorized_bytes, rank_for_bytes
 from projclust_onnx.progress import bar
-from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized, storage_name
+from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized, block_quantized_bytes, storage_name
 
 logger = logging.getLogger(__name__)
 
 PLAIN = (("int8", None), ("int8", 128), ("int8", 32), ("int4", 128), ("int4", 64), ("int4", 32))
 SLACK = 1.001
+_PIECE = 1 << 16  # rows dequantized at a time when a quantized table is scored
 
 
 @dataclass
@@ -98,10 +99,17 @@ class Choice:
 def weighted_error(X: np.ndarray, approx, weights: np.ndarray | None) -> float:
     """max over w in {weights, uniform} of sum_i w_i ||x_i - a_i||^2 / sum_i w_i ||x_i||^2, in float64.
 
-    `approx` is an array of X's shape, or a factorization (anything with `row_errors(X)`), whose
-    dense table is then never built; either way float64 is used a block of rows at a time."""
+    `approx` is an array of X's shape, a factorization (anything with `row_errors(X)`) or a quantized
+    table (`rows(index).dequantize()`), whose dense table is then never built whole; float64 is used a
+    block of rows at a time."""
     X = np.asarray(X)
-    row_err = approx.row_errors(X) if hasattr(approx, "row_errors") else _row_norms2(X, approx)
+    if hasattr(approx, "row_errors"):
+        row_err = approx.row_errors(X)
+    elif hasattr(approx, "dequantize"):
+        row_err = np.concatenate([_row_norms2(X[start:start + _PIECE], approx.rows(slice(start, start + _PIECE))
+                                              .dequantize()) for start in range(0, len(X), _PIECE)])
+    else:
+        row_err = _row_norms2(X, approx)
     row_energy = _row_norms2(X)
     uniform = float(row_err.sum() / row_energy.sum())
     if weights is None:
@@ -161,9 +169,12 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
     plain = [(q, b) for q, b in PLAIN if b is None or d % b == 0]  # ORT's layout wants whole blocks along the row
     with bar(verbose, "plain quantization", len(plain), "storage") as tick:
         for quantize, block in plain:
+            if _plain_bytes(n, d, quantize, block) > budget_bytes:  # known before quantizing: skip the work
+                tick(1)
+                continue
             q = PerTensorQuantized.quantize(X) if block is None else BlockQuantized.quantize(X, BITS[quantize], block)
             if q.nbytes <= budget_bytes:
-                candidates.append((Candidate("quantize", quantize, q.nbytes, weighted_error(X, q.dequantize(), weights),
+                candidates.append((Candidate("quantize", quantize, q.nbytes, weighted_error(X, q, weights),
                                              block_size=block), q))
             tick(1)
     tail = spectrum_tail(X)
@@ -210,6 +221,11 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
     best, result = candidates[0]
     logger.info("chose %s", best.label)
     return Choice(int(budget_bytes / SLACK), table_bytes, best, [c for c, _ in candidates], result)
+
+
+def _plain_bytes(n: int, d: int, quantize: str, block: int | None) -> int:
+    """Bytes of the table quantized as a whole: quantize_dynamic's codes, scale and zero point, or blocks."""
+    return n * d + 5 if block is None else block_quantized_bytes(n, d, BITS[quantize], block)
 
 
 def _loses(bound: float, best: float) -> bool:
