@@ -23,9 +23,11 @@ The candidates:
 
 A candidate that cannot win is not built: its score is at least the uniform error of the best
 rank-min(k j, d) approximation of the table (k subspaces of rank j lie in one of rank k j,
-quantized U or not), the tail of one spectrum computed up front. When that bound already
-exceeds the best score so far, the candidate is listed with the bound and `pruned`, and a k
-whose every storage is pruned is not fitted.
+quantized U or not), the tail of one spectrum computed up front; once a k is fitted and a
+candidate's rows assigned, at least the energy beyond each cluster's best rank-j subspace
+(clustering.cluster_tail). When a bound already exceeds the best score so far, the candidate
+is listed with the bound and `pruned` (not quantized, refit nor scored), and a k whose every
+storage is pruned by the first bound is not fitted.
 """
 
 from __future__ import annotations
@@ -156,6 +158,8 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
     of V to quantized U); `progress(text)` reports each step, and `verbose` shows a bar
     over the storages scored.
     """
+    from projclust_onnx.clustering import cluster_tail
+
     X = np.asarray(table, dtype=np.float32)
     n, d = X.shape
     table_bytes = n * d * table_itemsize
@@ -208,6 +212,12 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
                     tick(1)
                     continue
                 f = truncated_factorization(estimator, X, rank)
+                bound = cluster_tail(X, f.labels, k, rank)  # tighter: these clusters, rank each
+                if _loses(bound, best_error()):
+                    candidates.append((Candidate(method, quantize, stored, bound, k, rank, block_size, pruned=True),
+                                       None))
+                    tick(1)
+                    continue
                 if quantize != "none":
                     f = f.quantized(BITS[quantize], block, X, sample_weight)
                 elif table_itemsize == 2:
@@ -229,9 +239,9 @@ def _plain_bytes(n: int, d: int, quantize: str, block: int | None) -> int:
 
 
 def _loses(bound: float, best: float) -> bool:
-    """Whether a candidate whose error is at least `bound` cannot beat `best` (a margin for the rounding
-    of the spectrum)."""
-    return bound * (1 - 1e-6) >= best
+    """Whether a candidate whose error is at least `bound` cannot beat `best` (a margin for the float32
+    sums behind the bound)."""
+    return bound * (1 - 1e-4) >= best
 
 
 def truncated_factorization(estimator, X: np.ndarray, rank: int):
@@ -241,7 +251,7 @@ def truncated_factorization(estimator, X: np.ndarray, rank: int):
     from projclust_onnx.factorization import EmbeddingFactorization
 
     if rank != estimator.rank:
-        truncated = ProjectiveClustering(estimator.n_clusters, rank, device="cpu")
+        truncated = ProjectiveClustering(estimator.n_clusters, rank, device=estimator.device)
         truncated.bases_ = np.ascontiguousarray(estimator.bases_[:, :, :rank])
         truncated.n_features_in_ = estimator.n_features_in_
         estimator = truncated

@@ -19,7 +19,7 @@ from projclust_onnx.device import resolve_device
 from projclust_onnx.progress import bar as _progress
 from projclust_onnx.threads import available_cpus, torch_threads
 
-__all__ = ["ConvergenceWarning", "ProjectiveClustering", "check_fit_memory", "fit_memory_bytes"]
+__all__ = ["ConvergenceWarning", "ProjectiveClustering", "check_fit_memory", "cluster_tail", "fit_memory_bytes"]
 
 INIT_METHODS = ("kmeans", "random")
 
@@ -315,6 +315,21 @@ class ProjectiveClustering:
             return Xt, torch.zeros(len(Xt), dtype=torch.int64, device=device), bases
         labels, _ = _assign(Xt, None, self._subspaces[1], _scale_of(Xt))
         return Xt, labels, bases
+
+
+def cluster_tail(X, labels, n_clusters: int, rank: int) -> float:
+    """The energy of X's rows beyond their own cluster's best rank-`rank` subspace, relative to ||X||_F^2.
+
+    By Eckart-Young per cluster, no factorization with these labels and `rank` columns of U
+    (float or quantized, V refit or not) has a lower unweighted relative error: the chooser's
+    bound before it builds a candidate.
+    """
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    moments = _moments(Xt, None, torch.as_tensor(np.asarray(labels, dtype=np.int64)), n_clusters)
+    with torch_threads(1):
+        eig = torch.linalg.eigvalsh(moments).clamp_min(0)  # ascending
+    total = float(eig.sum())
+    return float(eig[:, :max(Xt.shape[1] - rank, 0)].sum()) / total if total > 0 else 0.0
 
 
 # ---------------------------------------------------------------------- memory

@@ -56,7 +56,9 @@ class EmbeddingFactorization:
         `compute_dtype`: the type the runtime decodes U in (default the scales' float16; float32 where a
         tied head reads U through MatMulNBits)."""
         U_q = BlockQuantized.quantize(self.U, bits, block_size)
-        U = U_q.dequantize(compute_dtype)
+        step = 1 << 16  # decoded a piece at a time: the decoder's float temporaries stay small
+        U = np.concatenate([U_q.rows(slice(start, start + step)).dequantize(compute_dtype)
+                            for start in range(0, self.n_rows, step)]) if self.n_rows else U_q.dequantize(compute_dtype)
         X = np.asarray(X)
         w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         sw = np.sqrt(w / w.max())

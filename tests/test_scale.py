@@ -148,3 +148,14 @@ def test_plain_storage_bytes_are_known_before_quantizing(quantize, block):
     M = np.random.default_rng(2).standard_normal((33, 128)).astype(np.float32)
     q = PerTensorQuantized.quantize(M) if block is None else BlockQuantized.quantize(M, int(quantize[3:]), block)
     assert _plain_bytes(33, 128, quantize, block) == q.nbytes
+
+
+def test_cluster_tail_is_the_per_cluster_eckart_young_bound():
+    from projclust_onnx.clustering import cluster_tail
+
+    X, labels = planted(40, 9, 3, 2, 0.3, seed=10, dtype=np.float32)
+    want = sum((np.linalg.svd(X[labels == c].astype(np.float64), compute_uv=False)[4:] ** 2).sum()
+               for c in range(3)) / (X.astype(np.float64) ** 2).sum()
+    assert cluster_tail(X, labels, 3, 4) == pytest.approx(want, rel=1e-5)
+    f = EmbeddingFactorization.from_estimator(ProjectiveClustering(3, 4, init=labels, anneal_steps=0).fit(X), X)
+    assert f.relative_error(X) >= cluster_tail(X, f.labels, 3, 4) * (1 - 1e-5)
