@@ -165,10 +165,16 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
     table_bytes = n * d * table_itemsize
     say = progress or (lambda text: None)
     budget_bytes = budget_bytes * SLACK
-    candidates: list[tuple[Candidate, object]] = []
+    candidates: list[Candidate] = []
+    best: list = [None, None]  # the best built candidate and its storage: only that one storage is held
 
     def best_error() -> float:
-        return min((c.error for c, _ in candidates if not c.pruned), default=float("inf"))
+        return best[0].error if best[0] is not None else float("inf")
+
+    def add(candidate: Candidate, result=None) -> None:
+        if result is not None and candidate.error < best_error():
+            best[:] = [candidate, result]
+        candidates.append(candidate)
 
     plain = [(q, b) for q, b in PLAIN if b is None or d % b == 0]  # ORT's layout wants whole blocks along the row
     with bar(verbose, "plain quantization", len(plain), "storage") as tick:
@@ -178,8 +184,7 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
                 continue
             q = PerTensorQuantized.quantize(X) if block is None else BlockQuantized.quantize(X, BITS[quantize], block)
             if q.nbytes <= budget_bytes:
-                candidates.append((Candidate("quantize", quantize, q.nbytes, weighted_error(X, q, weights),
-                                             block_size=block), q))
+                add(Candidate("quantize", quantize, q.nbytes, weighted_error(X, q, weights), block_size=block), q)
             tick(1)
     tail = spectrum_tail(X)
     storages = [("none", 1)] + [(q, b) for q in QUANTIZE if q != "none" for b in block_sizes]
@@ -207,30 +212,26 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
                 stored = factorized_bytes(n, d, k, rank, table_itemsize, quantize, block)
                 method, block_size = "svd" if k == 1 else "projclust", None if quantize == "none" else block
                 if (quantize, block) not in live or _loses(bounds[quantize, block], best_error()):
-                    candidates.append((Candidate(method, quantize, stored, bounds[quantize, block], k, rank,
-                                                 block_size, pruned=True), None))
+                    add(Candidate(method, quantize, stored, bounds[quantize, block], k, rank, block_size, pruned=True))
                     tick(1)
                     continue
                 f = truncated_factorization(estimator, X, rank)
                 bound = cluster_tail(X, f.labels, k, rank)  # tighter: these clusters, rank each
                 if _loses(bound, best_error()):
-                    candidates.append((Candidate(method, quantize, stored, bound, k, rank, block_size, pruned=True),
-                                       None))
+                    add(Candidate(method, quantize, stored, bound, k, rank, block_size, pruned=True))
                     tick(1)
                     continue
                 if quantize != "none":
                     f = f.quantized(BITS[quantize], block, X, sample_weight)
                 elif table_itemsize == 2:
                     f.U, f.V = f.U.astype(np.float16), f.V.astype(np.float16)
-                candidates.append((Candidate(method, quantize, stored, weighted_error(X, f, weights), k, rank,
-                                             block_size), f))
+                add(Candidate(method, quantize, stored, weighted_error(X, f, weights), k, rank, block_size), f)
                 tick(1)
     if not candidates:
         raise ValueError(f"nothing fits {budget_bytes:,.0f} bytes for a {n} x {d} table; ask for a smaller ratio")
-    candidates.sort(key=lambda pair: (pair[0].error, pair[0].pruned))
-    best, result = candidates[0]
-    logger.info("chose %s", best.label)
-    return Choice(int(budget_bytes / SLACK), table_bytes, best, [c for c, _ in candidates], result)
+    candidates.sort(key=lambda c: (c.error, c.pruned))
+    logger.info("chose %s", best[0].label)
+    return Choice(int(budget_bytes / SLACK), table_bytes, best[0], candidates, best[1])
 
 
 def _plain_bytes(n: int, d: int, quantize: str, block: int | None) -> int:

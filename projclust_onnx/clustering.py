@@ -9,6 +9,7 @@ assignment, restarts, sample weights in both steps and the robust l_z objective.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -247,16 +248,22 @@ class ProjectiveClustering:
         return _assign(X, norms2, subspaces)[0]
 
     def _best_seed(self, X, w, norms2, sphere, generator, progress) -> torch.Tensor:
-        """Draw n_init seeds and keep the one whose first Lloyd step costs least.
+        """Draw n_init seeds and keep the one whose first refit costs least.
 
         On MiniLM that one-step cost ranks seeds as their converged cost does, at a
-        tenth of the price, so the budget goes to refining one good seed.
+        tenth of the price, so the budget goes to refining one good seed. For z = 2 it is
+        the energy the refit subspaces leave on the seed's own rows, from the moments'
+        eigenvalues alone (no assignment pass); for z < 2, the cost after reassignment.
         """
         best_labels, best_cost = None, float("inf")
+        energy = float((w.double() * norms2.double()).sum())
         for _ in range(self.n_init):
             labels = _seed_labels(X, self.n_clusters, self.init, generator, sphere)
-            _, dist2 = _assign(X, norms2, _refit(X, w, labels, self.n_clusters, self.rank))
-            cost = _cost(w, dist2, self.z)
+            moments = _moments(X, w, labels, self.n_clusters)
+            if self.z == 2.0:
+                cost = energy - float(_eigh(moments, values_only=True)[:, -self.rank:].sum())
+            else:
+                cost = _cost(w, _assign(X, norms2, _decompose(moments, self.rank, X.dtype))[1], self.z)
             if cost < best_cost * (1 - _TIE):  # a near tie keeps the earlier seed, whatever the rounding
                 best_labels, best_cost = labels, cost
             progress(1)
@@ -326,8 +333,7 @@ def cluster_tail(X, labels, n_clusters: int, rank: int) -> float:
     """
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
     moments = _moments(Xt, None, torch.as_tensor(np.asarray(labels, dtype=np.int64)), n_clusters)
-    with torch_threads(1):
-        eig = torch.linalg.eigvalsh(moments).clamp_min(0)  # ascending
+    eig = _eigh(moments, values_only=True).clamp_min(0)
     total = float(eig.sum())
     return float(eig[:, :max(Xt.shape[1] - rank, 0)].sum()) / total if total > 0 else 0.0
 
@@ -545,11 +551,12 @@ def _as_subspaces(bases: torch.Tensor) -> _Subspaces:
     return _Subspaces(torch.cat([vecs[..., -(d - j):], b.flip(-1)], dim=-1).to(bases.dtype), j)
 
 
-def _eigh(moments: torch.Tensor):
-    if moments.device.type == "cpu":
-        with torch_threads(1):  # small and latency-bound: extra threads only wait on each other
-            return torch.linalg.eigh(moments)  # ascending eigenvalues
-    return torch.linalg.eigh(moments)
+def _eigh(moments: torch.Tensor, values_only: bool = False):
+    """torch.linalg.eigh (or eigvalsh), ascending eigenvalues; on the CPU on one thread: small and
+    latency-bound, extra threads only wait on each other."""
+    decompose = torch.linalg.eigvalsh if values_only else torch.linalg.eigh
+    with torch_threads(1) if moments.device.type == "cpu" else contextlib.nullcontext():
+        return decompose(moments)
 
 
 def _decompose(moments: torch.Tensor, rank: int, dtype: torch.dtype) -> _Subspaces:
