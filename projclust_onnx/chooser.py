@@ -20,6 +20,14 @@ The candidates:
   fit per k, at the largest of those ranks; the smaller ranks keep the clusters and truncate
   each cluster's basis (the leading eigenvectors of the same second moment), so what is
   scored is exactly what would be written.
+
+A candidate that cannot win is not built: its score is at least the uniform error of the best
+rank-min(k j, d) approximation of the table (k subspaces of rank j lie in one of rank k j,
+quantized U or not), the tail of one spectrum computed up front; once a k is fitted and a
+candidate's rows assigned, at least the energy beyond each cluster's best rank-j subspace
+(clustering.cluster_tail). When a bound already exceeds the best score so far, the candidate
+is listed with the bound and `pruned` (not quantized, refit nor scored), and a k whose every
+storage is pruned by the first bound is not fitted.
 """
 
 from __future__ import annotations
@@ -31,12 +39,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from projclust_onnx.budget import BITS, QUANTIZE, factorized_bytes, rank_for_bytes
-from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized, storage_name
+from projclust_onnx.progress import bar
+from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized, block_quantized_bytes, storage_name
 
 logger = logging.getLogger(__name__)
 
 PLAIN = (("int8", None), ("int8", 128), ("int8", 32), ("int4", 128), ("int4", 64), ("int4", 32))
 SLACK = 1.001
+_PIECE = 1 << 16  # rows dequantized at a time when a quantized table is scored
 
 
 @dataclass
@@ -50,13 +60,15 @@ class Candidate:
     n_clusters: int | None = None
     rank: int | None = None
     block_size: int | None = None  # None with per-tensor int8
+    pruned: bool = False  # not built: `error` is a lower bound that already lost to a built candidate
 
     @property
     def label(self) -> str:
         storage = self.quantize if self.quantize == "none" else storage_name(self.quantize, self.block_size)
         if self.method == "quantize":
             return f"plain {storage}"
-        return f"{self.method} k={self.n_clusters} j={self.rank}, U {storage}"
+        label = f"{self.method} k={self.n_clusters} j={self.rank}, U {storage}"
+        return label + " (not built: cannot win)" if self.pruned else label
 
 
 @dataclass
@@ -86,10 +98,21 @@ class Choice:
                 "candidates": [{**asdict(c), "label": c.label} for c in self.candidates]}
 
 
-def weighted_error(X: np.ndarray, approx: np.ndarray, weights: np.ndarray | None) -> float:
-    """max over w in {weights, uniform} of sum_i w_i ||x_i - a_i||^2 / sum_i w_i ||x_i||^2, in float64."""
-    X = np.asarray(X, dtype=np.float64)
-    row_err, row_energy = ((X - approx) ** 2).sum(1), (X ** 2).sum(1)
+def weighted_error(X: np.ndarray, approx, weights: np.ndarray | None) -> float:
+    """max over w in {weights, uniform} of sum_i w_i ||x_i - a_i||^2 / sum_i w_i ||x_i||^2, in float64.
+
+    `approx` is an array of X's shape, a factorization (anything with `row_errors(X)`) or a quantized
+    table (`rows(index).dequantize()`), whose dense table is then never built whole; float64 is used a
+    block of rows at a time."""
+    X = np.asarray(X)
+    if hasattr(approx, "row_errors"):
+        row_err = approx.row_errors(X)
+    elif hasattr(approx, "dequantize"):
+        row_err = np.concatenate([_row_norms2(X[start:start + _PIECE], approx.rows(slice(start, start + _PIECE))
+                                              .dequantize()) for start in range(0, len(X), _PIECE)])
+    else:
+        row_err = _row_norms2(X, approx)
+    row_energy = _row_norms2(X)
     uniform = float(row_err.sum() / row_energy.sum())
     if weights is None:
         return uniform
@@ -97,28 +120,73 @@ def weighted_error(X: np.ndarray, approx: np.ndarray, weights: np.ndarray | None
     return max(uniform, float((w * row_err).sum() / (w * row_energy).sum()))
 
 
+def _row_norms2(X: np.ndarray, minus: np.ndarray | None = None, block: int = 1 << 16) -> np.ndarray:
+    """||x_i - minus_i||^2 (or ||x_i||^2) per row, in float64 over blocks of rows."""
+    out = np.empty(len(X))
+    for start in range(0, len(X), block):
+        rows = np.asarray(X[start:start + block], dtype=np.float64)
+        if minus is not None:
+            rows -= minus[start:start + block]
+        out[start:start + block] = (rows * rows).sum(1)
+    return out
+
+
+def spectrum_tail(X: np.ndarray, block: int = 1 << 14) -> np.ndarray:
+    """tail[r]: the relative error of the best rank-r approximation of X, for r = 0..d (uniform weights).
+
+    From the eigenvalues of X^T X, summed in float64 a block of rows at a time."""
+    d = X.shape[1]
+    gram = np.zeros((d, d))
+    for start in range(0, len(X), block):
+        rows = np.asarray(X[start:start + block], dtype=np.float32)
+        gram += (rows.T @ rows).astype(np.float64)
+    eig = np.clip(np.linalg.eigvalsh(gram)[::-1], 0, None)  # descending
+    total = eig.sum()
+    if total <= 0:
+        return np.zeros(d + 1)
+    tail = np.concatenate([np.cumsum(eig[::-1])[::-1], [0.0]]) / total
+    return tail
+
+
 def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *, clusters=(3, 5, 8),
            block_sizes=(32, 64, 128), fit=None, sample_weight: np.ndarray | None = None, table_itemsize: int = 4,
-           progress=None) -> Choice:
+           progress=None, verbose: bool = False) -> Choice:
     """The candidate with the lowest `weights`-weighted error within budget_bytes.
 
     `fit(k, rank)` returns a ProjectiveClustering fitted on `table` (the compressor passes
     one configured as the user asked, with `sample_weight`, which also weights the refit
-    of V to quantized U); `progress(text)` reports each step.
+    of V to quantized U); `progress(text)` reports each step, and `verbose` shows a bar
+    over the storages scored.
     """
+    from projclust_onnx.clustering import cluster_tail
+
     X = np.asarray(table, dtype=np.float32)
     n, d = X.shape
     table_bytes = n * d * table_itemsize
     say = progress or (lambda text: None)
     budget_bytes = budget_bytes * SLACK
-    candidates: list[tuple[Candidate, object]] = []
-    for quantize, block in PLAIN:
-        if block is not None and d % block:
-            continue  # ORT's layout wants whole blocks along the row
-        q = PerTensorQuantized.quantize(X) if block is None else BlockQuantized.quantize(X, BITS[quantize], block)
-        if q.nbytes <= budget_bytes:
-            candidates.append((Candidate("quantize", quantize, q.nbytes, weighted_error(X, q.dequantize(), weights),
-                                         block_size=block), q))
+    candidates: list[Candidate] = []
+    best: list = [None, None]  # the best built candidate and its storage: only that one storage is held
+
+    def best_error() -> float:
+        return best[0].error if best[0] is not None else float("inf")
+
+    def add(candidate: Candidate, result=None) -> None:
+        if result is not None and candidate.error < best_error():
+            best[:] = [candidate, result]
+        candidates.append(candidate)
+
+    plain = [(q, b) for q, b in PLAIN if b is None or d % b == 0]  # ORT's layout wants whole blocks along the row
+    with bar(verbose, "plain quantization", len(plain), "storage") as tick:
+        for quantize, block in plain:
+            if _plain_bytes(n, d, quantize, block) > budget_bytes:  # known before quantizing: skip the work
+                tick(1)
+                continue
+            q = PerTensorQuantized.quantize(X) if block is None else BlockQuantized.quantize(X, BITS[quantize], block)
+            if q.nbytes <= budget_bytes:
+                add(Candidate("quantize", quantize, q.nbytes, weighted_error(X, q, weights), block_size=block), q)
+            tick(1)
+    tail = spectrum_tail(X)
     storages = [("none", 1)] + [(q, b) for q in QUANTIZE if q != "none" for b in block_sizes]
     for k in (1, *clusters):
         ranks = {}
@@ -129,26 +197,52 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
                 continue
         if not ranks or k > n:
             continue
-        say(f"fitting k={k} at j={max(ranks.values())}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            estimator = fit(k, max(ranks.values()))
-        for (quantize, block), rank in ranks.items():
-            f = truncated_factorization(estimator, X, rank)
-            if quantize != "none":
-                f = f.quantized(BITS[quantize], block, X, sample_weight)
-            elif table_itemsize == 2:
-                f.U, f.V = f.U.astype(np.float16), f.V.astype(np.float16)
-            stored = factorized_bytes(n, d, k, rank, table_itemsize, quantize, block)
-            candidates.append((Candidate("svd" if k == 1 else "projclust", quantize, stored,
-                                         weighted_error(X, f.reconstruct(), weights), k, rank,
-                                         None if quantize == "none" else block), f))
+        bounds = {storage: float(tail[min(k * rank, d)]) for storage, rank in ranks.items()}
+        live = {storage: rank for storage, rank in ranks.items() if not _loses(bounds[storage], best_error())}
+        if not live:
+            say(f"k={k} not fitted: every storage's error is at least {min(bounds.values()):.4g}, "
+                f"and {best_error():.4g} is already reached")
+        else:
+            say(f"fitting k={k} at j={max(live.values())}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                estimator = fit(k, max(live.values()))
+        with bar(verbose and bool(live), f"scoring k={k}", len(ranks), "storage") as tick:
+            for (quantize, block), rank in ranks.items():
+                stored = factorized_bytes(n, d, k, rank, table_itemsize, quantize, block)
+                method, block_size = "svd" if k == 1 else "projclust", None if quantize == "none" else block
+                if (quantize, block) not in live or _loses(bounds[quantize, block], best_error()):
+                    add(Candidate(method, quantize, stored, bounds[quantize, block], k, rank, block_size, pruned=True))
+                    tick(1)
+                    continue
+                f = truncated_factorization(estimator, X, rank)
+                bound = cluster_tail(X, f.labels, k, rank)  # tighter: these clusters, rank each
+                if _loses(bound, best_error()):
+                    add(Candidate(method, quantize, stored, bound, k, rank, block_size, pruned=True))
+                    tick(1)
+                    continue
+                if quantize != "none":
+                    f = f.quantized(BITS[quantize], block, X, sample_weight)
+                elif table_itemsize == 2:
+                    f.U, f.V = f.U.astype(np.float16), f.V.astype(np.float16)
+                add(Candidate(method, quantize, stored, weighted_error(X, f, weights), k, rank, block_size), f)
+                tick(1)
     if not candidates:
         raise ValueError(f"nothing fits {budget_bytes:,.0f} bytes for a {n} x {d} table; ask for a smaller ratio")
-    candidates.sort(key=lambda pair: pair[0].error)
-    best, result = candidates[0]
-    logger.info("chose %s", best.label)
-    return Choice(int(budget_bytes / SLACK), table_bytes, best, [c for c, _ in candidates], result)
+    candidates.sort(key=lambda c: (c.error, c.pruned))
+    logger.info("chose %s", best[0].label)
+    return Choice(int(budget_bytes / SLACK), table_bytes, best[0], candidates, best[1])
+
+
+def _plain_bytes(n: int, d: int, quantize: str, block: int | None) -> int:
+    """Bytes of the table quantized as a whole: quantize_dynamic's codes, scale and zero point, or blocks."""
+    return n * d + 5 if block is None else block_quantized_bytes(n, d, BITS[quantize], block)
+
+
+def _loses(bound: float, best: float) -> bool:
+    """Whether a candidate whose error is at least `bound` cannot beat `best` (a margin for the float32
+    sums behind the bound)."""
+    return bound * (1 - 1e-4) >= best
 
 
 def truncated_factorization(estimator, X: np.ndarray, rank: int):
@@ -158,7 +252,7 @@ def truncated_factorization(estimator, X: np.ndarray, rank: int):
     from projclust_onnx.factorization import EmbeddingFactorization
 
     if rank != estimator.rank:
-        truncated = ProjectiveClustering(estimator.n_clusters, rank, device="cpu")
+        truncated = ProjectiveClustering(estimator.n_clusters, rank, device=estimator.device)
         truncated.bases_ = np.ascontiguousarray(estimator.bases_[:, :, :rank])
         truncated.n_features_in_ = estimator.n_features_in_
         estimator = truncated

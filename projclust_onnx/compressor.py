@@ -237,7 +237,7 @@ class ProjClustCompressor:
 
         def fit(k: int, rank: int):
             return estimator_for(dataclasses.replace(config, n_clusters=k, method="svd" if k == 1 else "projclust"),
-                                 rank, verbose=False).fit(table32, sample_weight=weights)
+                                 rank, verbose=phases.verbose).fit(table32, sample_weight=weights)
 
         def say(text: str) -> None:
             if phases.verbose:
@@ -245,7 +245,7 @@ class ProjClustCompressor:
 
         n, d = plan.shape
         return choose(table32, n * d * plan.itemsize / config.target_ratio, metric, fit=fit, sample_weight=weights,
-                      table_itemsize=plan.itemsize, progress=say)
+                      table_itemsize=plan.itemsize, progress=say, verbose=phases.verbose)
 
     def _report(self, plan, config, result, parities, written: int, relative_error: float | None, n_tokens, n_special,
                 choice, timings) -> CompressionReport:

@@ -44,9 +44,8 @@ class EmbeddingFactorization:
     @classmethod
     def from_estimator(cls, estimator: ProjectiveClustering, X, dtype=np.float32) -> EmbeddingFactorization:
         """Project X onto the fitted subspaces: U[t] = x_t @ B_c, V[c] = B_c^T."""
-        X = np.asarray(X)
-        labels = estimator.predict(X)
-        U = estimator.transform(X).astype(dtype)
+        labels, U = estimator.predict_transform(np.asarray(X))
+        U = U.astype(dtype, copy=False)
         V = np.ascontiguousarray(np.transpose(estimator.bases_, (0, 2, 1))).astype(dtype)
         return cls(labels=labels, U=U, V=V)
 
@@ -57,18 +56,22 @@ class EmbeddingFactorization:
         `compute_dtype`: the type the runtime decodes U in (default the scales' float16; float32 where a
         tied head reads U through MatMulNBits)."""
         U_q = BlockQuantized.quantize(self.U, bits, block_size)
-        U = U_q.dequantize(compute_dtype)
-        X = np.asarray(X, dtype=np.float64)
+        step = 1 << 16  # decoded a piece at a time: the decoder's float temporaries stay small
+        U = np.concatenate([U_q.rows(slice(start, start + step)).dequantize(compute_dtype)
+                            for start in range(0, self.n_rows, step)]) if self.n_rows else U_q.dequantize(compute_dtype)
+        X = np.asarray(X)
         w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        w = w / w.max()
+        sw = np.sqrt(w / w.max())
         V = np.empty(self.V.shape, dtype=np.float64)
         for c in range(self.n_clusters):
-            rows = self.labels == c
-            A = U[rows].astype(np.float64) * np.sqrt(w[rows])[:, None]
-            gram = A.T @ A
+            gram, rhs = np.zeros((self.rank, self.rank)), np.zeros((self.rank, self.dim))
+            # float64 sums a block of rows at a time: no float64 copy of the whole table
+            for rows in _blocks(np.flatnonzero(self.labels == c), self.dim):
+                A = U[rows].astype(np.float64) * sw[rows, None]
+                gram += A.T @ A
+                rhs += A.T @ (X[rows].astype(np.float64) * sw[rows, None])
             ridge = 1e-8 * (np.trace(gram) / len(gram) + 1e-30)  # rows < j or an empty cluster: stay defined
-            V[c] = np.linalg.solve(gram + ridge * np.eye(len(gram)),
-                                   A.T @ (X[rows] * np.sqrt(w[rows])[:, None]))
+            V[c] = np.linalg.solve(gram + ridge * np.eye(len(gram)), rhs)
         return EmbeddingFactorization(labels=self.labels, U=U, V=V.astype(np.float16), U_q=U_q)
 
     @property
@@ -123,6 +126,19 @@ class EmbeddingFactorization:
             out[rows] = self.U[rows].astype(dtype) @ self.V[c].astype(dtype)
         return out
 
+    def row_errors(self, X) -> np.ndarray:
+        """||x_t - U[t] V[c(t)]||^2 for every row of X of shape (n, d), in float64, a block of rows at a
+        time (the dense table is never built)."""
+        X = np.asarray(X)
+        dtype = self.U.dtype if self.U_q is None else np.float32
+        out = np.empty(self.n_rows)
+        for c in range(self.n_clusters):
+            V = self.V[c].astype(dtype)
+            for rows in _blocks(np.flatnonzero(self.labels == c), self.dim):
+                approx = (self.U[rows].astype(dtype) @ V).astype(np.float64)
+                out[rows] = ((X[rows].astype(np.float64) - approx) ** 2).sum(1)
+        return out
+
     def relative_error(self, X) -> float:
         """||X - reconstruct()||_F^2 / ||X||_F^2, in float64."""
         X = np.asarray(X, dtype=np.float64)
@@ -160,3 +176,10 @@ class EmbeddingFactorization:
             U_q = BlockQuantized(tensors["U_q_data"], tensors["U_q_scales"], tensors["U_q_zero_points"],
                                  spec["bits"], spec["block_size"])
         return cls(labels=tensors["labels"], U=tensors["U"], V=tensors["V"], U_q=U_q)
+
+
+def _blocks(rows: np.ndarray, width: int, elements: int = 1 << 22):
+    """`rows` cut into consecutive pieces of about `elements` values of `width` each."""
+    step = max(1, elements // max(width, 1))
+    for start in range(0, len(rows), step):
+        yield rows[start:start + step]

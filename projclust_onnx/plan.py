@@ -202,6 +202,11 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     if share < SMALL_SHARE:
         logger.warning("projclust-onnx: warning: the word table is %.2f%% of the model's bytes (%s x %s); compressing "
                        "it saves little", 100 * share, n, d)
+    if factorization is None:  # a fit that cannot fit in memory is refused before any work
+        from projclust_onnx.clustering import check_fit_memory
+
+        rank = first.rank
+        check_fit_memory(n, d, 8 if rank is None else config.n_clusters, rank or d - 1)
     plan = CompressionPlan(save_dir, files, skipped, max_positions_of(source_dir))
     # Room for every file the output will hold (at most the input's size: each model file shrinks,
     # companions are copied) plus the parity check's two models of the largest file, written in the stage.

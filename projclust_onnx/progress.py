@@ -36,3 +36,28 @@ class Phases:
             yield
         finally:
             self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def bar(verbose: bool, desc: str, total: int, unit: str = "step") -> Iterator:
+    """A progress bar on stderr with counts and an estimate of the time left; yields tick(n=1, **postfix).
+
+    Silent when not verbose. A phase that ends early (Lloyd settling before max_iter) is
+    shown as done at its count."""
+    if not verbose:
+        yield lambda n=1, **postfix: None
+        return
+    from tqdm.auto import tqdm
+
+    progress = tqdm(desc=f"  {desc}", total=total, unit=unit, file=sys.stderr)
+
+    def tick(n: int = 1, **postfix) -> None:
+        progress.update(n)
+        if postfix:
+            progress.set_postfix(postfix)
+
+    try:
+        yield tick
+    finally:
+        progress.total = progress.n
+        progress.close()

@@ -22,6 +22,9 @@ BITS = (4, 8)
 # Per-block ranges tried, as fractions of the block's [min, max] span: clipping a few
 # outliers buys finer steps for the rest. The lowest squared error wins per block.
 _CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7)
+# Rows quantized at a time: rows are independent, and the float temporaries of a whole
+# 250,000-row table would be several times its size.
+_ROWS_PER_PIECE = 1 << 15
 
 
 @dataclass
@@ -42,25 +45,44 @@ class BlockQuantized:
         n, m = matrix.shape
         if m % block_size:
             raise ValueError(f"the row length {m} must be a multiple of block_size={block_size}")
+        if n > _ROWS_PER_PIECE:
+            parts = [cls.quantize(matrix[start:start + _ROWS_PER_PIECE], bits, block_size, scale_dtype)
+                     for start in range(0, n, _ROWS_PER_PIECE)]
+            return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("data", "scales",
+                                                                                        "zero_points")),
+                       bits, block_size)
         blocks = np.asarray(matrix, dtype=np.float32).reshape(n, m // block_size, block_size)
         levels = 2**bits - 1
         lo, hi = np.minimum(blocks.min(axis=2), 0.0), np.maximum(blocks.max(axis=2), 0.0)
         best_err = np.full(lo.shape, np.inf, dtype=np.float64)
         scales = np.zeros(lo.shape, dtype=scale_dtype)
         zeros = np.zeros(lo.shape, dtype=np.uint8)
+        work = np.empty_like(blocks)  # one buffer for every ratio, the steps of _decode done in place
         for ratio in _CLIP_RATIOS:
             s = ((hi - lo) * ratio / levels).astype(scale_dtype)
             s = np.where(s > 0, s, np.ones_like(s))  # an all-zero block: any scale codes it exactly
             s32 = s.astype(np.float32)
             z = np.clip(np.round(-lo * ratio / s32), 0, levels).astype(np.uint8)
-            codes = np.clip(np.round(blocks / s32[..., None]) + z[..., None], 0, levels)
-            err = ((_decode(codes, z, s, scale_dtype) - blocks) ** 2).sum(axis=2)
+            np.divide(blocks, s32[..., None], out=work)
+            np.round(work, out=work)
+            work += z[..., None]
+            np.clip(work, 0, levels, out=work)  # the codes
+            work -= z.astype(np.float32)[..., None]
+            work *= s32[..., None]
+            if np.dtype(scale_dtype) != np.float32:
+                work[...] = work.astype(scale_dtype)  # the runtime's rounding to the scales' dtype
+            work -= blocks
+            np.square(work, out=work)
+            err = work.sum(axis=2)
             better = err < best_err
             best_err = np.where(better, err, best_err)
             scales = np.where(better, s, scales)
             zeros = np.where(better, z, zeros)
         s32 = scales.astype(np.float32)
-        codes = np.clip(np.round(blocks / s32[..., None]) + zeros[..., None], 0, levels).astype(np.uint8)
+        np.divide(blocks, s32[..., None], out=work)
+        np.round(work, out=work)
+        work += zeros[..., None]
+        codes = np.clip(work, 0, levels, out=work).astype(np.uint8)
         codes = codes.reshape(n, m)
         if bits == 4:
             return cls(pack4(codes), scales, pack4(zeros), bits, block_size)
@@ -119,8 +141,15 @@ class PerTensorQuantized:
         lo, hi = min(float(matrix.min()), 0.0), max(float(matrix.max()), 0.0)
         scale = np.float32((hi - lo) / 255.0 or 1.0)
         zero = np.uint8(np.clip(np.round(-lo / scale), 0, 255))
-        data = np.clip(np.round(matrix / scale) + zero, 0, 255).astype(np.uint8)
+        data = np.empty(matrix.shape, dtype=np.uint8)
+        for start in range(0, len(matrix), _ROWS_PER_PIECE):
+            piece = matrix[start:start + _ROWS_PER_PIECE]
+            data[start:start + _ROWS_PER_PIECE] = np.clip(np.round(piece / scale) + zero, 0, 255)
         return cls(data, np.array(scale, np.float32), np.array(zero, np.uint8))
+
+    def rows(self, index) -> PerTensorQuantized:
+        """The storage of rows `index`: the same scale and zero point."""
+        return PerTensorQuantized(self.data[index], self.scale, self.zero_point)
 
     @property
     def shape(self) -> tuple[int, int]:
