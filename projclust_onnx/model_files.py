@@ -110,13 +110,13 @@ def load_model(path: Path, full_check: bool = False) -> ir.Model:
     try:  # by path, so external data and models over 2 GB are checked too
         onnx.checker.check_model(str(path))
     except Exception as err:
-        raise ValueError(f"{path} fails onnx.checker ({_first_line(err)}); the file may be truncated or damaged: "
+        raise ValueError(f"{path} fails onnx.checker ({first_line(err)}); the file may be truncated or damaged: "
                          "re-export it") from err
     if full_check:
         try:
             onnx.checker.check_model(str(path), full_check=True)
         except Exception as err:
-            raise ValueError(f"{path} fails onnx.checker's full check ({_first_line(err)}): its declared types or "
+            raise ValueError(f"{path} fails onnx.checker's full check ({first_line(err)}): its declared types or "
                              "shapes contradict its nodes; fix the export (or the graph's declared outputs)") from err
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
@@ -125,7 +125,7 @@ def load_model(path: Path, full_check: bool = False) -> ir.Model:
     return ir.from_proto(proto)
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     text = str(err).strip()
     return " ".join(text.splitlines()[0].split()) if text else type(err).__name__
 

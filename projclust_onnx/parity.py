@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from projclust_onnx.model_files import save_model
+from projclust_onnx.model_files import first_line, save_model
 from projclust_onnx.threads import session_options
 
 TOLERANCE = {ir.DataType.FLOAT: 1e-4, ir.DataType.DOUBLE: 1e-8, ir.DataType.FLOAT16: 2e-2,
@@ -204,8 +204,13 @@ def check_parity(rewritten: ir.Model, reference: ir.Model, *, ids_input: str, n_
         n_outputs = len(sessions[0].get_outputs()) - len(frontier)
         for batch, seq, past in shapes:
             feeds = random_feeds(sessions[0].get_inputs(), ids_input, n_rows, batch, seq, rng, past)
-            got, want = (s.run(None, feeds) for s in sessions)
             where = f"at batch={batch}, sequence={seq}, cached={past}; nothing was written"
+            try:
+                got, want = (s.run(None, feeds) for s in sessions)
+            except Exception as err:  # onnxruntime's own exception types
+                raise ParityError(f"ONNX Runtime could not run the check's inputs {where} ({first_line(err)}); if "
+                                  "the model holds fewer positions, put its config.json (max_position_embeddings) "
+                                  "beside it") from None
             for i, (name, a, b) in enumerate(zip((o.name for o in sessions[0].get_outputs()), got, want)):
                 if not a.size or a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer):
                     if not np.array_equal(a, b):
