@@ -26,6 +26,7 @@ from projclust_onnx.errors import SettingError
 from projclust_onnx.model_files import (
     MODEL_SUBDIR,
     copy_companions,
+    copy_hf_companions,
     copy_model_file,
     layout_root,
     load_model,
@@ -87,6 +88,8 @@ class ProjClustCompressor:
         export_dir = temp_dir("export")
         with Phases(verbose)("export", f"exporting {model_name_or_path} to ONNX with Optimum ({task})"):
             export_onnx(str(model_name_or_path), Path(export_dir.name), task)
+        if path.is_dir():  # a hub id's other files stay in the hub cache: only weights were fetched
+            copy_hf_companions(path, Path(export_dir.name))
         return cls(resolve_onnx_files(Path(export_dir.name)), str(model_name_or_path), export_dir)
 
     @property

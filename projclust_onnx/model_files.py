@@ -76,6 +76,30 @@ def layout_root(path: Path) -> Path | None:
     return None
 
 
+# What a Hugging Face folder holds besides weights that the export does not carry: sentence-transformers'
+# modules (modules.json, 1_Pooling/, 2_Normalize/, their configs), model cards, data configs.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".ckpt", ".pt", ".pth", ".onnx", ".onnx_data",
+                    ".ot", ".gguf", ".tflite")
+
+
+def copy_hf_companions(hf_dir: Path, export_dir: Path) -> list[str]:
+    """Copy what the export of `hf_dir` lacks (never weights, never files the export wrote), so that an
+    output of a sentence-transformers checkpoint loads in SentenceTransformer(out, backend="onnx") with its
+    pooling and normalisation."""
+    copied = []
+    for item in sorted(Path(hf_dir).iterdir()):
+        target = export_dir / item.name
+        if item.name.startswith(".") or item.name.endswith(_WEIGHT_SUFFIXES) or target.exists():
+            continue
+        if item.is_file():
+            shutil.copy2(item, target)
+            copied.append(item.name)
+        elif item.is_dir() and not any(p.name.endswith(_WEIGHT_SUFFIXES) for p in item.rglob("*")):
+            shutil.copytree(item, target)
+            copied.append(item.name + "/")
+    return copied
+
+
 def copy_model_file(path: Path, dest_dir: Path) -> None:
     """Copy a model file the rewrite leaves alone, with the external-data files it refers to."""
     import onnx

@@ -96,3 +96,18 @@ def test_transformers_js_folder_keeps_its_layout(st_folder, tmp_path):
     for name in ("onnx/model.onnx", "onnx/model_quantized.onnx"):
         assert (tmp_path / "out" / name).stat().st_size < (js / name).stat().st_size
     assert (tmp_path / "out" / "tokenizer.json").is_file() and not any((tmp_path / "out").glob("*.onnx"))
+
+
+def test_hugging_face_folder_of_a_sentence_transformer_keeps_its_modules(st_folder, tmp_path):
+    """Compressing the PyTorch folder (exported first) keeps modules.json and the pooling, so the output
+    encodes with the same modules, normalisation included; weights are not copied."""
+    from sentence_transformers import SentenceTransformer
+
+    hf = st_folder.parent / "st-torch"
+    out = tmp_path / "out"
+    ProjClustCompressor.from_pretrained(hf).compress(out, ProjClustConfig(**TINY))
+    assert (out / "modules.json").is_file() and (out / "model.onnx").is_file()
+    assert not [p for p in out.rglob("*") if p.suffix in (".safetensors", ".bin")]
+    compressed = SentenceTransformer(str(out), backend="onnx", device="cpu")
+    assert [type(m).__name__ for m in compressed] == ["Transformer", "Pooling", "Normalize"]
+    assert np.allclose(np.linalg.norm(compressed.encode(SENTENCES), axis=1), 1, atol=1e-5)
