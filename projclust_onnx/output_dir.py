@@ -100,17 +100,19 @@ def _check_not_precious(save_dir: Path) -> None:
         what = "the current directory" if save_dir == cwd else "an ancestor of the current directory"
         raise OutputError(f"output {save_dir} is {what}; write into a new subdirectory instead, e.g. "
                           f"{cwd / 'projclust-output'}")
-    if save_dir in _home_directories():
+    if save_dir in _home_directories(save_dir):
         raise OutputError(f"output {save_dir} is a home directory; write into a new subdirectory instead, e.g. "
                           f"{save_dir / 'projclust-output'}")
 
 
-def _home_directories() -> set[Path]:
+def _home_directories(save_dir: Path) -> set[Path]:
+    """This user's home, and the home of the directory's owner (one lookup: enumerating every user
+    can take minutes on a machine that asks a directory service)."""
     homes = {Path.home().resolve()}
     with contextlib.suppress(ImportError, KeyError, OSError):
         import pwd
 
-        homes |= {Path(entry.pw_dir).resolve() for entry in pwd.getpwall() if entry.pw_dir not in ("", "/")}
+        homes.add(Path(pwd.getpwuid(save_dir.stat().st_uid).pw_dir).resolve())
     return homes
 
 
