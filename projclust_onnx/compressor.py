@@ -138,8 +138,9 @@ class ProjClustCompressor:
             else:
                 with phases("weights", "weighting rows (tokenizer, calibration text)"):
                     weights, metric, n_tokens, n_special = self._weights(config, n, phases.verbose)
+                groups = plan.groups()
                 for key, table32 in tables.items():
-                    group = plan.groups()[key][0]
+                    group = groups[key][0]
                     if config.target_ratio is not None:
                         with phases("clustering", f"choosing the storage of {n} x {d} rows within 1/"
                                                   f"{config.target_ratio:g} of its bytes"):
