@@ -25,7 +25,7 @@ import torch
 from common import append_results, markdown_table
 
 from projclust_onnx import ProjectiveClustering, rank_for_budget
-from projclust_onnx.bundled import bundled_word_embedding
+from projclust_onnx.pipeline.bundled import bundled_word_embedding
 
 
 def authors_reference(E: np.ndarray, k: int, j: int, steps: int = 5, restarts: int = 5, seed: int = 0) -> float:
@@ -105,7 +105,7 @@ def main() -> None:
 
 def contention_table(E: np.ndarray, total: float, busy_counts: list[int]) -> str:
     """The k=5, 40% fit beside 0, 1, 2... busy single-threaded processes, as ratios to idle."""
-    from projclust_onnx.threads import available_cpus
+    from projclust_onnx.common.threads import available_cpus
 
     n, d = E.shape
     j = rank_for_budget(n, d, 5, 0.4)

@@ -33,9 +33,9 @@ from common import append_results, markdown_table
 from onnx import TensorProto, helper, numpy_helper
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.budget import index_map_bytes, rank_for_bytes
-from projclust_onnx.factorization import EmbeddingFactorization
-from projclust_onnx.threads import session_options
+from projclust_onnx.common.threads import session_options
+from projclust_onnx.core.budget import index_map_bytes, rank_for_bytes
+from projclust_onnx.core.factorization import EmbeddingFactorization
 
 VOCAB, HIDDEN = 151936, 896
 
@@ -46,7 +46,7 @@ def qwen_export(directory: Path, layers: int) -> Path:
     import transformers
     from optimum.exporters.onnx import main_export
 
-    from projclust_onnx.compressor import quiet_third_party
+    from projclust_onnx.pipeline.compressor import quiet_third_party
 
     config = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=4864,
                                       num_hidden_layers=layers, num_attention_heads=14, num_key_value_heads=2,
@@ -96,7 +96,7 @@ def ort_int4(src: Path, directory: Path) -> Path:
 
 def random_int4_factors(n: int, d: int, k: int, rank: int, seed: int = 0) -> EmbeddingFactorization:
     """Random factors with U stored in 4 bits (blocks of 32), decoded in float32 as a tied head reads it."""
-    from projclust_onnx.quantization import BlockQuantized
+    from projclust_onnx.storage.quantization import BlockQuantized
 
     f = random_factors(n, d, k, rank, seed)
     U_q = BlockQuantized.quantize(f.U, 4, 32)

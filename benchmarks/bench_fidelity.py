@@ -19,8 +19,8 @@ from common import append_results, markdown_table
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
 from projclust_onnx.benchmark.runner import _mean_cosine, _outputs, open_session
-from projclust_onnx.bundled import bundled_model_path
-from projclust_onnx.data import column, load_records
+from projclust_onnx.common.data import column, load_records
+from projclust_onnx.pipeline.bundled import bundled_model_path
 
 
 def main() -> None:

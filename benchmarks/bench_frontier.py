@@ -32,15 +32,15 @@ from common import RESULTS, append_results, markdown_table
 from projclust_onnx.passes import find_word_embedding, with_cleanup
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.benchmark.metrics import score
 from projclust_onnx.benchmark.runner import _mean_cosine, _outputs, open_session
-from projclust_onnx.budget import BITS, rank_for_budget
-from projclust_onnx.bundled import bundled_model_path
-from projclust_onnx.calibration import calibration_weights, sample_weights
-from projclust_onnx.compressor import estimator_for, rewrite_pass
-from projclust_onnx.data import column, labeled_texts, load_records
-from projclust_onnx.factorization import EmbeddingFactorization
-from projclust_onnx.model_files import load_model, model_bytes, save_model
+from projclust_onnx.common.data import column, labeled_texts, load_records
+from projclust_onnx.common.metrics import score
+from projclust_onnx.core.budget import BITS, rank_for_budget
+from projclust_onnx.core.calibration import calibration_weights, sample_weights
+from projclust_onnx.core.factorization import EmbeddingFactorization
+from projclust_onnx.pipeline.bundled import bundled_model_path
+from projclust_onnx.pipeline.compressor import estimator_for, rewrite_pass
+from projclust_onnx.pipeline.model_files import load_model, model_bytes, save_model
 
 BUDGETS = (0.6, 0.8, 0.9, 0.9375)
 STORAGES = ("none", "int8", "int4")

@@ -21,7 +21,7 @@ from projclust_onnx.passes import LAYOUTS, LOOKUP_FORMS
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
 from projclust_onnx.benchmark.runner import measure_latency, open_session, resolve_providers
-from projclust_onnx.bundled import bundled_model_path
+from projclust_onnx.pipeline.bundled import bundled_model_path
 
 
 def main() -> None:
@@ -67,7 +67,7 @@ def cuda_agreement(paths: dict, providers: list[str]) -> str:
     """Max abs difference between the CUDA and CPU providers' outputs of each model."""
     import numpy as np
 
-    from projclust_onnx.parity import random_feeds
+    from projclust_onnx.pipeline.parity import random_feeds
 
     lines = ["", "", "CUDA vs CPU provider, max abs difference of the outputs (batch 4, sequence 64):", ""]
     for name, path in paths.items():

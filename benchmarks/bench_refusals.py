@@ -25,8 +25,8 @@ def main() -> None:
     parser.add_argument("--calibration-mb", type=float, default=20.0)
     args = parser.parse_args()
 
-    from projclust_onnx.bundled import bundled_model_path
-    from projclust_onnx.compressor import export_onnx
+    from projclust_onnx.pipeline.bundled import bundled_model_path
+    from projclust_onnx.pipeline.compressor import export_onnx
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="bench-refusals-") as tmp:
@@ -47,7 +47,7 @@ def main() -> None:
         }
         rows = []
         for name, extra in cases.items():
-            command = [sys.executable, "-m", "projclust_onnx.cli", "compress", "--model", str(tmp / "onnx"),
+            command = [sys.executable, "-m", "projclust_onnx.cli.main", "compress", "--model", str(tmp / "onnx"),
                        "--output", str(tmp / "out"), "--calibration-text", str(texts), "-q", *extra]
             start = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

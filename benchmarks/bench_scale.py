@@ -34,7 +34,7 @@ RUNS = {
 
 
 def minilm_table() -> np.ndarray:
-    from projclust_onnx.bundled import bundled_word_embedding
+    from projclust_onnx.pipeline.bundled import bundled_word_embedding
 
     return np.asarray(bundled_word_embedding(), dtype=np.float32)
 
@@ -101,7 +101,8 @@ def child(argv: list[str], peak_file: str) -> int:
     """Run `projclust-onnx compress` in this process and write the peak RSS of its fit phase (the fit or
     the chooser) to peak_file: the kernel's high-water mark is reset as the fit starts (clear_refs 5) and
     read as it ends."""
-    from projclust_onnx import cli, compressor
+    from projclust_onnx.cli import main as cli
+    from projclust_onnx.pipeline import compressor
 
     peaks = []
 
@@ -138,8 +139,9 @@ def main() -> None:
     rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         # What the interpreter, torch, onnxruntime and transformers hold before any table is read.
-        imports = [sys.executable, "-c", "import onnxruntime, onnx_ir, transformers, projclust_onnx.compressor, "
-                   "projclust_onnx.cli, projclust_onnx.parity, projclust_onnx.passes"]
+        imports = [sys.executable, "-c", ("import onnxruntime, onnx_ir, transformers, "
+                   "projclust_onnx.pipeline.compressor, projclust_onnx.cli.main, "
+                    "projclust_onnx.pipeline.parity, projclust_onnx.passes")]
         base_rss = measure(imports, args.timeout, Path(tmp) / "imports.log")[2]
         notes.append(f"- peak RSS of the imports alone: {base_rss / 2**30:.2f} GiB; 'fit peak' is the high-water "
                      "mark while the fit (or the chooser) runs, model and table already read; 'within bound' "

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from common import append_results, markdown_table
 
-from projclust_onnx.bundled import bundled_model_path
-from projclust_onnx.compressor import export_onnx
-from projclust_onnx.data import column, load_records
-from projclust_onnx.training import predict_logits, train_classifier
+from projclust_onnx.common.data import column, load_records
+from projclust_onnx.nn.training import predict_logits, train_classifier
+from projclust_onnx.pipeline.bundled import bundled_model_path
+from projclust_onnx.pipeline.compressor import export_onnx
 
 
 def main() -> None:

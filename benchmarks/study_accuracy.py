@@ -23,10 +23,10 @@ import numpy as np
 from common import RESULTS, append_results, markdown_table
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.benchmark.metrics import accuracy
 from projclust_onnx.benchmark.plots import plot_accuracy
 from projclust_onnx.benchmark.runner import _outputs, measure_latency, open_session, resolve_providers
-from projclust_onnx.data import column, load_records
+from projclust_onnx.common.data import column, load_records
+from projclust_onnx.common.metrics import accuracy
 
 
 def calibration_config(spec: str | None) -> dict:

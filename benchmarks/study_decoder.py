@@ -25,7 +25,7 @@ import numpy as np
 from common import append_results, markdown_table
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.bundled import bundled_model_path
+from projclust_onnx.pipeline.bundled import bundled_model_path
 
 SEQ = 128
 
@@ -75,7 +75,7 @@ def evaluate(onnx_dir: Path, held: np.ndarray, reference_argmax: np.ndarray | No
     """(perplexity, argmax per position) of model.onnx run with an empty cache on the held-out windows."""
     import onnxruntime as ort
 
-    from projclust_onnx.threads import session_options
+    from projclust_onnx.common.threads import session_options
 
     session = ort.InferenceSession(str(onnx_dir / "model.onnx"), session_options(0),
                                    providers=["CPUExecutionProvider"])
@@ -117,7 +117,7 @@ def main() -> None:
 
     from optimum.exporters.onnx import main_export
 
-    from projclust_onnx.compressor import quiet_third_party
+    from projclust_onnx.pipeline.compressor import quiet_third_party
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_model_path())
     train_text, held_text = split_chapters(args.austen.read_text())

@@ -22,11 +22,11 @@ from common import append_results, markdown_table
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
 from projclust_onnx.benchmark.runner import _outputs, open_session
-from projclust_onnx.calibration import sample_weights
-from projclust_onnx.compressor import fit_factorization
-from projclust_onnx.data import column, load_records
-from projclust_onnx.nn import replace_word_embeddings
-from projclust_onnx.training import predict_logits, train_classifier
+from projclust_onnx.common.data import column, load_records
+from projclust_onnx.core.calibration import sample_weights
+from projclust_onnx.nn.embedding import replace_word_embeddings
+from projclust_onnx.nn.training import predict_logits, train_classifier
+from projclust_onnx.pipeline.compressor import fit_factorization
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ from projclust_onnx.passes.builder import (
 from projclust_onnx.passes.word_embedding import EmbeddingMatch, search_word_embedding
 
 if TYPE_CHECKING:
-    from projclust_onnx.factorization import EmbeddingFactorization
+    from projclust_onnx.core.factorization import EmbeddingFactorization
 
 logger = logging.getLogger(__name__)
 

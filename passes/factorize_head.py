@@ -35,10 +35,10 @@ from projclust_onnx.passes.builder import CONTRIB_DOMAIN, Builder, branch_weight
 from projclust_onnx.passes.factorize_embedding import check_opset, check_shape
 from projclust_onnx.passes.word_embedding import Head, search_word_embedding
 
-from projclust_onnx.quantization import BlockQuantized
+from projclust_onnx.storage.quantization import BlockQuantized
 
 if TYPE_CHECKING:
-    from projclust_onnx.factorization import EmbeddingFactorization
+    from projclust_onnx.core.factorization import EmbeddingFactorization
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from projclust_onnx.quantization import storage_name
+from projclust_onnx.storage.quantization import storage_name
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class EmbeddingMatch:
         if self.storage == "float":
             return self.table.const_value.numpy()
         if self.lookup.op_type == "Gather":
-            from projclust_onnx.quantization import PerTensorQuantized
+            from projclust_onnx.storage.quantization import PerTensorQuantized
 
             scale, zero = (v.const_value.numpy() for v in self.nodes[-1].inputs[1:3])
             stored = PerTensorQuantized(self.table.const_value.numpy(), scale, zero)
@@ -328,7 +328,7 @@ def _bits_of(node: ir.Node) -> int:
 
 def _block_quantized(node: ir.Node):
     """The BlockQuantized storage of a GatherBlockQuantized node's initializers, in our layout."""
-    from projclust_onnx.quantization import BlockQuantized, pack4, unpack4
+    from projclust_onnx.storage.quantization import BlockQuantized, pack4, unpack4
 
     data, _, scales, *rest = node.inputs
     zero = rest[0] if rest else None

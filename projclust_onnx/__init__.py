@@ -7,26 +7,18 @@ start without importing torch.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 __version__ = "0.1.0"
 
-# In a source checkout passes/ sits beside this folder and installs as projclust_onnx.passes;
-# when the package is imported from the checkout itself (`python -m projclust_onnx.cli` in the
-# repository root), let projclust_onnx.passes resolve to that folder too. Installed, it is a no-op.
-_HERE = Path(__file__).resolve().parent
-if not (_HERE / "passes").is_dir() and (_HERE.parent / "passes" / "__init__.py").is_file():
-    __path__.append(str(_HERE.parent))
-
 _EXPORTS = {
-    "ProjectiveClustering": "projclust_onnx.clustering",
-    "ConvergenceWarning": "projclust_onnx.clustering",
-    "EmbeddingFactorization": "projclust_onnx.factorization",
-    "rank_for_budget": "projclust_onnx.budget",
-    "factorized_size": "projclust_onnx.budget",
-    "ProjClustConfig": "projclust_onnx.config",
-    "ProjClustCompressor": "projclust_onnx.compressor",
-    "CompressionReport": "projclust_onnx.report",
+    "ProjectiveClustering": "projclust_onnx.core.clustering",
+    "ConvergenceWarning": "projclust_onnx.core.clustering",
+    "EmbeddingFactorization": "projclust_onnx.core.factorization",
+    "rank_for_budget": "projclust_onnx.core.budget",
+    "factorized_size": "projclust_onnx.core.budget",
+    "ProjClustConfig": "projclust_onnx.pipeline.config",
+    "ProjClustCompressor": "projclust_onnx.pipeline.compressor",
+    "CompressionReport": "projclust_onnx.pipeline.report",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,7 +11,7 @@ import pytest
 from tiny_checkpoints import export_checkpoint
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.report import REPORT_NAME
+from projclust_onnx.pipeline.report import REPORT_NAME
 
 FAST = dict(compression=0.4, n_clusters=3, n_init=1, anneal_steps=2)
 

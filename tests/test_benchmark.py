@@ -12,7 +12,9 @@ import pytest
 from tiny_models import embedding_model, write_model_dir
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.benchmark.metrics import (
+from projclust_onnx.benchmark.runner import load_labeled_data, run_benchmark
+from projclust_onnx.benchmark.stats import latency_stats
+from projclust_onnx.common.metrics import (
     accuracy,
     f1,
     glue_task,
@@ -21,8 +23,6 @@ from projclust_onnx.benchmark.metrics import (
     score,
     spearman,
 )
-from projclust_onnx.benchmark.runner import load_labeled_data, run_benchmark
-from projclust_onnx.benchmark.stats import latency_stats
 
 
 def test_latency_statistics_from_given_timings():
@@ -106,7 +106,7 @@ def test_report_schema_on_a_tiny_model(two_models, tmp_path):
     saved = json.loads((out / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["schema_version"] == 2 and saved["provider"] == "CPUExecutionProvider"
-    from projclust_onnx.threads import available_cpus
+    from projclust_onnx.common.threads import available_cpus
 
     assert saved["grid"] == {"batch_sizes": [1, 2], "sequence_lengths": [4, 8], "warmup": 1, "repeats": 3,
                              "threads": available_cpus()}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from projclust_onnx.calibration import count_tokens, read_lines, token_weights, with_special_tokens
-from projclust_onnx.data import column, load_records
+from projclust_onnx.common.data import column, load_records
+from projclust_onnx.core.calibration import count_tokens, read_lines, token_weights, with_special_tokens
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_local_csv_and_json_load_and_missing_column(tmp_path):
 
 def test_calibration_counts_are_tokenized_once_per_corpus(tmp_path):
     from projclust_onnx import ProjClustConfig
-    from projclust_onnx.calibration import calibration_counts, sample_weights
+    from projclust_onnx.core.calibration import calibration_counts, sample_weights
 
     class CountingTokenizer:
         name_or_path = "counting"
@@ -95,7 +95,7 @@ def test_empty_and_binary_calibration_files_are_warned_of(tmp_path, caplog):
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 8)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
     (tmp_path / "ok.txt").write_text("tea\n")
-    with caplog.at_level("WARNING", logger="projclust_onnx.calibration"):
+    with caplog.at_level("WARNING", logger="projclust_onnx.core.calibration"):
         lines = list(read_lines([tmp_path / n for n in ("empty.txt", "blob.bin", "latin1.txt", "ok.txt")]))
     messages = [r.getMessage() for r in caplog.records]
     assert lines[-1] == "tea"
@@ -108,7 +108,7 @@ def test_empty_and_binary_calibration_files_are_warned_of(tmp_path, caplog):
 
 def test_a_file_without_newlines_is_read_in_pieces_with_progress(tmp_path):
     """Issue 16, 6: a huge one-line file is tokenized a piece at a time, cut at whitespace, its bytes counted."""
-    from projclust_onnx import calibration
+    from projclust_onnx.core import calibration
 
     words = [f"w{i}" for i in range(120_000)]
     (tmp_path / "one.txt").write_text(" ".join(words))
@@ -121,7 +121,7 @@ def test_a_file_without_newlines_is_read_in_pieces_with_progress(tmp_path):
 
 def test_tokenizing_shows_a_bar_with_the_tokens_counted(tokenizer, tmp_path, capsys):
     from projclust_onnx import ProjClustConfig
-    from projclust_onnx.calibration import calibration_counts
+    from projclust_onnx.core.calibration import calibration_counts
 
     (tmp_path / "bar.txt").write_text("the cat sat on the mat\n" * 50)
     counts = calibration_counts(ProjClustConfig(calibration_text=[tmp_path / "bar.txt"]), tokenizer.vocab_size,
@@ -142,7 +142,7 @@ def test_missing_local_data_file_is_not_sent_to_the_hub(tmp_path):
 
 
 def test_zero_smoothing_without_tokens_names_the_flag():
-    from projclust_onnx.errors import SettingError
+    from projclust_onnx.common.errors import SettingError
 
     with pytest.raises(SettingError) as caught:
         token_weights(np.zeros(4, np.int64), 0.0)

@@ -48,7 +48,7 @@ def test_unreachable_target_ratio_is_refused_before_weighting(model_dir, tmp_pat
 
 def test_reachable_target_ratio_is_not_refused(model_dir, tmp_path):
     """The bound is the chooser's own smallest candidate: just inside it, the chooser runs and fits."""
-    from projclust_onnx.chooser import smallest_candidate_bytes
+    from projclust_onnx.core.chooser import smallest_candidate_bytes
 
     ratio = 60 * 8 * 4 / smallest_candidate_bytes(60, 8, 4)
     report = compress(model_dir, tmp_path, target_ratio=ratio * 0.999, n_init=2, anneal_steps=2)
@@ -102,7 +102,7 @@ def test_declared_output_type_that_contradicts_the_graph_is_refused_up_front(tmp
 
 def test_oserror_without_a_path_gets_the_output_path(model_dir, tmp_path, monkeypatch):
     """A full disk inside a library's write (onnx, ONNX Runtime) named no path."""
-    import projclust_onnx.compressor as compressor
+    import projclust_onnx.pipeline.compressor as compressor
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -169,7 +169,7 @@ def test_plan_refusals_name_flags_on_the_command_line(tmp_path):
                          ids=["MemoryError", "torch allocator"])
 def test_running_out_of_memory_is_one_line(model_dir, tmp_path, monkeypatch, capsys, error):
     """`ulimit -v` below what the fit needs gave a torch traceback and exit 1."""
-    from projclust_onnx import cli as cli_module
+    from projclust_onnx.cli import main as cli_module
 
     def out_of_memory(*args, **kwargs):
         raise error

@@ -123,7 +123,7 @@ def test_version_and_description():
 
 @pytest.mark.parametrize("command", ["compress", "inspect", "finetune", "benchmark"])
 def test_every_flag_has_help(command):
-    from projclust_onnx.cli import build_parser
+    from projclust_onnx.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]

@@ -303,7 +303,7 @@ def test_one_progress_bar_per_phase_with_totals(capsys):
        block=st.sampled_from([16, 32, 64, 128]))
 def test_quantized_rank_is_the_largest_whole_block_rank_that_fits(n, d, k, compression, quantize, block):
     """Issue 8: the byte budget with quantized U, including packed zero points that round per block."""
-    from projclust_onnx.budget import factorized_bytes
+    from projclust_onnx.core.budget import factorized_bytes
 
     budget = (1 - compression) * n * d * 4
     try:

@@ -11,8 +11,8 @@ import pytest
 from tiny_models import embedding_model, write_model_dir
 
 from projclust_onnx import EmbeddingFactorization, ProjClustCompressor, ProjClustConfig
-from projclust_onnx.model_files import file_sha256
-from projclust_onnx.parity import ParityError
+from projclust_onnx.pipeline.model_files import file_sha256
+from projclust_onnx.pipeline.parity import ParityError
 
 SMALL = dict(n_clusters=2, rank=3, n_init=2, anneal_steps=2)
 
@@ -196,7 +196,7 @@ def test_files_without_the_ids_input_are_copied_unchanged(tmp_path):
 
 
 def test_large_models_are_written_with_external_data(model_dir, tmp_path, monkeypatch):
-    import projclust_onnx.model_files as model_files
+    import projclust_onnx.pipeline.model_files as model_files
 
     monkeypatch.setattr(model_files, "EXTERNAL_DATA_THRESHOLD", 100)  # stands in for the 2 GB limit
     report = ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "out", ProjClustConfig(**SMALL))
@@ -366,7 +366,7 @@ def test_all_zero_table_writes_strict_json(tmp_path):
 
 
 def test_strict_json_replaces_what_is_not_finite():
-    from projclust_onnx.report import strict_json
+    from projclust_onnx.pipeline.report import strict_json
 
     got = strict_json({"a": float("nan"), "b": [float("inf"), 1.0], "c": {"d": -float("inf")}, "e": 2})
     assert got == {"a": None, "a_reason": "the value was nan, which JSON cannot hold", "b": [None, 1.0],
@@ -377,7 +377,7 @@ def test_storage_much_smaller_than_asked_gives_a_notice(tmp_path, caplog):
     """Issue 16, 6: int4 on d=64 can only take rank 32, far under the 40% budget: said, and shown in the summary."""
     src = write_model_dir(tmp_path / "d64", embedding_model(200, 64)[0]).parent
     config = ProjClustConfig(n_clusters=2, quantize="int4", n_init=2, anneal_steps=2)
-    with caplog.at_level("WARNING", logger="projclust_onnx.compressor"):
+    with caplog.at_level("WARNING", logger="projclust_onnx.pipeline.compressor"):
         report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", config)
     assert report.rank == 32 and report.compression_asked == 0.4 and report.compression_realised > 0.7
     notices = [r.getMessage() for r in caplog.records if "notice" in r.getMessage()]
@@ -391,7 +391,7 @@ def test_storage_much_smaller_than_asked_gives_a_notice(tmp_path, caplog):
 
 def test_budget_that_is_filled_gives_no_notice(model_dir, tmp_path, caplog):
     config = ProjClustConfig(n_clusters=2, compression=0.4, n_init=2, anneal_steps=2)
-    with caplog.at_level("WARNING", logger="projclust_onnx.compressor"):
+    with caplog.at_level("WARNING", logger="projclust_onnx.pipeline.compressor"):
         report = ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "out", config)
     assert report.undersize_notice() is None and not [r for r in caplog.records if "notice" in r.getMessage()]
     assert 0.3 < report.compression_realised < 0.5 and "compression" in dict(report.summary_rows())

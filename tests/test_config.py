@@ -83,7 +83,7 @@ def test_one_calibration_file_is_not_split_into_characters():
 
 
 def test_errors_name_the_flag_on_the_command_line():
-    from projclust_onnx.errors import SettingError
+    from projclust_onnx.common.errors import SettingError
 
     with pytest.raises(SettingError) as caught:
         ProjClustConfig(n_clusters=0)
@@ -139,7 +139,7 @@ def test_no_calibration_text_may_be_none():
 
 def test_huge_special_token_weight_is_refused_up_front():
     """Issue 16, 6: 1e308 overflowed during clustering; now refused with the bound."""
-    from projclust_onnx.errors import SettingError
+    from projclust_onnx.common.errors import SettingError
 
     with pytest.raises(SettingError) as caught:
         ProjClustConfig(special_token_weight=1e308)
@@ -164,7 +164,7 @@ def test_from_dict_refuses_what_is_not_a_dict():
 ], ids=["block-over-dim", "block-equals-dim", "int8-budget", "int4-budget"])
 def test_no_room_advice_matches_the_cause(kwargs, dim, python, flags):
     """Issue 16, 6: no "lower compression" when the block exceeds d, no "or quantize" when U is int4 already."""
-    from projclust_onnx.errors import SettingError
+    from projclust_onnx.common.errors import SettingError
 
     with pytest.raises(SettingError) as caught:
         ProjClustConfig(**kwargs).rank_for(100, dim)

@@ -89,7 +89,7 @@ def test_generation_matches_the_pytorch_model_holding_the_reconstruction(exports
     import transformers
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    from projclust_onnx.factorization import EmbeddingFactorization  # noqa: F401  (the saved factors' type)
+    from projclust_onnx.core.factorization import EmbeddingFactorization  # noqa: F401  (the saved factors' type)
 
     src = exports("gpt2")
     report = ProjClustCompressor.from_pretrained(src).compress(
@@ -155,7 +155,7 @@ def test_one_file_seq2seq_export_rewrites_the_decoder_lookup_of_the_same_table(t
     import onnxruntime as ort
     from optimum.exporters.onnx import main_export
 
-    from projclust_onnx.compressor import quiet_third_party
+    from projclust_onnx.pipeline.compressor import quiet_third_party
 
     checkpoint = build_checkpoint("t5", tmp_path / "hf")
     with quiet_third_party():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.output_dir import MANIFEST_NAME
+from projclust_onnx.pipeline.output_dir import MANIFEST_NAME
 
 TINY = dict(compression=0.4, n_clusters=3, block_size=16, n_init=1, anneal_steps=2)
 SENTENCES = ["the cat sat on the mat", "a dog barked at the mailman all day", "soup"]
@@ -22,7 +22,7 @@ def sentence_transformers_folder(tmp: Path, minilm_path: Path) -> Path:
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model, models
     from tiny_checkpoints import VOCAB, build_checkpoint, tiny_tokenizer
 
-    from projclust_onnx.compressor import quiet_third_party
+    from projclust_onnx.pipeline.compressor import quiet_third_party
 
     hf = build_checkpoint("bert", tmp / "hf")
     tiny_tokenizer(hf, minilm_path / "vocab.txt", VOCAB)

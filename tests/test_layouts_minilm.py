@@ -25,7 +25,7 @@ def minilm_st(minilm_path, tmp_path_factory):
     pytest.importorskip("sentence_transformers", reason="sentence-transformers (the test extra) is not installed")
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
-    from projclust_onnx.compressor import quiet_third_party
+    from projclust_onnx.pipeline.compressor import quiet_third_party
 
     out = tmp_path_factory.mktemp("minilm-st") / "st"
     with quiet_third_party():

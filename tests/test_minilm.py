@@ -15,7 +15,7 @@ from conftest import shared_file
 from projclust_onnx.passes import find_word_embedding
 
 from projclust_onnx import EmbeddingFactorization, ProjClustCompressor, ProjClustConfig
-from projclust_onnx.model_files import file_sha256, load_model
+from projclust_onnx.pipeline.model_files import file_sha256, load_model
 
 pytestmark = pytest.mark.slow
 FAST = dict(n_init=2, anneal_steps=2, max_iter=5)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from projclust_onnx import EmbeddingFactorization, ProjClustConfig
-from projclust_onnx.nn import ProjClustEmbedding, densify_word_embeddings, replace_word_embeddings
+from projclust_onnx.nn.embedding import ProjClustEmbedding, densify_word_embeddings, replace_word_embeddings
 
 
 def random_factorization(n=50, d=12, k=4, j=3, seed=0):
@@ -81,7 +81,7 @@ def test_round_trip_finetune_export_and_ort_logits_match_pytorch(minilm_path, tm
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer
 
-    from projclust_onnx.finetune import finetune
+    from projclust_onnx.nn.finetune import finetune
 
     texts = [("the tea was lovely",), ("stale and bitter",), ("best coffee ever",), ("arrived broken",)]
     labels = [1, 0, 1, 0]

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.model_files import resolve_onnx_file
+from projclust_onnx.pipeline.model_files import resolve_onnx_file
 
 pytestmark = pytest.mark.slow
 FAST = ProjClustConfig(compression=0.4, n_clusters=5, n_init=2, anneal_steps=2, max_iter=10)

@@ -12,9 +12,9 @@ import time
 import pytest
 from tiny_models import embedding_model, write_model_dir
 
-import projclust_onnx.output_dir as output_dir
+import projclust_onnx.pipeline.output_dir as output_dir
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.output_dir import recover_stale, staged_directory
+from projclust_onnx.pipeline.output_dir import recover_stale, staged_directory
 
 SMALL = dict(n_clusters=2, rank=3, n_init=2, anneal_steps=2)
 CLI = [sys.executable, "-m", "projclust_onnx.cli"]
@@ -31,7 +31,7 @@ def stages_of(out):
 
 def test_directory_created_during_the_run_is_never_replaced(model_dir, tmp_path, monkeypatch):
     """F1: the user (or a second run) fills the destination while the fit runs: kept, and an error."""
-    import projclust_onnx.parity as parity
+    import projclust_onnx.pipeline.parity as parity
 
     out = tmp_path / "out"
     reached, filled = threading.Event(), threading.Event()

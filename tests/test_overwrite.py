@@ -15,9 +15,9 @@ import pytest
 from cli_run import CLI, cli, one_line_error
 from tiny_models import embedding_model, write_model_dir
 
-import projclust_onnx.output_dir as output_dir
+import projclust_onnx.pipeline.output_dir as output_dir
 from projclust_onnx import ProjClustCompressor, ProjClustConfig, ProjectiveClustering
-from projclust_onnx.output_dir import Interrupted, check_output_dir, owner_tag, recover_stale
+from projclust_onnx.pipeline.output_dir import Interrupted, check_output_dir, owner_tag, recover_stale
 
 SMALL = dict(n_clusters=2, rank=3, n_init=2, anneal_steps=2)
 SMALL_FLAGS = ["--rank", "3", "--clusters", "2", "--n-init", "2", "-q"]

@@ -13,7 +13,7 @@ from test_quantized_passes import ort_quantized
 from tiny_models import embedding_model, write_model_dir
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
-from projclust_onnx.budget import factorized_bytes
+from projclust_onnx.core.budget import factorized_bytes
 
 FAST = dict(n_init=2, anneal_steps=2, max_iter=10)
 

@@ -22,7 +22,7 @@ from projclust_onnx.passes import (
 from tiny_models import embedding_model
 
 from projclust_onnx import EmbeddingFactorization
-from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized, pack4, unpack4
+from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized, pack4, unpack4
 
 
 def run(model, feeds):

@@ -11,10 +11,10 @@ from sklearn.metrics import adjusted_rand_score
 from test_clustering import planted
 
 from projclust_onnx import ProjectiveClustering
-from projclust_onnx import clustering as core
-from projclust_onnx.chooser import choose, spectrum_tail, weighted_error
-from projclust_onnx.clustering import check_fit_memory, fit_memory_bytes
-from projclust_onnx.factorization import EmbeddingFactorization
+from projclust_onnx.core import clustering as core
+from projclust_onnx.core.chooser import choose, spectrum_tail, weighted_error
+from projclust_onnx.core.clustering import check_fit_memory, fit_memory_bytes
+from projclust_onnx.core.factorization import EmbeddingFactorization
 
 
 @pytest.fixture
@@ -127,8 +127,8 @@ def test_bad_sample_size_is_refused():
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantizing_in_pieces_equals_quantizing_whole(monkeypatch, bits):
-    from projclust_onnx import quantization
-    from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized
+    from projclust_onnx.storage import quantization
+    from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized
 
     M = np.random.default_rng(1).standard_normal((50, 64)).astype(np.float32)
     whole_b, whole_t = BlockQuantized.quantize(M, bits, 32), PerTensorQuantized.quantize(M)
@@ -142,8 +142,8 @@ def test_quantizing_in_pieces_equals_quantizing_whole(monkeypatch, bits):
 
 @pytest.mark.parametrize(("quantize", "block"), [("int8", None), ("int8", 32), ("int4", 64), ("int4", 32)])
 def test_plain_storage_bytes_are_known_before_quantizing(quantize, block):
-    from projclust_onnx.chooser import _plain_bytes
-    from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized
+    from projclust_onnx.core.chooser import _plain_bytes
+    from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized
 
     M = np.random.default_rng(2).standard_normal((33, 128)).astype(np.float32)
     q = PerTensorQuantized.quantize(M) if block is None else BlockQuantized.quantize(M, int(quantize[3:]), block)
@@ -151,7 +151,7 @@ def test_plain_storage_bytes_are_known_before_quantizing(quantize, block):
 
 
 def test_cluster_tail_is_the_per_cluster_eckart_young_bound():
-    from projclust_onnx.clustering import cluster_tail
+    from projclust_onnx.core.clustering import cluster_tail
 
     X, labels = planted(40, 9, 3, 2, 0.3, seed=10, dtype=np.float32)
     want = sum((np.linalg.svd(X[labels == c].astype(np.float64), compute_uv=False)[4:] ** 2).sum()

@@ -7,12 +7,12 @@ import sys
 
 import torch
 
-from projclust_onnx.threads import available_cpus, session_options, torch_threads
+from projclust_onnx.common.threads import available_cpus, session_options, torch_threads
 
 
 def test_affinity_limits_the_count():
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "from projclust_onnx.threads import available_cpus; print(available_cpus())")
+            "from projclust_onnx.common.threads import available_cpus; print(available_cpus())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "1", done.stderr
 

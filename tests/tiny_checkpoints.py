@@ -100,7 +100,7 @@ def export_checkpoint(architecture: str, directory: Path, task: str | None = Non
     """Build the checkpoint and export it with Optimum for its task (default: the one listed in TASKS)."""
     from optimum.exporters.onnx import main_export
 
-    from projclust_onnx.compressor import quiet_third_party
+    from projclust_onnx.pipeline.compressor import quiet_third_party
 
     checkpoint = build_checkpoint(architecture, directory / "hf")
     out = directory / "onnx"

@@ -16,7 +16,7 @@ def is_decoder(session) -> bool:
 
 def step_feeds(session, n_rows: int, batch: int, cached: int, rng: np.random.Generator) -> dict:
     """One new token per sequence after `cached` positions of a random cache."""
-    from projclust_onnx.parity import random_feeds
+    from projclust_onnx.pipeline.parity import random_feeds
 
     return random_feeds(session.get_inputs(), "input_ids", n_rows, batch, 1, rng, past=cached)
 
@@ -24,7 +24,7 @@ def step_feeds(session, n_rows: int, batch: int, cached: int, rng: np.random.Gen
 def perplexity(sessions: dict, tokenizer, texts: list[str], window: int) -> dict[str, dict]:
     """Per model: perplexity over the texts tokenized as one stream and cut into windows of `window` tokens
     (each run from an empty cache), and how often its next-token choice agrees with the first model's."""
-    from projclust_onnx.parity import random_feeds
+    from projclust_onnx.pipeline.parity import random_feeds
 
     ids = tokenizer("\n\n".join(texts), return_tensors="np")["input_ids"][0]
     windows = [ids[start:start + window] for start in range(0, len(ids), window) if len(ids[start:start + window]) > 1]

@@ -20,7 +20,7 @@ def measure(onnx_path: str, providers: list[str], batch: int, seq: int, n_rows: 
     import numpy as np
     import onnxruntime as ort
 
-    from projclust_onnx.parity import random_feeds
+    from projclust_onnx.pipeline.parity import random_feeds
 
     baseline = _rss_peak_mb()
     session = ort.InferenceSession(onnx_path, providers=providers)

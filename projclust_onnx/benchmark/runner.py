@@ -66,7 +66,7 @@ def open_session(onnx_path: Path, providers: list[str], threads: int = 0):
     """A session as a server would run it (spinning threads), on the CPUs actually available."""
     import onnxruntime as ort
 
-    from projclust_onnx.threads import session_options
+    from projclust_onnx.common.threads import session_options
 
     try:
         return ort.InferenceSession(str(onnx_path), session_options(threads, spinning=True), providers=providers)
@@ -85,7 +85,7 @@ def model_sizes(directory: Path, onnx_path: Path, embedding: int | None = None) 
     compressed, else found in the graph)."""
     import onnx
 
-    from projclust_onnx.model_files import model_bytes
+    from projclust_onnx.pipeline.model_files import model_bytes
 
     proto = onnx.load(str(onnx_path), load_external_data=False)
     params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
@@ -102,8 +102,8 @@ def model_sizes(directory: Path, onnx_path: Path, embedding: int | None = None) 
             compression["chosen"] = (written.get("choice") or {}).get("chosen", {}).get("label")
             compression["storage"] = written.get("quantize")
     if embedding is None:
-        from projclust_onnx.model_files import load_model
         from projclust_onnx.passes import search_word_embedding
+        from projclust_onnx.pipeline.model_files import load_model
 
         matches = search_word_embedding(load_model(onnx_path).graph).matches
         embedding = int(np.prod(matches[0].shape)) if len(matches) == 1 else None
@@ -114,7 +114,7 @@ def model_sizes(directory: Path, onnx_path: Path, embedding: int | None = None) 
 def measure_latency(sessions: dict, grid: list[tuple[int, int]], n_rows: int, warmup: int, repeats: int,
                     use_iobinding: bool, progress: bool = False) -> dict[str, dict[str, dict]]:
     """Per model and grid point, latency statistics of interleaved runs on identical inputs."""
-    from projclust_onnx.parity import random_feeds
+    from projclust_onnx.pipeline.parity import random_feeds
 
     names = list(sessions)
     results: dict[str, dict[str, dict]] = {name: {} for name in names}
@@ -184,7 +184,7 @@ def evaluate(sessions: dict, tokenizer, data: LabeledData | None, fidelity_texts
              max_length: int, progress: bool = False) -> tuple[dict, dict]:
     """Metrics per model on the labeled data, and the mean cosine of each model's outputs
     against the first (original) model's on the same texts."""
-    from projclust_onnx.benchmark.metrics import score
+    from projclust_onnx.common.metrics import score
 
     texts = data.texts if data is not None else fidelity_texts
     outputs = {name: _outputs(s, tokenizer, texts, max_length, progress, name) for name, s in sessions.items()}
@@ -242,9 +242,9 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
     cached positions, and `perplexity_texts` give perplexity in windows of max_length tokens.
     A previous report in output_dir is replaced only with overwrite, and atomically.
     """
-    from projclust_onnx.model_files import resolve_onnx_file
-    from projclust_onnx.output_dir import check_output_dir, clean_leftovers, staged_directory
-    from projclust_onnx.threads import available_cpus
+    from projclust_onnx.common.threads import available_cpus
+    from projclust_onnx.pipeline.model_files import resolve_onnx_file
+    from projclust_onnx.pipeline.output_dir import check_output_dir, clean_leftovers, staged_directory
 
     clean_leftovers(Path(output_dir))
     output_dir = check_output_dir(Path(output_dir), overwrite, [Path(d) for _, d in models])
@@ -310,8 +310,8 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
 
 
 def _table_shape(onnx_path: Path) -> tuple[int, int]:
-    from projclust_onnx.model_files import load_model
     from projclust_onnx.passes import search_word_embedding
+    from projclust_onnx.pipeline.model_files import load_model
 
     matches = search_word_embedding(load_model(onnx_path).graph).matches
     if len(matches) != 1:
@@ -374,10 +374,10 @@ def markdown_report(report: dict) -> str:
 
 def load_labeled_data(args) -> LabeledData | None:
     """Labeled texts from --glue-task or --data-files with --text-column/--label-column."""
-    from projclust_onnx.data import labeled_texts, load_records
+    from projclust_onnx.common.data import labeled_texts, load_records
 
     if args.glue_task:
-        from projclust_onnx.benchmark.metrics import glue_task
+        from projclust_onnx.common.metrics import glue_task
 
         text_columns, metrics, _ = glue_task(args.glue_task)
         split = args.split or ("validation_matched" if args.glue_task == "mnli" else "validation")
@@ -423,7 +423,7 @@ def run_from_args(args) -> int:
         models.append((name, Path(directory)))
     fidelity_texts = None
     if args.fidelity_text:
-        from projclust_onnx.calibration import read_lines
+        from projclust_onnx.core.calibration import read_lines
 
         fidelity_texts = [(line,) for line in read_lines(args.fidelity_text)][:args.max_samples]
         if not fidelity_texts:

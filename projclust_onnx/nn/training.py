@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from projclust_onnx.errors import SettingError
+from projclust_onnx.common.errors import SettingError
 
 
 @dataclass

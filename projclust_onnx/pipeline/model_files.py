@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from projclust_onnx.errors import SettingError, literal
+from projclust_onnx.common.errors import SettingError, literal
 
 # Above this, ONNX's 2 GB protobuf limit is near: tensors go to an external-data file.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000

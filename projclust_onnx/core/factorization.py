@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from projclust_onnx.budget import factorized_size, id_dtype
-from projclust_onnx.clustering import ProjectiveClustering
-from projclust_onnx.quantization import BlockQuantized
+from projclust_onnx.core.budget import factorized_size, id_dtype
+from projclust_onnx.core.clustering import ProjectiveClustering
+from projclust_onnx.storage.quantization import BlockQuantized
 
 __all__ = ["EmbeddingFactorization"]
 

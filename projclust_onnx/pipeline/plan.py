@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from projclust_onnx.budget import index_map_bytes
-from projclust_onnx.config import ProjClustConfig
-from projclust_onnx.errors import SettingError, literal
-from projclust_onnx.model_files import load_model, model_bytes
-from projclust_onnx.output_dir import check_output_dir, check_room
-from projclust_onnx.parity import max_positions_of
+from projclust_onnx.common.errors import SettingError, literal
+from projclust_onnx.core.budget import index_map_bytes
+from projclust_onnx.pipeline.config import ProjClustConfig
+from projclust_onnx.pipeline.model_files import load_model, model_bytes
+from projclust_onnx.pipeline.output_dir import check_output_dir, check_room
+from projclust_onnx.pipeline.parity import max_positions_of
 
 logger = logging.getLogger(__name__)
 # Below this share of the files' bytes, the word table is too small a part of the model to be worth much.
@@ -203,7 +203,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
         logger.warning("projclust-onnx: warning: the word table is %.2f%% of the model's bytes (%s x %s); compressing "
                        "it saves little", 100 * share, n, d)
     if factorization is None:  # a fit that cannot fit in memory is refused before any work
-        from projclust_onnx.clustering import check_fit_memory
+        from projclust_onnx.core.clustering import check_fit_memory
 
         rank = first.rank
         check_fit_memory(n, d, 8 if rank is None else config.n_clusters, rank or d - 1)
@@ -216,7 +216,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
 
 def _check_device(device: str) -> None:
     """A CUDA device asked for on a machine without one is refused before any work."""
-    from projclust_onnx.device import resolve_device
+    from projclust_onnx.common.device import resolve_device
 
     resolve_device(device)
 
@@ -235,7 +235,7 @@ def _check_calibration_files(paths: list[str]) -> None:
 
 def _check_target_reachable(n: int, d: int, itemsize: int, target_ratio: float) -> None:
     """The chooser's smallest candidate must fit the table's bytes / target_ratio."""
-    from projclust_onnx.chooser import SLACK, smallest_candidate_bytes
+    from projclust_onnx.core.chooser import SLACK, smallest_candidate_bytes
 
     smallest = smallest_candidate_bytes(n, d, itemsize)
     if smallest > n * d * itemsize / target_ratio * SLACK:
@@ -260,8 +260,8 @@ class _NoLookup(SettingError):
 
 
 def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
-    from projclust_onnx.parity import check_feedable
     from projclust_onnx.passes import check_opset, search_word_embedding
+    from projclust_onnx.pipeline.parity import check_feedable
 
     model = load_model(path, full_check=True)
     try:

@@ -37,7 +37,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from projclust_onnx.errors import SettingError
+from projclust_onnx.common.errors import SettingError
 
 logger = logging.getLogger(__name__)
 

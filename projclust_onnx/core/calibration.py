@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from projclust_onnx.errors import SettingError
+from projclust_onnx.common.errors import SettingError
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def calibration_texts(config, bar=None) -> Iterator[str]:
     `bar` (a tqdm bar) counts the bytes (the characters, of a dataset) read."""
     yield from read_lines(config.calibration_text, bar.update if bar is not None else None)
     if config.calibration_dataset:
-        from projclust_onnx.data import column, load_records
+        from projclust_onnx.common.data import column, load_records
 
         for text in column(load_records(config.calibration_dataset), config.calibration_column):
             if text:

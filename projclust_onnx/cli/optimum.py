@@ -10,7 +10,7 @@ import functools
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
-from projclust_onnx import cli
+from projclust_onnx.cli import main as cli
 
 
 def _subcommand(name: str) -> type[BaseOptimumCLICommand]:

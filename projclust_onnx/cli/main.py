@@ -2,7 +2,7 @@
 
 Subcommands: compress, inspect, finetune, benchmark; each is a few lines over the
 Python API. The same argument definitions and run functions serve
-`optimum-cli projclust ...` (see commands.py). Imports stay inside the run
+`optimum-cli projclust ...` (see optimum.py). Imports stay inside the run
 functions so that `--help` and optimum-cli start fast.
 """
 
@@ -41,7 +41,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file-name", default=None,
                         help="compress only this .onnx file of the directory (default: every .onnx file that "
                              "reads the word table)")
-    from projclust_onnx.tasks import EXPORT_TASKS
+    from projclust_onnx.pipeline.tasks import EXPORT_TASKS
 
     parser.add_argument("--task", default="feature-extraction", choices=list(EXPORT_TASKS),
                         help="export task when --model is a Hugging Face model (default: feature-extraction)")
@@ -153,7 +153,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
 def _model_source(args: argparse.Namespace) -> str:
     if args.model:
         return args.model
-    from projclust_onnx.bundled import BUNDLED_MODEL_NAME, bundled_model_path
+    from projclust_onnx.pipeline.bundled import BUNDLED_MODEL_NAME, bundled_model_path
 
     path = bundled_model_path()
     print(f"No --model given: using {BUNDLED_MODEL_NAME} at {path}", file=sys.stderr)
@@ -161,7 +161,7 @@ def _model_source(args: argparse.Namespace) -> str:
 
 
 def _config(args: argparse.Namespace):
-    from projclust_onnx.config import ProjClustConfig
+    from projclust_onnx.pipeline.config import ProjClustConfig
 
     options = dict(method=args.method, n_clusters=args.clusters, rank=args.rank,
                    compression=args.compression if args.compression is not None else 0.4)
@@ -176,10 +176,10 @@ def _config(args: argparse.Namespace):
 def run_compress(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from projclust_onnx.output_dir import clean_leftovers
+    from projclust_onnx.pipeline.output_dir import clean_leftovers
 
     clean_leftovers(Path(args.output))  # first: a run refused below still removes a dead run's stage
-    from projclust_onnx.compressor import ProjClustCompressor
+    from projclust_onnx.pipeline.compressor import ProjClustCompressor
 
     config = _config(args)
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
@@ -190,11 +190,11 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from projclust_onnx.budget import BITS, factorized_bytes, id_dtype, index_map_bytes, rank_for_bytes
-    from projclust_onnx.compressor import ProjClustCompressor
-    from projclust_onnx.model_files import load_model
+    from projclust_onnx.core.budget import BITS, factorized_bytes, id_dtype, index_map_bytes, rank_for_bytes
     from projclust_onnx.passes import head_copies, search_word_embedding
-    from projclust_onnx.quantization import block_quantized_bytes
+    from projclust_onnx.pipeline.compressor import ProjClustCompressor
+    from projclust_onnx.pipeline.model_files import load_model
+    from projclust_onnx.storage.quantization import block_quantized_bytes
 
     config = _config(args)
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
@@ -302,9 +302,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from projclust_onnx.benchmark.metrics import glue_task
-    from projclust_onnx.data import labeled_texts, load_records
-    from projclust_onnx.finetune import finetune, num_labels_of, training_settings
+    from projclust_onnx.common.data import labeled_texts, load_records
+    from projclust_onnx.common.metrics import glue_task
+    from projclust_onnx.nn.finetune import finetune, num_labels_of, training_settings
 
     training_settings(args.epochs, args.batch_size, args.learning_rate, args.max_length)  # before loading data
     metrics: tuple[str, ...] = ("accuracy",)
@@ -369,7 +369,7 @@ def run_guarded(func, args: argparse.Namespace, prog: str = PROG, title: str | N
     try:
         import onnx_ir as ir
 
-        from projclust_onnx.output_dir import sigterm_as_interrupt
+        from projclust_onnx.pipeline.output_dir import sigterm_as_interrupt
 
         args.title = title or prog
         with sigterm_as_interrupt():
@@ -409,7 +409,7 @@ def interrupted(prog: str, err: KeyboardInterrupt) -> int:
 
 
 def _one_line(err: BaseException) -> str:
-    from projclust_onnx.errors import SettingError
+    from projclust_onnx.common.errors import SettingError
 
     text = err.for_cli() if isinstance(err, SettingError) else str(err)
     return " ".join(text.split())

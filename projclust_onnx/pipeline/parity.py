@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from projclust_onnx.model_files import first_line, save_model
-from projclust_onnx.threads import session_options
+from projclust_onnx.common.threads import session_options
+from projclust_onnx.pipeline.model_files import first_line, save_model
 
 TOLERANCE = {ir.DataType.FLOAT: 1e-4, ir.DataType.DOUBLE: 1e-8, ir.DataType.FLOAT16: 2e-2,
              ir.DataType.BFLOAT16: 1e-1}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from projclust_onnx.errors import SettingError
+from projclust_onnx.common.errors import SettingError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -38,9 +38,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from projclust_onnx.budget import BITS, QUANTIZE, factorized_bytes, rank_for_bytes
-from projclust_onnx.progress import bar
-from projclust_onnx.quantization import BlockQuantized, PerTensorQuantized, block_quantized_bytes, storage_name
+from projclust_onnx.common.progress import bar
+from projclust_onnx.core.budget import BITS, QUANTIZE, factorized_bytes, rank_for_bytes
+from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized, block_quantized_bytes, storage_name
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
     of V to quantized U); `progress(text)` reports each step, and `verbose` shows a bar
     over the storages scored.
     """
-    from projclust_onnx.clustering import cluster_tail
+    from projclust_onnx.core.clustering import cluster_tail
 
     X = np.asarray(table, dtype=np.float32)
     n, d = X.shape
@@ -248,8 +248,8 @@ def _loses(bound: float, best: float) -> bool:
 def truncated_factorization(estimator, X: np.ndarray, rank: int):
     """The factorization of X on the leading `rank` basis vectors of each fitted cluster,
     rows reassigned to the nearest truncated subspace."""
-    from projclust_onnx.clustering import ProjectiveClustering
-    from projclust_onnx.factorization import EmbeddingFactorization
+    from projclust_onnx.core.clustering import ProjectiveClustering
+    from projclust_onnx.core.factorization import EmbeddingFactorization
 
     if rank != estimator.rank:
         truncated = ProjectiveClustering(estimator.n_clusters, rank, device=estimator.device)
@@ -262,7 +262,7 @@ def truncated_factorization(estimator, X: np.ndarray, rank: int):
 def smallest_candidate_bytes(n: int, d: int, table_itemsize: int = 4, clusters=(3, 5, 8),
                              block_sizes=(32, 64, 128)) -> int:
     """Bytes of the smallest storage `choose` can build for an n x d table: the bound on the ratio it reaches."""
-    from projclust_onnx.quantization import block_quantized_bytes
+    from projclust_onnx.storage.quantization import block_quantized_bytes
 
     sizes = [n * d] + [block_quantized_bytes(n, d, BITS[q], b) for q, b in PLAIN if b is not None and d % b == 0]
     for k in (1, *clusters):

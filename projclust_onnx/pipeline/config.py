@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from projclust_onnx import arguments as arg
-from projclust_onnx.budget import QUANTIZE, factorized_bytes, rank_for_bytes
-from projclust_onnx.errors import SettingError, SettingTypeError, literal
+from projclust_onnx.common import arguments as arg
+from projclust_onnx.common.errors import SettingError, SettingTypeError, literal
+from projclust_onnx.core.budget import QUANTIZE, factorized_bytes, rank_for_bytes
 
 CONFIG_NAME = "projclust_config.json"
 METHODS = ("projclust", "svd")
@@ -97,7 +97,7 @@ class ProjClustConfig:
     special_token_weight: float = 30.0
 
     def __post_init__(self) -> None:
-        from projclust_onnx.clustering import INIT_METHODS
+        from projclust_onnx.core.clustering import INIT_METHODS
         from projclust_onnx.passes.builder import LOOKUP_FORMS
         from projclust_onnx.passes.factorize_embedding import LAYOUTS
 

@@ -155,7 +155,7 @@ class CompressionReport:
     def storage_after(self) -> str:
         if self.quantize == "none":
             return self.dtype
-        from projclust_onnx.quantization import storage_name
+        from projclust_onnx.storage.quantization import storage_name
 
         return storage_name(self.quantize, self.block_size)
 

@@ -19,11 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from projclust_onnx import arguments as arg
-from projclust_onnx.chooser import weighted_error
-from projclust_onnx.config import ProjClustConfig
-from projclust_onnx.errors import SettingError
-from projclust_onnx.model_files import (
+from projclust_onnx.common import arguments as arg
+from projclust_onnx.common.errors import SettingError
+from projclust_onnx.common.progress import Phases
+from projclust_onnx.core.chooser import weighted_error
+from projclust_onnx.passes import DensifyEmbeddingPass, SplitInitializersPass, with_cleanup
+from projclust_onnx.passes.builder import PREFIX
+from projclust_onnx.pipeline.config import ProjClustConfig
+from projclust_onnx.pipeline.model_files import (
     MODEL_SUBDIR,
     copy_companions,
     copy_hf_companions,
@@ -34,14 +37,11 @@ from projclust_onnx.model_files import (
     resolve_onnx_files,
     save_model,
 )
-from projclust_onnx.output_dir import MANIFEST_NAME, clean_leftovers, oserrors_name, staged_directory, temp_dir
-from projclust_onnx.parity import QUANTIZED_COSINE
-from projclust_onnx.passes import DensifyEmbeddingPass, SplitInitializersPass, with_cleanup
-from projclust_onnx.passes.builder import PREFIX
-from projclust_onnx.plan import plan_compression
-from projclust_onnx.progress import Phases
-from projclust_onnx.report import REPORT_NAME, CompressionReport
-from projclust_onnx.tasks import EXPORT_TASKS
+from projclust_onnx.pipeline.output_dir import MANIFEST_NAME, clean_leftovers, oserrors_name, staged_directory, temp_dir
+from projclust_onnx.pipeline.parity import QUANTIZED_COSINE
+from projclust_onnx.pipeline.plan import plan_compression
+from projclust_onnx.pipeline.report import REPORT_NAME, CompressionReport
+from projclust_onnx.pipeline.tasks import EXPORT_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class ProjClustCompressor:
         terminal) reports each phase. `config` may also be a dict of ProjClustConfig's fields
         (ProjClustConfig.from_dict); None means the defaults.
         """
-        from projclust_onnx.parity import check_parity
+        from projclust_onnx.pipeline.parity import check_parity
 
         save_dir = arg.path("save_dir", save_dir)
         config = ProjClustConfig.coerce(config)
@@ -227,7 +227,7 @@ class ProjClustCompressor:
     def _weights(self, config: ProjClustConfig, n: int, progress: bool = False):
         """(sample weights for the fit, calibration weights for the chooser's score, tokens, special tokens);
         `progress` shows a bar while the calibration text is tokenized."""
-        from projclust_onnx.calibration import calibration_weights, sample_weights
+        from projclust_onnx.core.calibration import calibration_weights, sample_weights
 
         wants_tokenizer = config.uses_calibration or config.special_token_weight > 0
         tokenizer = self._tokenizer(required=config.uses_calibration) if wants_tokenizer else None
@@ -237,7 +237,7 @@ class ProjClustCompressor:
 
     @staticmethod
     def _choose(plan, config: ProjClustConfig, table32: np.ndarray, weights, metric, phases):
-        from projclust_onnx.chooser import choose
+        from projclust_onnx.core.chooser import choose
 
         def fit(k: int, rank: int):
             return estimator_for(dataclasses.replace(config, n_clusters=k, method="svd" if k == 1 else "projclust"),
@@ -253,7 +253,7 @@ class ProjClustCompressor:
 
     def _report(self, plan, config, result, parities, written: int, relative_error: float | None, n_tokens, n_special,
                 choice, timings) -> CompressionReport:
-        from projclust_onnx.factorization import EmbeddingFactorization
+        from projclust_onnx.core.factorization import EmbeddingFactorization
 
         n, d = plan.shape
         factored = isinstance(result, EmbeddingFactorization)
@@ -298,7 +298,7 @@ class ProjClustCompressor:
 
 def estimator_for(config: ProjClustConfig, rank: int, verbose: bool = False):
     """The ProjectiveClustering a config describes: the one place settings meet the estimator."""
-    from projclust_onnx.clustering import ProjectiveClustering
+    from projclust_onnx.core.clustering import ProjectiveClustering
 
     return ProjectiveClustering(
         config.n_clusters, rank, init=config.init, n_init=config.n_init, anneal_steps=config.anneal_steps,
@@ -310,8 +310,8 @@ def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sam
                       verbose: bool = False, dtype=np.float32, quantize: str = "none", tied: bool = False):
     """Cluster `table` as `config` says and factorize it, U quantized as `quantize` says (decoded in the
     model's dtype when `tied`: a tied head reads U through MatMulNBits)."""
-    from projclust_onnx.budget import BITS
-    from projclust_onnx.factorization import EmbeddingFactorization
+    from projclust_onnx.core.budget import BITS
+    from projclust_onnx.core.factorization import EmbeddingFactorization
 
     table32 = np.asarray(table, dtype=np.float32)
     estimator = estimator_for(config, rank, verbose).fit(table32, sample_weight=sample_weight)
@@ -329,7 +329,7 @@ def measure_quantized_steps(plan, config: ProjClustConfig) -> None:
     steps leave no usable bound, or the cheap rewrite fails the exact check before the quantized nodes."""
     import onnx_ir as ir
 
-    from projclust_onnx.parity import check_parity, quantized_activations, reference_step, step_bound
+    from projclust_onnx.pipeline.parity import check_parity, quantized_activations, reference_step, step_bound
 
     for file in plan.files:
         if not quantized_activations(file.model):
@@ -352,8 +352,8 @@ def measure_quantized_steps(plan, config: ProjClustConfig) -> None:
 def cheap_factorization(table: np.ndarray, config: ProjClustConfig, file, tied: bool = False):
     """Factors of the planned shape and storage without clustering: the table's top right singular vectors
     as every branch, rows dealt to the k clusters in turn."""
-    from projclust_onnx.budget import BITS
-    from projclust_onnx.factorization import EmbeddingFactorization
+    from projclust_onnx.core.budget import BITS
+    from projclust_onnx.core.factorization import EmbeddingFactorization
 
     n, d = table.shape
     quantized = file.quantize != "none"

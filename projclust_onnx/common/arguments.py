@@ -11,7 +11,7 @@ import numbers
 import os
 from pathlib import Path
 
-from projclust_onnx.errors import SettingError, SettingTypeError, literal
+from projclust_onnx.common.errors import SettingError, SettingTypeError, literal
 
 
 def _real(value) -> bool:

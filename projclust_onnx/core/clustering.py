@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from projclust_onnx.device import resolve_device
-from projclust_onnx.progress import bar as _progress
-from projclust_onnx.threads import available_cpus, torch_threads
+from projclust_onnx.common.device import resolve_device
+from projclust_onnx.common.progress import bar as _progress
+from projclust_onnx.common.threads import available_cpus, torch_threads
 
 __all__ = ["ConvergenceWarning", "ProjectiveClustering", "check_fit_memory", "cluster_tail", "fit_memory_bytes"]
 

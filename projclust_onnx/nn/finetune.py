@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from projclust_onnx import arguments as arg
-from projclust_onnx.config import ProjClustConfig
-from projclust_onnx.errors import SettingError
+from projclust_onnx.common import arguments as arg
+from projclust_onnx.common.errors import SettingError
+from projclust_onnx.pipeline.config import ProjClustConfig
 
 
 @dataclass
@@ -52,18 +52,18 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
     """Compress the embedding of a sequence classifier, fine-tune it, export it compressed to save_dir."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from projclust_onnx.benchmark.metrics import score
-    from projclust_onnx.calibration import sample_weights
-    from projclust_onnx.compressor import ProjClustCompressor, export_onnx, fit_factorization
-    from projclust_onnx.nn import check_untied, densify_word_embeddings, replace_word_embeddings
-    from projclust_onnx.output_dir import (
+    from projclust_onnx.common.metrics import score
+    from projclust_onnx.core.calibration import sample_weights
+    from projclust_onnx.nn.embedding import check_untied, densify_word_embeddings, replace_word_embeddings
+    from projclust_onnx.nn.training import predict_logits, train_classifier
+    from projclust_onnx.pipeline.compressor import ProjClustCompressor, export_onnx, fit_factorization
+    from projclust_onnx.pipeline.output_dir import (
         add_to_manifest,
         check_output_dir,
         clean_leftovers,
         temp_dir,
         write_text_atomic,
     )
-    from projclust_onnx.training import predict_logits, train_classifier
 
     config = ProjClustConfig.coerce(config)
     overwrite = arg.flag("overwrite", overwrite)

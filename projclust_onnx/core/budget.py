@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from projclust_onnx.errors import SettingError
-from projclust_onnx.quantization import block_quantized_bytes
+from projclust_onnx.common.errors import SettingError
+from projclust_onnx.storage.quantization import block_quantized_bytes
 
 QUANTIZE = ("none", "int8", "int4")
 BITS = {"int8": 8, "int4": 4}
