@@ -35,12 +35,13 @@ from projclust_onnx import ProjClustCompressor, ProjClustConfig
 from projclust_onnx.benchmark.runner import _mean_cosine, _outputs, open_session
 from projclust_onnx.common.data import column, labeled_texts, load_records
 from projclust_onnx.common.metrics import score
-from projclust_onnx.core.budget import BITS, rank_for_budget
+from projclust_onnx.core.budget import rank_for_budget
 from projclust_onnx.core.calibration import calibration_weights, sample_weights
 from projclust_onnx.core.factorization import EmbeddingFactorization
 from projclust_onnx.pipeline.bundled import bundled_model_path
 from projclust_onnx.pipeline.compressor import estimator_for, rewrite_pass
 from projclust_onnx.pipeline.model_files import load_model, model_bytes, save_model
+from projclust_onnx.storage.registry import bits_of
 
 BUDGETS = (0.6, 0.8, 0.9, 0.9375)
 STORAGES = ("none", "int8", "int4")
@@ -129,7 +130,7 @@ def factor_rows(study: Model, weightings: dict, clusters, budgets, storages, wor
                         estimator = estimator_for(fitted, j).fit(study.table, sample_weight=weights)
                     f = EmbeddingFactorization.from_estimator(estimator, study.table)
                     if storage != "none":
-                        f = f.quantized(BITS[storage], config.block_size, study.table, weights)
+                        f = f.quantized(bits_of(storage), config.block_size, study.table, weights)
                     seconds = time.perf_counter() - start
                     path = study.write(f, work / f"{tag}-{wname}-{k}-{budget}-{storage}", fitted)
                     rows.append({"family": f"{method}{'' if k == 1 else f' k={k}'}, U {storage}",

@@ -13,14 +13,10 @@ import logging
 
 import numpy as np
 import onnx_ir as ir
-from projclust_onnx.passes.builder import (
-    LOOKUP_FORMS,
-    Builder,
-    block_quantized_lookup,
-    per_tensor_lookup,
-    replace_lookup,
-)
+from projclust_onnx.passes.builder import LOOKUP_FORMS, Builder, replace_lookup
 from projclust_onnx.passes.word_embedding import search_word_embedding
+
+from projclust_onnx.storage.registry import format_of
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +24,8 @@ __all__ = ["QuantizeEmbeddingPass"]
 
 
 class QuantizeEmbeddingPass(ir.passes.InPlacePass):
-    """Replace the word-embedding lookup with a lookup of `quantized` (BlockQuantized or PerTensorQuantized).
+    """Replace the word-embedding lookup with a lookup of `quantized`, a table in any registered storage format
+    (storage.registry), emitted as its format emits a lookup.
 
     Attributes:
         quantized: the table, already quantized (the pass quantizes nothing itself).
@@ -56,15 +53,18 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
         np_dtype = match.dtype.numpy()
         b = Builder(model.graph, match.nodes[-1])
         ids = match.lookup.inputs[1]
-        if hasattr(self.quantized, "block_size"):
+        storage = format_of(self.quantized)
+        decoded = storage.decoded_dtype(self.quantized)
+        if storage.flat_ids:  # flatten the ids, reshape the rows back
             flat = b.op("Reshape", [ids, b.const("flat_shape", np.array([-1], np.int64))], "flat_ids")
-            rows = block_quantized_lookup(b, self.quantized, flat, self.lookup_form, "table")
-            rows = b.cast(rows, np_dtype, "table/rows_cast", self.quantized.scales.dtype)
+            rows = storage.emit_lookup(b, self.quantized, flat, self.lookup_form, "table")
+            rows = b.cast(rows, np_dtype, "table/rows_cast", decoded)
             out_shape = b.op("Concat", [b.op("Shape", [ids], "ids_shape"),
                                         b.const("dim", np.array([self.quantized.shape[1]], np.int64))],
                              "out_shape", axis=0)
             out = b.op("Reshape", [rows, out_shape], "embeddings")
         else:
-            out = b.cast(per_tensor_lookup(b, self.quantized, ids, "table"), np_dtype, "embeddings", np.float32)
+            rows = storage.emit_lookup(b, self.quantized, ids, self.lookup_form, "table")
+            out = b.cast(rows, np_dtype, "embeddings", decoded)
         replace_lookup(model.graph, match, out)
         return ir.passes.PassResult(model, modified=True)

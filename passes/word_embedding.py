@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from projclust_onnx.storage.quantization import storage_name
+from projclust_onnx.storage.base import CONTRIB_DOMAIN
+from projclust_onnx.storage.blocks import bits_of
+from projclust_onnx.storage.registry import recognise
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,6 @@ __all__ = ["EmbeddingMatch", "EmbeddingSearch", "Head", "head_copies", "search_w
 # Ops that move or select token ids without computing new ones (XLM slices input_ids before its lookup).
 _ID_PASSTHROUGH = frozenset({"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Transpose",
                              "Expand"})
-_FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 _INT_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT32,
                         ir.DataType.INT32, ir.DataType.INT64})
 
@@ -110,7 +111,7 @@ class EmbeddingMatch:
         elif self.lookup.op_type == "Gather":  # quantize_dynamic: the scale's type is the embeddings'
             self._dtype, self._bits, self._shape = self.nodes[-1].inputs[1].const_value.dtype, 8, (n, width)
         else:
-            bits = _bits_of(self.lookup)
+            bits = bits_of(self.lookup)
             packed = bits == 4 and self.table.const_value.dtype == ir.DataType.UINT8
             self._dtype, self._bits = self.lookup.inputs[2].const_value.dtype, bits
             self._shape = (n, width * 2 if packed else width)
@@ -142,14 +143,8 @@ class EmbeddingMatch:
         """The table as the model sees it: float, dequantized as the runtime would."""
         if self.storage == "float":
             return self.table.const_value.numpy()
-        if self.lookup.op_type == "Gather":
-            from projclust_onnx.storage.quantization import PerTensorQuantized
-
-            scale, zero = (v.const_value.numpy() for v in self.nodes[-1].inputs[1:3])
-            stored = PerTensorQuantized(self.table.const_value.numpy(), scale, zero)
-        else:
-            stored = _block_quantized(self.lookup)
-        return stored.dequantize().astype(self.dtype.numpy())
+        storage = recognise(self.lookup, [n for n, _ in self.lookup.outputs[0].uses()])[0]
+        return storage.decode(storage.read(self.nodes)).astype(self.dtype.numpy())
 
     def other_consumers(self) -> list[ir.Node]:
         """Nodes besides the lookups that read the table (a tied LM head, typically)."""
@@ -321,76 +316,36 @@ def _constants(node: ir.Node, first: int) -> bool:
     return all(v is None or v.const_value is not None for v in node.inputs[first:])
 
 
-def _bits_of(node: ir.Node) -> int:
-    """Bits per value of a GatherBlockQuantized node (its `bits` attribute, 4 when absent)."""
-    return node.attributes["bits"].as_int() if "bits" in node.attributes else 4
-
-
-def _block_quantized(node: ir.Node):
-    """The BlockQuantized storage of a GatherBlockQuantized node's initializers, in our layout."""
-    from projclust_onnx.storage.quantization import BlockQuantized, pack4, unpack4
-
-    data, _, scales, *rest = node.inputs
-    zero = rest[0] if rest else None
-    bits = _bits_of(node)
-    block = node.attributes["block_size"].as_int()
-    signed = data.const_value.dtype in (ir.DataType.INT4, ir.DataType.INT8)
-    if data.const_value.dtype in (ir.DataType.UINT4, ir.DataType.INT4):
-        codes = data.const_value.numpy().astype(np.int16)  # unpacked, one value per element
-    elif bits == 4:
-        packed = data.const_value.numpy()
-        codes = unpack4(packed, packed.shape[1] * 2).astype(np.int16)
-    else:
-        codes = data.const_value.numpy().astype(np.int16)
-    n, m = codes.shape
-    n_blocks = scales.const_value.shape[1]
-    if zero is None:
-        zeros = np.full((n, n_blocks), 0 if signed else 2 ** (bits - 1), np.int16)
-    elif zero.const_value.dtype in (ir.DataType.UINT4, ir.DataType.INT4) or bits == 8:
-        zeros = zero.const_value.numpy().astype(np.int16).reshape(n, -1)[:, :n_blocks]
-    else:
-        zeros = unpack4(zero.const_value.numpy(), n_blocks).astype(np.int16)
-    if signed:  # shift to the unsigned codes our layout stores: same values
-        half = 2 ** (bits - 1)
-        codes, zeros = codes + half, zeros + half
-    codes, zeros = codes.astype(np.uint8), zeros.astype(np.uint8)
-    if bits == 4:
-        codes, zeros = pack4(codes), pack4(zeros)
-    return BlockQuantized(codes, scales.const_value.numpy(), zeros, bits, block)
-
-
 def _lookup_of(node: ir.Node, search: EmbeddingSearch):
-    """(table, output, nodes, storage) when `node` is a row lookup of a stored table, else None (logged)."""
-    if node.op_type == "GatherBlockQuantized" and node.domain == "com.microsoft":
-        table = _table_of(node)
-        attrs = node.attributes
-        if table is None or not _constants(node, 2):
-            search.reject(node, "codes, scales or zero points are not initializers")
-            return None
-        if attrs.get("gather_axis") is not None and attrs["gather_axis"].as_int() != 0 or \
-                attrs.get("quantize_axis") is None or attrs["quantize_axis"].as_int() != 1 or \
-                len(table.const_value.shape) != 2:
-            search.reject(node, "not a 2-D table gathered along axis 0 and quantized along axis 1")
-            return None
-        return table, node.outputs[0], [node], storage_name(f"int{_bits_of(node)}", attrs["block_size"].as_int())
-    if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
+    """(table, output, nodes, storage) when `node` is a row lookup of a stored table, else None (logged).
+
+    Which storage formats a lookup may read is the registry's (storage.registry.recognise); what is left
+    are our own outputs' index and code tables."""
+    contrib = node.op_type == "GatherBlockQuantized" and node.domain == CONTRIB_DOMAIN
+    if not contrib and (node.op_type != "Gather" or node.domain not in ("", "ai.onnx")):
         return None
     table = _table_of(node)
+    if contrib and (table is None or not _constants(node, 2)):
+        search.reject(node, "codes, scales or zero points are not initializers")
+        return None
     if table is None:
         search.reject(node, "data is not an initializer")
         return None
     axis = node.attributes.get("axis")
-    if axis is not None and axis.as_int() != 0:
+    if not contrib and axis is not None and axis.as_int() != 0:
         search.reject(node, f"gathers along axis {axis.as_int()}, not 0")
         return None
+    found = recognise(node, [n for n, _ in node.outputs[0].uses()])
+    if found is not None:
+        if isinstance(found[1], str):
+            search.reject(node, found[1])
+            return None
+        output, nodes, storage = found[1]
+        return table, output, nodes, storage
     dtype, rank = table.const_value.dtype, len(table.const_value.shape)
-    if rank == 2 and dtype in _FLOAT_TYPES:
-        return table, node.outputs[0], [node], "float"
-    readers = [n for n, _ in node.outputs[0].uses()]
-    if rank == 2 and dtype in (ir.DataType.UINT8, ir.DataType.INT8) and len(readers) == 1 and \
-            readers[0].op_type == "DequantizeLinear" and _constants(readers[0], 1) and \
-            all(v is None or v.const_value.size == 1 for v in readers[0].inputs[1:]):
-        return table, readers[0].outputs[0], [node, readers[0]], storage_name("int8", None)
+    if contrib:
+        search.reject(node, f"no registered storage reads GatherBlockQuantized with bits={bits_of(node)}")
+        return None
     if rank == 1 and dtype in _INT_TYPES:
         return table, node.outputs[0], [node], "cluster ids"
     if rank == 2 and dtype == ir.DataType.UINT8:

@@ -142,12 +142,12 @@ def test_quantizing_in_pieces_equals_quantizing_whole(monkeypatch, bits):
 
 @pytest.mark.parametrize(("quantize", "block"), [("int8", None), ("int8", 32), ("int4", 64), ("int4", 32)])
 def test_plain_storage_bytes_are_known_before_quantizing(quantize, block):
-    from projclust_onnx.core.chooser import _plain_bytes
     from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized
+    from projclust_onnx.storage.registry import get
 
     M = np.random.default_rng(2).standard_normal((33, 128)).astype(np.float32)
     q = PerTensorQuantized.quantize(M) if block is None else BlockQuantized.quantize(M, int(quantize[3:]), block)
-    assert _plain_bytes(33, 128, quantize, block) == q.nbytes
+    assert get(quantize, block).nbytes(33, 128) == q.nbytes
 
 
 def test_cluster_tail_is_the_per_cluster_eckart_young_bound():

@@ -58,7 +58,9 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of clusters k (default: 5 for projclust, 1 for svd)")
     parser.add_argument("--method", choices=["projclust", "svd"], default="projclust",
                         help="projclust: k subspaces; svd: one subspace, the baseline (default: projclust)")
-    parser.add_argument("--quantize", choices=["none", "int8", "int4"], default=None,
+    from projclust_onnx.storage.registry import QUANTIZE  # numpy only: --help stays fast
+
+    parser.add_argument("--quantize", choices=list(QUANTIZE), default=None,
                         help="store U in 8 or 4 bits per value (blocks with float16 scales; V in float16); "
                              "the budget then buys a larger rank (default: as the input table is stored, "
                              "none for a float table)")
@@ -190,11 +192,11 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from projclust_onnx.core.budget import BITS, factorized_bytes, id_dtype, index_map_bytes, rank_for_bytes
+    from projclust_onnx.core.budget import factorized_bytes, id_dtype, index_map_bytes, rank_for_bytes
     from projclust_onnx.passes import head_copies, search_word_embedding
     from projclust_onnx.pipeline.compressor import ProjClustCompressor
     from projclust_onnx.pipeline.model_files import load_model
-    from projclust_onnx.storage.quantization import block_quantized_bytes
+    from projclust_onnx.storage.registry import factor_storage, name_for_bits
 
     config = _config(args)
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
@@ -254,7 +256,7 @@ def run_inspect(args: argparse.Namespace) -> int:
                                    f"{table_bytes / config.target_ratio:,.0f} bytes; the chooser compares plain "
                                    "quantization, SVD and projective clustering with float, int8 and int4 U"))
             continue
-        quantize = config.quantize or {None: "none", 8: "int8", 4: "int4"}[match.bits]
+        quantize = config.quantize or name_for_bits(match.bits)
         k, b = config.n_clusters, config.block_size
         extra = index_map_bytes(n) if tied_any else 0
         j = config.rank_for(n, d, itemsize, quantize, match.stored_bytes, extra_bytes=extra)
@@ -263,7 +265,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             u_text, u_bytes, v_bytes = f"n*j*{itemsize} = {n}*{j}*{itemsize}", n * j * itemsize, k * j * d * itemsize
             v_text = f"k*j*d*{itemsize}"
         else:
-            u_bytes, v_bytes = block_quantized_bytes(n, j, BITS[quantize], b), k * j * d * 2
+            u_bytes, v_bytes = factor_storage(quantize, b).nbytes(n, j), k * j * d * 2
             u_text = f"{quantize} codes, float16 scales and zero points per block of {b}: {n} rows x {j}"
             v_text = "k*j*d*2 (float16)"
         total = factorized_bytes(n, d, k, j, itemsize, quantize, b)

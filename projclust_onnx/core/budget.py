@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from projclust_onnx.common.errors import SettingError
-from projclust_onnx.storage.quantization import block_quantized_bytes
+from projclust_onnx.storage.registry import QUANTIZE, bits_of, factor_storage
 
-QUANTIZE = ("none", "int8", "int4")
-BITS = {"int8": 8, "int4": 4}
+__all__ = ["QUANTIZE", "factorized_bytes", "factorized_size", "id_dtype", "index_map_bytes", "no_room",
+           "rank_for_bytes", "rank_for_budget", "rank_step"]
 
 
 def id_dtype(n_clusters: int) -> np.dtype:
@@ -36,10 +36,9 @@ def factorized_bytes(n_rows: int, dim: int, n_clusters: int, rank: int, table_it
                      quantize: str = "none", block_size: int = 32) -> int:
     """Bytes of U, V and the cluster ids as stored."""
     ids = 0 if n_clusters == 1 else n_rows * id_dtype(n_clusters).itemsize
-    if quantize == "none":
-        return (n_rows * rank + n_clusters * rank * dim) * table_itemsize + ids
-    u = block_quantized_bytes(n_rows, rank, BITS[quantize], block_size)
-    return u + n_clusters * rank * dim * 2 + ids
+    storage = factor_storage(quantize, block_size)
+    v_itemsize = table_itemsize if storage.bits is None else 2  # V in float16 beside quantized U
+    return storage.nbytes(n_rows, rank, table_itemsize) + n_clusters * rank * dim * v_itemsize + ids
 
 
 def factorized_size(n_rows: int, dim: int, n_clusters: int, rank: int, param_bytes: int = 4) -> float:
@@ -50,7 +49,7 @@ def factorized_size(n_rows: int, dim: int, n_clusters: int, rank: int, param_byt
 def rank_step(quantize: str, block_size: int) -> int:
     """Ranks a storage allows: any for float U, multiples of the block for quantized U
     (ONNX Runtime's CUDA GatherBlockQuantized is wrong on a partial last block)."""
-    return 1 if quantize == "none" else block_size
+    return factor_storage(quantize, block_size).rank_step()
 
 
 def rank_for_bytes(n_rows: int, dim: int, n_clusters: int, budget_bytes: float, table_itemsize: int = 4,
@@ -102,8 +101,16 @@ def no_room(n_rows: int, dim: int, n_clusters: int, budget_bytes: float, table_i
         return (f"{quantize} factors take ranks in multiples of {{block_size}}={block_size}, and the table's dim={dim} "
                 f"leaves none below it; give {smaller}{{quantize}} 'none'")
     fewest = factorized_bytes(n_rows, dim, n_clusters, step, table_itemsize, quantize, block_size)
-    denser = {"none": ", or {quantize} 'int8' or 'int4' (more rank per byte)", "int8": ", or {quantize} 'int4'",
-              "int4": ""}[quantize]
+    denser = _denser(quantize)
     return (f"{budget_bytes:,.0f} bytes leave no room for rank {step} on a {n_rows} x {dim} table with "
             f"{{n_clusters}}={n_clusters} and {{quantize}}={quantize!r} (that needs {fewest:,} bytes); lower {{}} or "
             f"{{n_clusters}}{denser}")
+
+
+def _denser(quantize: str) -> str:
+    """The advice to store U in fewer bits, naming the storages that do: ", or {quantize} 'int8' or 'int4'"."""
+    bits = bits_of(quantize)
+    names = [name for name in QUANTIZE if bits_of(name) is not None and (bits is None or bits_of(name) < bits)]
+    if not names:
+        return ""
+    return ", or {quantize} " + " or ".join(map(repr, names)) + (" (more rank per byte)" if bits is None else "")

@@ -39,12 +39,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from projclust_onnx.common.progress import bar
-from projclust_onnx.core.budget import BITS, QUANTIZE, factorized_bytes, rank_for_bytes
-from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized, block_quantized_bytes, storage_name
+from projclust_onnx.core.budget import factorized_bytes, rank_for_bytes
+from projclust_onnx.storage.registry import factor_storages, format_of, get, plain_storages
 
 logger = logging.getLogger(__name__)
 
-PLAIN = (("int8", None), ("int8", 128), ("int8", 32), ("int4", 128), ("int4", 64), ("int4", 32))
 SLACK = 1.001
 _PIECE = 1 << 16  # rows dequantized at a time when a quantized table is scored
 
@@ -64,7 +63,7 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        storage = self.quantize if self.quantize == "none" else storage_name(self.quantize, self.block_size)
+        storage = self.quantize if self.quantize == "none" else get(self.quantize, self.block_size).label
         if self.method == "quantize":
             return f"plain {storage}"
         label = f"{self.method} k={self.n_clusters} j={self.rank}, U {storage}"
@@ -107,11 +106,13 @@ def weighted_error(X: np.ndarray, approx, weights: np.ndarray | None) -> float:
     X = np.asarray(X)
     if hasattr(approx, "row_errors"):
         row_err = approx.row_errors(X)
-    elif hasattr(approx, "dequantize"):
-        row_err = np.concatenate([_row_norms2(X[start:start + _PIECE], approx.rows(slice(start, start + _PIECE))
-                                              .dequantize()) for start in range(0, len(X), _PIECE)])
-    else:
+    elif isinstance(approx, np.ndarray):
         row_err = _row_norms2(X, approx)
+    else:
+        decode = format_of(approx).decode
+        row_err = np.concatenate([_row_norms2(X[start:start + _PIECE],
+                                              decode(approx.rows(slice(start, start + _PIECE))))
+                                  for start in range(0, len(X), _PIECE)])
     row_energy = _row_norms2(X)
     uniform = float(row_err.sum() / row_energy.sum())
     if weights is None:
@@ -176,18 +177,20 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
             best[:] = [candidate, result]
         candidates.append(candidate)
 
-    plain = [(q, b) for q, b in PLAIN if b is None or d % b == 0]  # ORT's layout wants whole blocks along the row
+    plain = plain_storages(d)  # ORT's layout wants whole blocks along the row
     with bar(verbose, "plain quantization", len(plain), "storage") as tick:
-        for quantize, block in plain:
-            if _plain_bytes(n, d, quantize, block) > budget_bytes:  # known before quantizing: skip the work
+        for storage in plain:
+            if storage.nbytes(n, d) > budget_bytes:  # known before quantizing: skip the work
                 tick(1)
                 continue
-            q = PerTensorQuantized.quantize(X) if block is None else BlockQuantized.quantize(X, BITS[quantize], block)
+            q = storage.encode(X)
             if q.nbytes <= budget_bytes:
-                add(Candidate("quantize", quantize, q.nbytes, weighted_error(X, q, weights), block_size=block), q)
+                add(Candidate("quantize", storage.name, q.nbytes, weighted_error(X, q, weights),
+                              block_size=storage.block_size), q)
             tick(1)
     tail = spectrum_tail(X)
-    storages = [("none", 1)] + [(q, b) for q in QUANTIZE if q != "none" for b in block_sizes]
+    # (name, block) of each storage of U; float U takes any rank (block 1)
+    storages = [(s.name, s.block_size or 1) for s in factor_storages(block_sizes)]
     for k in (1, *clusters):
         ranks = {}
         for quantize, block in storages:
@@ -222,7 +225,7 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
                     tick(1)
                     continue
                 if quantize != "none":
-                    f = f.quantized(BITS[quantize], block, X, sample_weight)
+                    f = f.quantized(get(quantize, block).bits, block, X, sample_weight)
                 elif table_itemsize == 2:
                     f.U, f.V = f.U.astype(np.float16), f.V.astype(np.float16)
                 add(Candidate(method, quantize, stored, weighted_error(X, f, weights), k, rank, block_size), f)
@@ -232,11 +235,6 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
     candidates.sort(key=lambda c: (c.error, c.pruned))
     logger.info("chose %s", best[0].label)
     return Choice(int(budget_bytes / SLACK), table_bytes, best[0], candidates, best[1])
-
-
-def _plain_bytes(n: int, d: int, quantize: str, block: int | None) -> int:
-    """Bytes of the table quantized as a whole: quantize_dynamic's codes, scale and zero point, or blocks."""
-    return n * d + 5 if block is None else block_quantized_bytes(n, d, BITS[quantize], block)
 
 
 def _loses(bound: float, best: float) -> bool:
@@ -262,13 +260,10 @@ def truncated_factorization(estimator, X: np.ndarray, rank: int):
 def smallest_candidate_bytes(n: int, d: int, table_itemsize: int = 4, clusters=(3, 5, 8),
                              block_sizes=(32, 64, 128)) -> int:
     """Bytes of the smallest storage `choose` can build for an n x d table: the bound on the ratio it reaches."""
-    from projclust_onnx.storage.quantization import block_quantized_bytes
-
-    sizes = [n * d] + [block_quantized_bytes(n, d, BITS[q], b) for q, b in PLAIN if b is not None and d % b == 0]
+    sizes = [n * d] + [s.nbytes(n, d) for s in plain_storages(d) if s.blocked]
     for k in (1, *clusters):
-        for quantize in QUANTIZE:
-            for block in (block_sizes if quantize != "none" else (1,)):
-                rank = 1 if quantize == "none" else block
-                if k <= n and rank < d:
-                    sizes.append(factorized_bytes(n, d, k, rank, table_itemsize, quantize, block))
+        for storage in factor_storages(block_sizes):
+            rank = storage.rank_step()
+            if k <= n and rank < d:
+                sizes.append(factorized_bytes(n, d, k, rank, table_itemsize, storage.name, storage.block_size or 1))
     return min(sizes)

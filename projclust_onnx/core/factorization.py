@@ -18,6 +18,7 @@ import numpy as np
 from projclust_onnx.core.budget import factorized_size, id_dtype
 from projclust_onnx.core.clustering import ProjectiveClustering
 from projclust_onnx.storage.quantization import BlockQuantized
+from projclust_onnx.storage.registry import name_for_bits
 
 __all__ = ["EmbeddingFactorization"]
 
@@ -77,7 +78,7 @@ class EmbeddingFactorization:
     @property
     def quantize(self) -> str:
         """How U is stored: "none", "int8" or "int4"."""
-        return "none" if self.U_q is None else f"int{self.U_q.bits}"
+        return name_for_bits(None if self.U_q is None else self.U_q.bits)
 
     @property
     def n_rows(self) -> int:

@@ -42,6 +42,7 @@ from projclust_onnx.pipeline.parity import QUANTIZED_COSINE
 from projclust_onnx.pipeline.plan import plan_compression
 from projclust_onnx.pipeline.report import REPORT_NAME, CompressionReport
 from projclust_onnx.pipeline.tasks import EXPORT_TASKS
+from projclust_onnx.storage.registry import bits_of, format_of
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,8 @@ class ProjClustCompressor:
             params, ids, k, rank = result.n_params, result.ids_nbytes, result.n_clusters, result.rank
         else:
             method, k, rank, ids, params = "quantize", None, None, 0, n * d
-            quantize, block = f"int{getattr(result, 'bits', 8)}", getattr(result, "block_size", None)
+            storage = format_of(result)
+            quantize, block = storage.name, storage.block_size
         heads = [f"{self.relative(f.onnx_path)}: {h.describe()}" if len(plan.files) > 1 else h.describe()
                  for f in plan.files for h in f.heads]
         return CompressionReport(
@@ -310,14 +312,13 @@ def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sam
                       verbose: bool = False, dtype=np.float32, quantize: str = "none", tied: bool = False):
     """Cluster `table` as `config` says and factorize it, U quantized as `quantize` says (decoded in the
     model's dtype when `tied`: a tied head reads U through MatMulNBits)."""
-    from projclust_onnx.core.budget import BITS
     from projclust_onnx.core.factorization import EmbeddingFactorization
 
     table32 = np.asarray(table, dtype=np.float32)
     estimator = estimator_for(config, rank, verbose).fit(table32, sample_weight=sample_weight)
     factorization = EmbeddingFactorization.from_estimator(estimator, table32, dtype=dtype)
     if quantize != "none":
-        factorization = factorization.quantized(BITS[quantize], config.block_size, table32, sample_weight,
+        factorization = factorization.quantized(bits_of(quantize), config.block_size, table32, sample_weight,
                                                 compute_dtype=dtype if tied else None)
     return factorization
 
@@ -352,7 +353,6 @@ def measure_quantized_steps(plan, config: ProjClustConfig) -> None:
 def cheap_factorization(table: np.ndarray, config: ProjClustConfig, file, tied: bool = False):
     """Factors of the planned shape and storage without clustering: the table's top right singular vectors
     as every branch, rows dealt to the k clusters in turn."""
-    from projclust_onnx.core.budget import BITS
     from projclust_onnx.core.factorization import EmbeddingFactorization
 
     n, d = table.shape
@@ -364,14 +364,16 @@ def cheap_factorization(table: np.ndarray, config: ProjClustConfig, file, tied: 
     result = EmbeddingFactorization(labels=np.arange(n) % k, U=(table @ basis).astype(dtype),
                                     V=np.repeat(basis.T[None], k, axis=0).astype(dtype))
     if quantized:
-        result = result.quantized(BITS[file.quantize], config.block_size, table,
+        result = result.quantized(bits_of(file.quantize), config.block_size, table,
                                   compute_dtype=dtype if tied else None)
     return result
 
 
 def dense_of(result) -> np.ndarray:
     """The dense table a factorization or a quantized table stands for."""
-    return result.reconstruct() if hasattr(result, "reconstruct") else result.dequantize()
+    from projclust_onnx.core.factorization import EmbeddingFactorization
+
+    return result.reconstruct() if isinstance(result, EmbeddingFactorization) else format_of(result).decode(result)
 
 
 def rewrite_pass(result, config: ProjClustConfig, tied: bool = False):
@@ -379,12 +381,13 @@ def rewrite_pass(result, config: ProjClustConfig, tied: bool = False):
     when `tied`), or plain quantized storage."""
     import onnx_ir as ir
 
+    from projclust_onnx.core.factorization import EmbeddingFactorization
     from projclust_onnx.passes import FactorizeEmbeddingPass, FactorizeHeadPass, QuantizeEmbeddingPass
 
     if tied:
         return ir.passes.Sequential(FactorizeHeadPass(result, config.ids_input),
                                     FactorizeEmbeddingPass(result, config.layout, config.ids_input, tied=True))
-    if hasattr(result, "reconstruct"):
+    if isinstance(result, EmbeddingFactorization):
         return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form)
     return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form)
 
@@ -404,9 +407,11 @@ def split_initializers(model, max_bytes: int) -> None:
 
 def _storage_of(result) -> dict:
     """The rank and U storage of a factorization, or the bits of a plainly quantized table (rank None)."""
-    if hasattr(result, "reconstruct"):
+    from projclust_onnx.core.factorization import EmbeddingFactorization
+
+    if isinstance(result, EmbeddingFactorization):
         return {"rank": result.rank, "quantize": result.quantize}
-    return {"rank": None, "quantize": f"int{getattr(result, 'bits', 8)}"}
+    return {"rank": None, "quantize": format_of(result).name}
 
 
 def _largest_initializer(model) -> dict:

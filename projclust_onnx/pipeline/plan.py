@@ -27,6 +27,7 @@ from projclust_onnx.pipeline.config import ProjClustConfig
 from projclust_onnx.pipeline.model_files import load_model, model_bytes
 from projclust_onnx.pipeline.output_dir import check_output_dir, check_room
 from projclust_onnx.pipeline.parity import max_positions_of
+from projclust_onnx.storage.registry import name_for_bits
 
 logger = logging.getLogger(__name__)
 # Below this share of the files' bytes, the word table is too small a part of the model to be worth much.
@@ -185,7 +186,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                          f"is {n} x {d}")
     extra = index_map_bytes(n) if tied else 0
     for f in files:
-        f.quantize = config.quantize or {None: "none", 8: "int8", 4: "int4"}[f.match.bits]
+        f.quantize = config.quantize or name_for_bits(f.match.bits)
         itemsize = f.match.dtype.numpy().itemsize
         if factorization is not None:
             f.rank = factorization.rank

@@ -155,9 +155,9 @@ class CompressionReport:
     def storage_after(self) -> str:
         if self.quantize == "none":
             return self.dtype
-        from projclust_onnx.storage.quantization import storage_name
+        from projclust_onnx.storage.registry import get
 
-        return storage_name(self.quantize, self.block_size)
+        return get(self.quantize, self.block_size).label
 
 
 def strict_json(value):

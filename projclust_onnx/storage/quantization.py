@@ -163,11 +163,6 @@ class PerTensorQuantized:
         return self.data.nbytes + self.scale.nbytes + self.zero_point.nbytes
 
 
-def storage_name(quantize: str, block_size: int | None) -> str:
-    """How a quantized table is named in reports and by the finder: "int4 block 32", "int8 per-tensor"."""
-    return f"{quantize} block {block_size}" if block_size else f"{quantize} per-tensor"
-
-
 def pack4(values: np.ndarray) -> np.ndarray:
     """Pack 4-bit values (uint8 in 0..15) two a byte along the last axis, low nibble first."""
     values = np.asarray(values, dtype=np.uint8)

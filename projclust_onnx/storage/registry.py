@@ -1,0 +1,79 @@
+"""The storage formats, in one list that budget, chooser, finder, CLI, config and report read.
+
+To add a format: write its class (storage/base.StorageFormat) in a module of its own and add it to
+FORMATS below; the order is the order the chooser tries plain storages and the CLI lists choices.
+"""
+
+from __future__ import annotations
+
+from projclust_onnx.storage.base import StorageFormat
+from projclust_onnx.storage.blocks import BlockInt4, BlockInt8
+from projclust_onnx.storage.float import FloatStorage
+from projclust_onnx.storage.per_tensor import PerTensorInt8
+
+FORMATS: tuple[type[StorageFormat], ...] = (FloatStorage, PerTensorInt8, BlockInt8, BlockInt4)
+
+# What U of a factorization may be stored in: the values of --quantize, float first.
+QUANTIZE: tuple[str, ...] = tuple(dict.fromkeys(cls.name for cls in FORMATS if cls.factors))
+
+
+def get(name: str, block_size: int | None = None) -> StorageFormat:
+    """The format called `name`; where a name has a blocked and an unblocked format (int8), block_size
+    picks: None for the unblocked one. Formats without blocks ignore block_size."""
+    named = [cls for cls in FORMATS if cls.name == name]
+    if not named:
+        raise ValueError(f"storage {name!r} is not one of {sorted({cls.name for cls in FORMATS})}")
+    if len(named) > 1:
+        named = [cls for cls in named if cls.blocked == (block_size is not None)] or named
+    cls = named[0]
+    return cls(block_size if cls.blocked else None)
+
+
+def factor_storage(name: str, block_size: int | None) -> StorageFormat:
+    """The storage of U called `name` (a --quantize value), in blocks of block_size where it is blocked."""
+    for cls in FORMATS:
+        if cls.factors and cls.name == name:
+            return cls(block_size if cls.blocked else None)
+    raise ValueError(f"quantize={name!r} must be one of {QUANTIZE}")
+
+
+def bits_of(name: str) -> int | None:
+    """Bits per value of the storage of U called `name` (None: float)."""
+    return factor_storage(name, 1).bits
+
+
+def name_for_bits(bits: int | None) -> str:
+    """The --quantize value storing `bits` per value (None: float), e.g. to keep an input table's bits."""
+    for cls in FORMATS:
+        if cls.factors and cls.bits == bits:
+            return cls.name
+    raise ValueError(f"no storage of U holds {bits} bits per value")
+
+
+def format_of(stored) -> StorageFormat:
+    """The format of a stored table (what a format's encode returned)."""
+    for cls in FORMATS:
+        if cls.holds(stored):
+            return cls.of(stored)
+    raise TypeError(f"{type(stored).__name__} is not a stored table of any registered format")
+
+
+def plain_storages(dim: int) -> list[StorageFormat]:
+    """Every storage the chooser tries on a whole table of rows of `dim` values, in order."""
+    found = [cls(block) for cls in FORMATS for block in cls.plain_blocks]
+    return [fmt for fmt in found if fmt.fits_row(dim)]
+
+
+def factor_storages(block_sizes) -> list[StorageFormat]:
+    """Every storage of U the chooser tries: float, then each quantized format at each block size."""
+    return [cls(block) for cls in FORMATS if cls.factors for block in (block_sizes if cls.blocked else (None,))]
+
+
+def recognise(lookup, readers: list):
+    """(format class, (embeddings, nodes, label) or a rejection reason) for the first format whose lookup
+    `lookup` is, else None."""
+    for cls in FORMATS:
+        found = cls.recognise(lookup, readers)
+        if found is not None:
+            return cls, found
+    return None
