@@ -314,3 +314,140 @@ def test_quantized_rank_is_the_largest_whole_block_rank_that_fits(n, d, k, compr
     assert j % block == 0 and block <= j < d
     assert factorized_bytes(n, d, k, j, 4, quantize, block) <= budget
     assert j + block >= d or factorized_bytes(n, d, k, j + block, 4, quantize, block) > budget
+
+
+# ---------------------------------------------------------------------- the scikit-learn estimator API
+def test_get_params_and_set_params_round_trip():
+    model = ProjectiveClustering(3, 4, z=1.5, random_state=2)
+    params = model.get_params()
+    assert params["n_clusters"] == 3 and params["rank"] == 4 and params["z"] == 1.5 and params["random_state"] == 2
+    assert set(params) == {"n_clusters", "rank", "init", "n_init", "anneal_steps", "sample_size", "max_iter", "tol",
+                           "z", "device", "random_state", "verbose"}
+    assert model.get_params(deep=False) == params
+    assert model.set_params(rank=6, tol=1e-3) is model
+    assert model.rank == 6 and model.tol == 1e-3
+    assert ProjectiveClustering(**params).set_params(rank=6, tol=1e-3).get_params() == model.get_params()
+
+
+def test_set_params_refuses_an_unknown_name_and_sets_nothing():
+    model = ProjectiveClustering(3, 4)
+    with pytest.raises(ValueError, match=r"'ranks'.*valid parameters: .*n_clusters.*rank"):
+        model.set_params(rank=5, ranks=5)
+    assert model.rank == 4
+
+
+def test_sklearn_clone_gives_an_unfitted_estimator_with_equal_params():
+    from sklearn.base import clone
+
+    X, _ = planted(30, 8, 2, 2, 0.1)
+    model = ProjectiveClustering(2, 2, init=np.arange(60) % 2, random_state=0).fit(X)
+    copied = clone(model)
+    assert copied is not model and not hasattr(copied, "bases_") and not hasattr(copied, "labels_")
+    params = copied.get_params()
+    np.testing.assert_array_equal(params.pop("init"), model.init)
+    assert params == {k: v for k, v in model.get_params().items() if k != "init"}
+    np.testing.assert_array_equal(copied.fit(X).labels_, model.labels_)
+
+
+def test_fit_predict_equals_fit_labels():
+    X, _ = planted(40, 10, 3, 2, 0.1, seed=1)
+    np.testing.assert_array_equal(ProjectiveClustering(3, 2, random_state=4).fit_predict(X),
+                                  ProjectiveClustering(3, 2, random_state=4).fit(X).labels_)
+
+
+def test_sample_weight_by_keyword_or_after_an_ignored_y():
+    X, _ = planted(40, 10, 3, 2, 0.3, seed=2)
+    w = np.random.default_rng(0).integers(1, 5, len(X))
+    keyword = ProjectiveClustering(3, 2, random_state=0).fit(X, sample_weight=w)
+    positional = ProjectiveClustering(3, 2, random_state=0).fit(X, np.zeros(len(X)), w)
+    np.testing.assert_array_equal(positional.labels_, keyword.labels_)
+    np.testing.assert_array_equal(positional.bases_, keyword.bases_)
+    assert positional.cost_ == keyword.cost_
+    np.testing.assert_array_equal(ProjectiveClustering(3, 2, random_state=0).fit_predict(X, sample_weight=w),
+                                  keyword.labels_)
+    assert ProjectiveClustering(3, 2, random_state=0).fit(X).cost_ != keyword.cost_  # the weights are used
+
+
+def test_truncate_is_a_copy_on_the_leading_basis_vectors():
+    X, _ = planted(80, 20, 3, 6, 0.1, seed=3)
+    model = ProjectiveClustering(3, 6, random_state=0).fit(X)
+    bases, labels, cost = model.bases_.copy(), model.labels_.copy(), model.cost_
+    short = model.truncate(2)
+    assert short is not model and short.rank == 2 and short.get_params()["rank"] == 2
+    assert short.bases_.shape == (3, 20, 2) and short.bases_.flags.c_contiguous
+    np.testing.assert_array_equal(short.bases_, bases[:, :, :2])
+    np.testing.assert_array_equal(short.labels_, labels)
+    assert not hasattr(short, "cost_") and short.transform(X).shape == (len(X), 2)
+    # the original is untouched, the copy shares no array with it
+    assert model.rank == 6 and model.cost_ == cost
+    np.testing.assert_array_equal(model.bases_, bases)
+    np.testing.assert_array_equal(model.labels_, labels)
+    assert not np.shares_memory(short.labels_, model.labels_)
+    same = model.truncate(6)
+    assert same is not model and same.cost_ == cost
+    np.testing.assert_array_equal(same.predict_transform(X)[1], model.predict_transform(X)[1])
+
+
+def test_truncate_matches_the_chooser_s_hand_built_copy():
+    """What the chooser built by hand before truncate: the same predictions, bit for bit."""
+    X, _ = planted(60, 12, 3, 8, 0.1, seed=4, dtype=np.float32)
+    model = ProjectiveClustering(3, 8, random_state=0).fit(X)
+    for rank in (1, 5, 7):
+        by_hand = ProjectiveClustering(3, rank)
+        by_hand.bases_ = np.ascontiguousarray(model.bases_[:, :, :rank])
+        by_hand.n_features_in_ = model.n_features_in_
+        for a, b in zip(model.truncate(rank).predict_transform(X), by_hand.predict_transform(X)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_truncated_error_never_rises_with_rank_on_planted_data():
+    X, _ = planted(80, 20, 3, 6, 0.1, seed=5)
+    model = ProjectiveClustering(3, 6, random_state=0).fit(X)
+    errors = [float(((X - model.truncate(r).reconstruct(X)) ** 2).sum()) for r in range(1, 7)]
+    assert all(a >= b * (1 - 1e-12) for a, b in zip(errors, errors[1:]))
+    assert errors[0] > 10 * errors[-1]  # the planted rank-6 structure is lost at rank 1
+    np.testing.assert_allclose(errors[-1], model.cost_, rtol=1e-9)
+
+
+@pytest.mark.parametrize(("rank", "match"), [(7, "rank=7 must be <= the fitted rank=6"),
+                                             (0, "rank=0 must be a positive integer"),
+                                             (2.5, "rank=2.5 must be a positive integer")])
+def test_truncate_refuses_a_rank_outside_one_to_the_fitted_rank(rank, match):
+    model = ProjectiveClustering(2, 6, random_state=0).fit(planted(30, 10, 2, 3, 0.1)[0])
+    with pytest.raises(ValueError, match=match):
+        model.truncate(rank)
+
+
+def test_truncate_before_fit_raises_not_fitted():
+    from projclust_onnx.core.clustering import NotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted") as err:
+        ProjectiveClustering(2, 2).truncate(1)
+    assert isinstance(err.value, ValueError) and isinstance(err.value, AttributeError)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(12, 60), d=st.integers(3, 10), k=st.integers(1, 3), j=st.integers(2, 9),
+       seed=st.integers(0, 2**16))
+def test_truncated_rows_are_no_closer_than_at_a_higher_rank(n, d, k, j, seed):
+    """Nested subspaces: every row's distance to its nearest subspace can only fall as rank grows."""
+    j = min(j, d - 1)
+    X = np.random.default_rng(seed).standard_normal((n, d))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = ProjectiveClustering(k, j, random_state=seed).fit(X)
+    row_errors = [((X - model.truncate(r).reconstruct(X)) ** 2).sum(1) for r in range(1, j + 1)]
+    for low, high in zip(row_errors, row_errors[1:]):
+        assert np.all(low >= high - 1e-9 * (1 + (X * X).sum(1)))
+
+
+def test_problem_sample_keeps_weights_usable():
+    from projclust_onnx.core.clustering import _generator, _Problem
+
+    X = torch.arange(12.0).reshape(4, 3)
+    problem = _Problem(X, torch.tensor([0.0, 0.0, 1.0, 2.0]), (X * X).sum(1), 2, 1, 2.0, _generator(0))
+    assert problem.sample(None) is problem
+    weightless = problem.sample(torch.tensor([0, 1]))
+    assert torch.equal(weightless.X, X[:2]) and torch.equal(weightless.w, torch.ones(2))
+    assert weightless.generator is problem.generator and weightless.k == 2
+    assert torch.equal(problem.sample(torch.tensor([1, 3])).w, torch.tensor([0.0, 2.0]))

@@ -246,15 +246,9 @@ def _loses(bound: float, best: float) -> bool:
 def truncated_factorization(estimator, X: np.ndarray, rank: int):
     """The factorization of X on the leading `rank` basis vectors of each fitted cluster,
     rows reassigned to the nearest truncated subspace."""
-    from projclust_onnx.core.clustering import ProjectiveClustering
     from projclust_onnx.core.factorization import EmbeddingFactorization
 
-    if rank != estimator.rank:
-        truncated = ProjectiveClustering(estimator.n_clusters, rank, device=estimator.device)
-        truncated.bases_ = np.ascontiguousarray(estimator.bases_[:, :, :rank])
-        truncated.n_features_in_ = estimator.n_features_in_
-        estimator = truncated
-    return EmbeddingFactorization.from_estimator(estimator, X)
+    return EmbeddingFactorization.from_estimator(estimator.truncate(rank), X)
 
 
 def smallest_candidate_bytes(n: int, d: int, table_itemsize: int = 4, clusters=(3, 5, 8),

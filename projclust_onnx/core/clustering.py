@@ -10,6 +10,9 @@ assignment, restarts, sample weights in both steps and the robust l_z objective.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -20,7 +23,8 @@ from projclust_onnx.common.device import resolve_device
 from projclust_onnx.common.progress import bar as _progress
 from projclust_onnx.common.threads import available_cpus, torch_threads
 
-__all__ = ["ConvergenceWarning", "ProjectiveClustering", "check_fit_memory", "cluster_tail", "fit_memory_bytes"]
+__all__ = ["ConvergenceWarning", "NotFittedError", "ProjectiveClustering", "check_fit_memory", "cluster_tail",
+           "fit_memory_bytes"]
 
 INIT_METHODS = ("kmeans", "random")
 
@@ -43,6 +47,35 @@ _IRLS_EPS = 1e-6
 
 class ConvergenceWarning(UserWarning):
     """The fit stopped at max_iter, or a cluster could not be kept populated."""
+
+
+class NotFittedError(RuntimeError, ValueError, AttributeError):
+    """Used before fit: the ValueError and AttributeError that scikit-learn's NotFittedError is, and the
+    RuntimeError this estimator raised before, so existing handlers still catch it."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Problem:
+    """What every step of one fit shares: the rows X of shape (n_samples, n_features) (scaled as fitted),
+    their weights and squared norms, k, j, z, and the generator behind every random draw."""
+
+    X: torch.Tensor
+    w: torch.Tensor
+    norms2: torch.Tensor
+    k: int
+    rank: int
+    z: float
+    generator: torch.Generator
+
+    def sample(self, rows: torch.Tensor | None) -> _Problem:
+        """The problem on `rows` only (itself when None); weights stay usable when the sample drew only
+        weightless rows."""
+        if rows is None:
+            return self
+        rows = rows.to(self.X.device)
+        ws = self.w[rows]
+        return dataclasses.replace(self, X=self.X[rows], w=ws if float(ws.sum()) > 0 else torch.ones_like(ws),
+                                   norms2=self.norms2[rows])
 
 
 @dataclass
@@ -146,11 +179,63 @@ class ProjectiveClustering:
         self.random_state = random_state
         self.verbose = verbose
 
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        """The constructor's named arguments, sorted: read from its signature, so a new argument needs no list."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return sorted(p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments as they stand (what sklearn.base.clone copies). `deep` is accepted for
+        scikit-learn's signature; no parameter is itself an estimator, so it changes nothing."""
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params) -> ProjectiveClustering:
+        """Set constructor arguments by name and return self; an unknown name raises ValueError before
+        anything is set. Fitted attributes stay until the next fit."""
+        valid = self._get_param_names()
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(f"invalid parameter {unknown[0]!r} for {type(self).__name__}; "
+                             f"valid parameters: {', '.join(valid)}")
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
     # ------------------------------------------------------------------ public API
-    def fit(self, X, sample_weight=None) -> ProjectiveClustering:
-        """Fit the k subspaces to X of shape (n_samples, n_features)."""
+    def fit(self, X, y=None, sample_weight=None) -> ProjectiveClustering:
+        """Fit the k subspaces to X of shape (n_samples, n_features), rows weighted by sample_weight of
+        shape (n_samples,) (None: all 1). y is ignored: it is there for scikit-learn's signature."""
         with torch_threads(min(torch.get_num_threads(), available_cpus())):
             return self._fit(X, sample_weight)
+
+    def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
+        """fit(X) and its labels_, of shape (n_samples,); y is ignored."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def truncate(self, rank: int) -> ProjectiveClustering:
+        """A fitted copy whose subspaces keep their first `rank` basis vectors: bases_ hold each cluster's
+        eigenvectors by falling eigenvalue, so these span the best rank-`rank` subspace of the same moments,
+        and one fit serves every smaller rank.
+
+        The copy's rank is `rank`; labels_, n_iter_ and n_features_in_ are the fit's (predict reassigns rows
+        to the nearest truncated subspace). cost_ and cost_history_ measured the fitted rank and cannot be
+        recomputed without X, so the copy has neither: score it on X with reconstruct(X).
+        """
+        self._check_fitted()
+        fitted = self.bases_.shape[2]
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+            raise ValueError(f"rank={rank!r} must be a positive integer")
+        if rank > fitted:
+            raise ValueError(f"rank={rank} must be <= the fitted rank={fitted}")
+        out = copy.deepcopy(self)  # at the fitted rank, the cached subspaces stay with their bases_
+        out.rank = int(rank)
+        if rank < fitted:
+            out.bases_ = self.bases_[:, :, :rank].copy()
+            for name in ("cost_", "cost_history_", "_subspaces"):
+                out.__dict__.pop(name, None)
+        return out
 
     def _fit(self, X, sample_weight) -> ProjectiveClustering:
         device = resolve_device(self.device)
@@ -162,21 +247,15 @@ class ProjectiveClustering:
         # would underflow or overflow float32: such a table is fitted on a copy scaled to max |x| = 1.
         Xt, x_scale = _unit_scaled(Xt)
 
-        generator = torch.Generator(device="cpu")
-        if self.random_state is not None:
-            generator.manual_seed(int(self.random_state))
-        else:
-            generator.seed()
-
-        norms2 = (Xt * Xt).sum(dim=1)
         k = self.n_clusters
+        problem = _Problem(Xt, w, (Xt * Xt).sum(dim=1), k, self.rank, self.z, _generator(self.random_state))
         labels0 = init_labels.to(device) if init_labels is not None else None
         if k > 1 and (labels0 is None or self.anneal_steps):
-            labels0 = self._start(Xt, w, norms2, labels0, generator)
+            labels0 = self._start(problem, labels0)
         elif labels0 is None:  # one subspace: the truncated SVD needs no seed
             labels0 = torch.zeros(n, dtype=torch.int64, device=device)
         with _progress(self.verbose, "Lloyd (stops when settled)", 1 if k == 1 else self.max_iter) as bar:
-            best = _lloyd(Xt, w, norms2, labels0, k, self.rank, self.z, self.max_iter, self.tol, bar)
+            best = _lloyd(problem, labels0, self.max_iter, self.tol, bar)
         if not best.converged:
             warnings.warn(
                 f"max_iter={self.max_iter} reached before the cost settled "
@@ -220,34 +299,35 @@ class ProjectiveClustering:
         return labels.cpu().numpy().astype(np.int64), _coefficients(Xt, labels, bases).cpu().numpy()
 
     # ------------------------------------------------------------------ helpers
-    def _start(self, X, w, norms2, labels, generator) -> torch.Tensor:
+    def _start(self, problem: _Problem, labels: torch.Tensor | None) -> torch.Tensor:
         """Labels for Lloyd from seeding (unless given) and annealing, each on a sample of rows.
 
         Spherical k-means sees `sample_size` rows (k directions need few); seeds are scored,
         and annealing starts, on _ROWS_PER_DIM rows per fitted dimension (fewer overfit a
         rank-j subspace), and annealing's samples grow to every row at its last step.
         """
-        n, k, j = X.shape[0], self.n_clusters, self.rank
+        n = problem.X.shape[0]
         size = self.sample_size or n
-        fit_size = max(size, _ROWS_PER_DIM * k * j)
-        perm = torch.randperm(n, generator=generator) if n > size else None
-        Xf, wf, nf = _rows(X, w, norms2, _prefix(perm, fit_size))
+        fit_size = max(size, _ROWS_PER_DIM * problem.k * problem.rank)
+        perm = torch.randperm(n, generator=problem.generator) if n > size else None
+        fit = problem.sample(_prefix(perm, fit_size))
         if labels is None:
-            sphere = _Sphere.of(*_rows(X, w, norms2, _prefix(perm, size))[:2]) if self.init == "kmeans" else None
+            seeds = problem.sample(_prefix(perm, size))
+            sphere = _Sphere.of(seeds.X, seeds.w) if self.init == "kmeans" else None
             with _progress(self.verbose, "seeding", self.n_init) as bar:
-                labels = self._best_seed(Xf, wf, nf, sphere, generator, bar)
+                labels = self._best_seed(fit, sphere, bar)
         elif perm is not None and n > fit_size:
             labels = labels[_prefix(perm, fit_size).to(labels.device)]
-        if Xf is X and not self.anneal_steps:
+        if fit is problem and not self.anneal_steps:
             return labels
-        subspaces = _refit(Xf, wf, labels, k, j)
+        subspaces = _refit(fit, labels)
         if self.anneal_steps:
             sizes = _growing(min(fit_size, n), n, self.anneal_steps)
             with _progress(self.verbose, "annealing", self.anneal_steps) as bar:
-                subspaces = _anneal(X, w, norms2, subspaces, [_prefix(perm, m) for m in sizes], bar)
-        return _assign(X, norms2, subspaces)[0]
+                subspaces = _anneal(problem, subspaces, [_prefix(perm, m) for m in sizes], bar)
+        return _assign(problem.X, problem.norms2, subspaces)[0]
 
-    def _best_seed(self, X, w, norms2, sphere, generator, progress) -> torch.Tensor:
+    def _best_seed(self, problem: _Problem, sphere: _Sphere | None, progress) -> torch.Tensor:
         """Draw n_init seeds and keep the one whose first refit costs least.
 
         On MiniLM that one-step cost ranks seeds as their converged cost does, at a
@@ -255,15 +335,16 @@ class ProjectiveClustering:
         the energy the refit subspaces leave on the seed's own rows, from the moments'
         eigenvalues alone (no assignment pass); for z < 2, the cost after reassignment.
         """
+        X, w, rank = problem.X, problem.w, problem.rank
         best_labels, best_cost = None, float("inf")
-        energy = float((w.double() * norms2.double()).sum())
+        energy = float((w.double() * problem.norms2.double()).sum())
         for _ in range(self.n_init):
-            labels = _seed_labels(X, self.n_clusters, self.init, generator, sphere)
-            moments = _moments(X, w, labels, self.n_clusters)
-            if self.z == 2.0:
-                cost = energy - float(_eigh(moments, values_only=True)[:, -self.rank:].sum())
+            labels = _seed_labels(problem, self.init, sphere)
+            moments = _moments(X, w, labels, problem.k)
+            if problem.z == 2.0:
+                cost = energy - float(_eigh(moments, values_only=True)[:, -rank:].sum())
             else:
-                cost = _cost(w, _assign(X, norms2, _decompose(moments, self.rank, X.dtype))[1], self.z)
+                cost = _cost(w, _assign(X, problem.norms2, _decompose(moments, rank, X.dtype))[1], problem.z)
             if cost < best_cost * (1 - _TIE):  # a near tie keeps the earlier seed, whatever the rounding
                 best_labels, best_cost = labels, cost
             progress(1)
@@ -305,7 +386,8 @@ class ProjectiveClustering:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "bases_"):
-            raise RuntimeError("This ProjectiveClustering is not fitted yet; call fit(X) first.")
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                                 "appropriate arguments before using this estimator.")
 
     def _prepare(self, X):
         self._check_fitted()
@@ -446,28 +528,29 @@ def _growing(first: int, n: int, steps: int) -> list[int]:
     return [n if 2 * m > n else m for m in sizes]
 
 
-def _rows(X: torch.Tensor, w: torch.Tensor, norms2: torch.Tensor, rows: torch.Tensor | None):
-    """X, w and norms2 restricted to `rows` (all when None); weights stay usable when the
-    sample drew only weightless rows."""
-    if rows is None:
-        return X, w, norms2
-    rows = rows.to(X.device)
-    ws = w[rows]
-    return X[rows], (ws if float(ws.sum()) > 0 else torch.ones_like(ws)), norms2[rows]
+def _generator(random_state: int | None) -> torch.Generator:
+    """A CPU generator seeded with random_state (fresh entropy when None): the fit's only source of randomness."""
+    generator = torch.Generator(device="cpu")
+    if random_state is not None:
+        generator.manual_seed(int(random_state))
+    else:
+        generator.seed()
+    return generator
 
 
-def _seed_labels(X: torch.Tensor, k: int, init: str, generator: torch.Generator, sphere=None) -> torch.Tensor:
-    """Initial labels of X's rows: an equal random split, or the nearest spherical k-means centre."""
+def _seed_labels(problem: _Problem, init: str, sphere: _Sphere | None = None) -> torch.Tensor:
+    """Initial labels of the problem's rows: an equal random split, or the nearest spherical k-means centre."""
+    X, k = problem.X, problem.k
     n = X.shape[0]
     if k == 1:
         return torch.zeros(n, dtype=torch.int64, device=X.device)
     if init == "random":
-        perm = torch.randperm(n, generator=generator).to(X.device)
+        perm = torch.randperm(n, generator=problem.generator).to(X.device)
         labels = torch.empty(n, dtype=torch.int64, device=X.device)
         labels[perm] = torch.arange(n, device=X.device) % k
         return labels
     # argmax of x . c is the nearest centre by cosine: a row's norm does not change it.
-    return (X @ _spherical_kmeans(sphere, k, generator).T).argmax(dim=1)
+    return (X @ _spherical_kmeans(sphere, k, problem.generator).T).argmax(dim=1)
 
 
 @dataclass
@@ -590,15 +673,16 @@ def _moments(X: torch.Tensor, w: torch.Tensor | None, labels: torch.Tensor, k: i
     return out
 
 
-def _refit(X: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, k: int, rank: int) -> _Subspaces:
+def _refit(problem: _Problem, labels: torch.Tensor) -> _Subspaces:
     """Top-`rank` eigenvectors of each cluster's weighted second moment."""
-    return _decompose(_moments(X, w, labels, k), rank, X.dtype)
+    return _decompose(_moments(problem.X, problem.w, labels, problem.k), problem.rank, problem.X.dtype)
 
 
-def _soft_refit(X: torch.Tensor, w: torch.Tensor, resp: torch.Tensor, rank: int) -> _Subspaces:
+def _soft_refit(problem: _Problem, resp: torch.Tensor) -> _Subspaces:
     """As _refit, with responsibilities of shape (n, k); rows with a responsibility
     under 1e-3 are left out, which keeps annealing cheap once it sharpens. A block of
     rows at a time, so the gathered rows never grow to a cluster of the whole table."""
+    X, w = problem.X, problem.w
     (n, d), k = X.shape, resp.shape[1]
     moments = torch.zeros(k, d, d, dtype=torch.float64, device=X.device)
     block = max(1, _ASSIGN_BLOCK_ELEMENTS // d)
@@ -609,11 +693,11 @@ def _soft_refit(X: torch.Tensor, w: torch.Tensor, resp: torch.Tensor, rank: int)
             if len(rows):
                 Xc = Xb[rows].mul_((wb[rows] * rb[rows, c]).sqrt()[:, None])
                 moments[c] += (Xc.T @ Xc).double()
-    return _decompose(moments, rank, X.dtype)
+    return _decompose(moments, problem.rank, X.dtype)
 
 
-def _anneal(X: torch.Tensor, w: torch.Tensor, norms2: torch.Tensor, subspaces: _Subspaces, samples,
-            progress, start: float = 0.3, end: float = 0.03) -> _Subspaces:
+def _anneal(problem: _Problem, subspaces: _Subspaces, samples, progress, start: float = 0.3,
+            end: float = 0.03) -> _Subspaces:
     """Soft EM with a falling temperature, one step on each sample of rows (None: all rows);
     returns the subspaces it settles on.
 
@@ -627,15 +711,15 @@ def _anneal(X: torch.Tensor, w: torch.Tensor, norms2: torch.Tensor, subspaces: _
     steps = len(samples)
     scale = None
     for step, rows in enumerate(samples):
-        Xs, ws, ns = _rows(X, w, norms2, rows)
-        dist2 = _distances(Xs, ns, subspaces)
+        sample = problem.sample(rows)
+        dist2 = _distances(sample.X, sample.norms2, subspaces)
         if scale is None:
-            scale = float((ws * dist2.min(dim=1).values).sum() / ws.sum())
+            scale = float((sample.w * dist2.min(dim=1).values).sum() / sample.w.sum())
             if scale <= 0:
                 return subspaces
         temperature = scale * start * (end / start) ** (step / max(steps - 1, 1))
         resp = torch.softmax(dist2.div_(-temperature), dim=1)
-        subspaces = _soft_refit(Xs, ws, resp, subspaces.rank)
+        subspaces = _soft_refit(sample, resp)
         progress(1)
     return subspaces
 
@@ -752,7 +836,9 @@ class _Moments:
         return self.moments
 
 
-def _lloyd(X, w, norms2, labels, k, rank, z, max_iter, tol, progress) -> _Run:
+def _lloyd(problem: _Problem, labels: torch.Tensor, max_iter: int, tol: float, progress) -> _Run:
+    """Hard Lloyd from `labels` until the cost falls by less than tol times itself, or max_iter steps."""
+    X, w, norms2, k, rank, z = problem.X, problem.w, problem.norms2, problem.k, problem.rank, problem.z
     scale = float((w * norms2).sum() / w.sum())
     labels = labels.clone()
     fit_w = w
