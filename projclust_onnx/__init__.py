@@ -1,5 +1,10 @@
 """projclust-onnx: compress transformer word embeddings by projective clustering, for ONNX Runtime.
 
+Layers, each importing only from those below it: common < storage (one class per storage format,
+one registry) < core (the estimator, factorizations, budget, chooser, calibration) < passes (graph
+rewrites, installed as projclust_onnx.passes) < pipeline (config, plan, compressor, report, output
+directory) < nn, benchmark < cli.
+
 The public names load lazily so that `optimum-cli` and `projclust-onnx --help`
 start without importing torch.
 """
