@@ -12,7 +12,7 @@ from test_clustering import planted
 
 from projclust_onnx import ProjectiveClustering
 from projclust_onnx.core import clustering as core
-from projclust_onnx.core.chooser import choose, spectrum_tail, weighted_error
+from projclust_onnx.core.chooser import weighted_error
 from projclust_onnx.core.clustering import check_fit_memory, fit_memory_bytes
 from projclust_onnx.core.factorization import EmbeddingFactorization
 
@@ -83,33 +83,6 @@ def test_predict_needs_no_copy_of_extreme_tables():
     np.testing.assert_array_equal(model.predict(X * np.float32(1e25)), model.labels_)
 
 
-def test_weighted_error_of_a_factorization_equals_that_of_its_dense_table():
-    X, _ = planted(60, 12, 3, 4, 0.1, seed=8, dtype=np.float32)
-    f = EmbeddingFactorization.from_estimator(ProjectiveClustering(3, 4, random_state=0).fit(X), X)
-    w = np.random.default_rng(0).random(len(X))
-    assert weighted_error(X, f, w) == pytest.approx(weighted_error(X, f.reconstruct(), w), rel=1e-9)
-    assert weighted_error(X, f, None) == pytest.approx(f.relative_error(X), rel=1e-9)
-
-
-def test_spectrum_tail_bounds_every_candidate_and_pruned_ones_could_not_win():
-    X, _ = planted(300, 32, 3, 6, 0.05, seed=9, dtype=np.float32)
-    tail = spectrum_tail(X)
-    assert tail[0] == pytest.approx(1.0) and tail[-1] == 0.0 and np.all(np.diff(tail) <= 1e-12)
-
-    def fit(k, rank):
-        return ProjectiveClustering(k, rank, n_init=2, anneal_steps=2, random_state=0).fit(X)
-
-    choice = choose(X, X.nbytes / 3, None, clusters=(3, 5), block_sizes=(32,), fit=fit)
-    built = [c for c in choice.candidates if not c.pruned]
-    assert not choice.best.pruned and choice.best.error == min(c.error for c in built)
-    for c in built:
-        if c.method != "quantize":  # the score is never below the best rank-(k j) error
-            assert c.error >= tail[min(c.n_clusters * c.rank, 32)] * (1 - 1e-6)
-    for c in choice.candidates:
-        if c.pruned:
-            assert c.error >= choice.best.error and "not built" in c.label
-
-
 def test_memory_estimate_grows_with_the_table_and_refuses_in_one_line():
     small, large = fit_memory_bytes(30522, 384, 5, 216), fit_memory_bytes(250_000, 384, 5, 216)
     assert 30522 * 384 * 4 < small < large
@@ -138,16 +111,6 @@ def test_quantizing_in_pieces_equals_quantizing_whole(monkeypatch, bits):
         np.testing.assert_array_equal(getattr(pieces_b, name), getattr(whole_b, name))
     np.testing.assert_array_equal(pieces_t.data, whole_t.data)
     assert weighted_error(M, whole_b, None) == pytest.approx(weighted_error(M, whole_b.dequantize(), None), rel=1e-12)
-
-
-@pytest.mark.parametrize(("quantize", "block"), [("int8", None), ("int8", 32), ("int4", 64), ("int4", 32)])
-def test_plain_storage_bytes_are_known_before_quantizing(quantize, block):
-    from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized
-    from projclust_onnx.storage.registry import get
-
-    M = np.random.default_rng(2).standard_normal((33, 128)).astype(np.float32)
-    q = PerTensorQuantized.quantize(M) if block is None else BlockQuantized.quantize(M, int(quantize[3:]), block)
-    assert get(quantize, block).nbytes(33, 128) == q.nbytes
 
 
 def test_cluster_tail_is_the_per_cluster_eckart_young_bound():

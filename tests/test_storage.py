@@ -122,3 +122,12 @@ def test_the_registry_names_what_budget_cli_and_reports_use():
         factor_storage("int3", 32)
     with pytest.raises(TypeError, match="list"):
         format_of([1, 2])
+
+
+@pytest.mark.parametrize(("quantize", "block"), [("int8", None), ("int8", 32), ("int4", 64), ("int4", 32)])
+def test_plain_storage_bytes_are_known_before_quantizing(quantize, block):
+    from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized
+
+    M = np.random.default_rng(2).standard_normal((33, 128)).astype(np.float32)
+    q = PerTensorQuantized.quantize(M) if block is None else BlockQuantized.quantize(M, int(quantize[3:]), block)
+    assert get(quantize, block).nbytes(33, 128) == q.nbytes
