@@ -49,7 +49,7 @@ def test_compress_prints_a_summary_and_writes_the_directory(model_dir, tmp_path)
                "--runtime", "onehot", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "k=2, j=3, layout=onehot" in done.stdout and "parity (max abs diff)" in done.stdout
-    assert json.loads((out / "projclust_config.json").read_text())["layout"] == "onehot"
+    assert json.loads((out / "projclust_config.json").read_text())["graph"]["layout"] == "onehot"
 
 
 def test_inspect_shows_the_match_and_the_budget(model_dir):

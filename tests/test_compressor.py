@@ -341,7 +341,7 @@ def test_config_may_be_a_dict(model_dir, tmp_path):
     report = ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "out", config)
     assert report.n_clusters == 2
     saved = json.loads((tmp_path / "out" / "projclust_config.json").read_text())
-    assert saved["n_clusters"] == 2 and saved["rank"] == 3
+    assert saved["clustering"]["n_clusters"] == 2 and saved["budget"]["rank"] == 3
     with pytest.raises(ValueError, match=r"unknown ProjClustConfig keys \['clusters'\]"):
         ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "out2", {"clusters": 2})
 

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from projclust_onnx import ProjClustConfig
+from projclust_onnx.core.budget import rank_for
+from projclust_onnx.pipeline.config import (
+    FLAT_ORDER,
+    SECTION_OF,
+    SECTIONS,
+    BudgetConfig,
+    CalibrationConfig,
+    ClusteringConfig,
+    GraphConfig,
+    StorageConfig,
+)
 
 
 def test_json_round_trip(tmp_path):
     config = ProjClustConfig(n_clusters=8, compression=0.3, layout="onehot", calibration_text=["a.txt"], seed=4)
     path = config.save_pretrained(tmp_path)
     assert path.name == "projclust_config.json"
-    assert json.loads(path.read_text())["n_clusters"] == 8
+    assert json.loads(path.read_text())["clustering"]["n_clusters"] == 8
     assert ProjClustConfig.from_pretrained(tmp_path) == config
     assert ProjClustConfig.from_dict(config.to_dict()) == config
 
@@ -174,3 +186,142 @@ def test_no_room_advice_matches_the_cause(kwargs, dim, python, flags):
         assert "lower" not in str(caught.value)  # the budget is not the cause
     if kwargs["quantize"] == "int4" and dim == 64:
         assert str(caught.value).endswith("lower compression or n_clusters")
+
+
+# ---------------------------------------------------------------------- sections
+# Every key of the flat form (version 1), most with a value other than its default.
+OLD_FLAT = {"method": "projclust", "n_clusters": 3, "compression": 0.7, "rank": None, "quantize": "int8",
+            "block_size": 64, "lookup_form": "standard", "target_ratio": None, "head": "keep",
+            "max_initializer_bytes": 4096, "layout": "onehot", "init": "random", "n_init": 2, "anneal_steps": 0,
+            "max_iter": 3, "tol": 0.0, "z": 1.5, "seed": 7, "device": "cpu", "ids_input": "ids",
+            "calibration_text": ["a.txt", "b.txt"], "calibration_dataset": "glue:sst2@train",
+            "calibration_column": "sentence", "calibration_smoothing": 0.5, "special_token_weight": 0.0}
+NESTED = {
+    "budget": BudgetConfig(compression=0.7),
+    "clustering": ClusteringConfig(n_clusters=3, init="random", n_init=2, anneal_steps=0, max_iter=3, tol=0.0, z=1.5,
+                                   device="cpu", seed=7),
+    "calibration": CalibrationConfig(calibration_text=["a.txt", "b.txt"], calibration_dataset="glue:sst2@train",
+                                     calibration_column="sentence", calibration_smoothing=0.5,
+                                     special_token_weight=0.0),
+    "graph": GraphConfig(layout="onehot", lookup_form="standard", head="keep", ids_input="ids",
+                         max_initializer_bytes=4096),
+    "storage": StorageConfig(quantize="int8", block_size=64),
+}
+
+
+def test_every_setting_lives_in_exactly_one_section():
+    assert sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values()) == len(SECTION_OF) == len(OLD_FLAT)
+    assert set(SECTION_OF) == set(OLD_FLAT) == set(FLAT_ORDER)
+
+
+def test_flat_keywords_equal_nested_sections():
+    config = ProjClustConfig(**OLD_FLAT)
+    assert config == ProjClustConfig(**NESTED)
+    assert config == ProjClustConfig(**{name: dataclasses.asdict(section) for name, section in NESTED.items()})
+    for name, value in OLD_FLAT.items():
+        assert getattr(config, name) == value == getattr(getattr(config, SECTION_OF[name]), name)
+
+
+def test_nested_json_round_trip(tmp_path):
+    config = ProjClustConfig(**OLD_FLAT)
+    data = config.to_dict()
+    assert data["format_version"] == 2 and list(data) == ["format_version", *SECTIONS]
+    assert data["clustering"]["n_clusters"] == 3 and data["storage"] == {"quantize": "int8", "block_size": 64}
+    path = config.save_pretrained(tmp_path, flat=False)
+    assert json.loads(path.read_text()) == data
+    assert ProjClustConfig.from_pretrained(tmp_path) == config
+    assert ProjClustConfig.from_pretrained(path).to_dict() == data
+
+
+def test_an_old_flat_file_reads_into_the_same_config(tmp_path):
+    (tmp_path / "projclust_config.json").write_text(json.dumps(OLD_FLAT, indent=2) + "\n")
+    config = ProjClustConfig.from_pretrained(tmp_path)
+    assert config == ProjClustConfig(**NESTED)
+    assert config.to_dict(flat=True) == OLD_FLAT and list(config.to_dict(flat=True)) == list(OLD_FLAT)
+    (tmp_path / "out").mkdir()  # save_pretrained still writes this flat form, byte for byte
+    assert config.save_pretrained(tmp_path / "out", flat=True).read_text() == \
+        (tmp_path / "projclust_config.json").read_text()
+
+
+def test_a_config_from_before_the_head_pass_reads_with_the_default_head():
+    assert ProjClustConfig.from_dict({**OLD_FLAT, "head": None}).graph.head == "factorize"
+
+
+@pytest.mark.parametrize(("section", "kwargs", "message"), [
+    (BudgetConfig, {"compression": 1.2}, "compression=1.2 must lie in (0, 1), e.g. 0.4 for a 40% smaller table"),
+    (BudgetConfig, {"compression": None}, "give compression (e.g. 0.4) or rank"),
+    (BudgetConfig, {"target_ratio": 0.5}, "target_ratio=0.5 must be > 1, e.g. 10 for a table ten times smaller"),
+    (BudgetConfig, {"target_ratio": 4, "rank": 3}, "give target_ratio or rank, not both: the chooser picks the rank"),
+    (ClusteringConfig, {"method": "svd", "n_clusters": 5},
+     "n_clusters=5 must be 1 with method svd, the one-cluster case; use method projclust for k > 1"),
+    (ClusteringConfig, {"device": "foo"}, "device='foo' must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (ClusteringConfig, {"seed": -1}, "seed=-1 must be in [0, 9223372036854775807]"),
+    (CalibrationConfig, {"calibration_smoothing": -1}, "calibration_smoothing=-1 must be >= 0"),
+    (CalibrationConfig, {"calibration_column": 3}, "calibration_column=3 must be a string"),
+    (GraphConfig, {"layout": "dense"}, "layout='dense' must be one of ('grouped', 'onehot')"),
+    (GraphConfig, {"max_initializer_bytes": 10}, "max_initializer_bytes=10 must be >= 1024"),
+    (StorageConfig, {"block_size": 24},
+     "block_size=24 must be a power of two >= 16 (ONNX Runtime's GatherBlockQuantized)"),
+    (StorageConfig, {"quantize": "int2"}, "quantize='int2' must be one of ('none', 'int8', 'int4')"),
+], ids=["compression", "no-budget", "ratio", "ratio-and-rank", "svd-k", "device", "seed", "smoothing", "column",
+        "layout", "initializer-bytes", "block", "quantize"])
+def test_each_section_refuses_its_own_bad_values(section, kwargs, message):
+    """The messages of the flat config, raised by the section, whether it is built alone or from flat keywords."""
+    from projclust_onnx.common.errors import SettingError
+
+    for build in (section, ProjClustConfig):
+        with pytest.raises(SettingError) as caught:
+            build(**kwargs)
+        assert str(caught.value) == message
+    assert all(SECTIONS[SECTION_OF[name]] is section for name in kwargs)
+
+
+def test_unknown_keywords_are_refused_naming_them():
+    with pytest.raises(TypeError, match=r"unknown ProjClustConfig keywords \['clusters'\]; known keywords: "
+                                        r"\['anneal_steps', .*'n_clusters'"):
+        ProjClustConfig(clusters=5)
+    with pytest.raises(TypeError, match=r"unknown ProjClustConfig budget keywords \['ratio'\]"):
+        ProjClustConfig(budget={"ratio": 4})
+    with pytest.raises(TypeError, match="budget=5 must be a BudgetConfig or a dict of its fields"):
+        ProjClustConfig(budget=5)
+    with pytest.raises(ValueError, match=r"unknown ProjClustConfig clustering keys \['k'\]"):
+        ProjClustConfig.from_dict({"clustering": {"k": 3}})
+    with pytest.raises(ValueError, match="format_version=3: this projclust-onnx reads versions 1 and 2"):
+        ProjClustConfig.from_dict({"format_version": 3})
+
+
+def test_replace_takes_flat_names_and_flat_names_are_read_only():
+    config = ProjClustConfig(n_clusters=3, rank=4, seed=2)
+    changed = dataclasses.replace(config, quantize="int8", n_clusters=1, method="svd")
+    assert (changed.quantize, changed.n_clusters, changed.method) == ("int8", 1, "svd")
+    assert (changed.rank, changed.seed) == (4, 2)
+    assert config.clustering.n_clusters == 3 and config.storage.quantize is None  # the original is untouched
+    with pytest.raises(ValueError, match="n_clusters=3 must be 1 with method svd"):
+        dataclasses.replace(config, method="svd")
+    with pytest.raises(AttributeError, match=r"dataclasses.replace\(config, n_clusters=...\)"):
+        config.n_clusters = 4
+
+
+def test_rank_for_is_the_budget_function():
+    config = ProjClustConfig(n_clusters=3, compression=0.5, quantize="int4")
+    assert config.rank_for(30522, 384, 2) == rank_for(30522, 384, 3, compression=0.5, param_bytes=2, quantize="int4")
+    with pytest.raises(ValueError, match="needs compression or rank"):
+        ProjClustConfig(target_ratio=10).rank_for(30522, 384)
+
+
+def test_command_line_flags_fill_the_config():
+    """Each settings flag's dest is its config setting; unset flags leave the config's defaults."""
+    from projclust_onnx.cli.main import _config, build_parser
+
+    parser = build_parser()
+    assert _config(parser.parse_args(["compress"])) == ProjClustConfig()
+    assert _config(parser.parse_args(["finetune"])) == ProjClustConfig()
+    flags = ["--clusters", "3", "--compression", "0.7", "--method", "projclust", "--quantize", "int8", "--block-size",
+             "64", "--lookup-form", "standard", "--head", "keep", "--max-initializer-bytes", "4096", "--runtime",
+             "onehot", "--device", "cpu", "--seed", "7", "--calibration-text", "a.txt", "b.txt",
+             "--calibration-dataset", "glue:sst2@train", "--calibration-column", "sentence",
+             "--calibration-smoothing", "0.5", "--special-token-weight", "0", "--n-init", "2", "--ids-input", "ids"]
+    # Every setting but those without a flag (init, anneal_steps, max_iter, tol, z: left at their defaults).
+    expected = {**OLD_FLAT, "init": "kmeans", "anneal_steps": 8, "max_iter": 30, "tol": 1e-4, "z": 2.0}
+    assert _config(parser.parse_args(["compress", *flags])) == ProjClustConfig(**expected)
+    assert _config(parser.parse_args(["inspect", "--rank", "3"])) == ProjClustConfig(rank=3)

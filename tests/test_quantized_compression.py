@@ -43,7 +43,7 @@ def test_quantized_u_buys_rank_and_the_report_matches_the_file(model_dir, tmp_pa
     assert report.embedding_bytes_after == on_file(out / "model.onnx")
     assert factorized_bytes(N, D, 3, report.rank, 4, quantize) <= 0.2 * N * D * 4
     assert report.embedding_bytes_after <= 0.2 * N * D * 4 + 200  # plus a few int64 constants
-    assert json.loads((out / "projclust_config.json").read_text())["quantize"] == quantize
+    assert json.loads((out / "projclust_config.json").read_text())["storage"]["quantize"] == quantize
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
     assert "GatherBlockQuantized" in ops
 

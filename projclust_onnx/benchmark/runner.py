@@ -95,7 +95,9 @@ def model_sizes(directory: Path, onnx_path: Path, embedding: int | None = None) 
         embedding = json.loads(report_path.read_text())["embedding_params_after"]
     config_path = directory / "projclust_config.json"
     if config_path.is_file():
-        compression = json.loads(config_path.read_text())
+        from projclust_onnx.pipeline.config import ProjClustConfig
+
+        compression = ProjClustConfig.from_pretrained(config_path).to_dict(flat=True)  # its one-line summary's keys
         if report_path.is_file():
             written = json.loads(report_path.read_text())
             compression["rank"] = written.get("rank")

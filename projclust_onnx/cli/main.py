@@ -34,6 +34,8 @@ def usage_error(prog: str, command: str, message: str) -> NoReturn:
 
 
 # ---------------------------------------------------------------------- arguments
+# A flag that sets a ProjClustConfig setting has that setting's name as its dest (--clusters: n_clusters,
+# --runtime: layout): _config passes the config every such dest the subcommand's parser has.
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=None,
                         help="ONNX model directory or file, Hugging Face model directory, or hub id "
@@ -54,7 +56,7 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--compression", type=float, default=None,
                         help="fraction of the table's bytes to remove, in (0, 1) (default: 0.4)")
     budget.add_argument("--rank", type=int, default=None, help="subspace dimension j, instead of --compression")
-    parser.add_argument("--clusters", "-k", type=int, default=None,
+    parser.add_argument("--clusters", "-k", dest="n_clusters", metavar="CLUSTERS", type=int, default=None,
                         help="number of clusters k (default: 5 for projclust, 1 for svd)")
     parser.add_argument("--method", choices=["projclust", "svd"], default="projclust",
                         help="projclust: k subspaces; svd: one subspace, the baseline (default: projclust)")
@@ -163,16 +165,12 @@ def _model_source(args: argparse.Namespace) -> str:
 
 
 def _config(args: argparse.Namespace):
-    from projclust_onnx.pipeline.config import ProjClustConfig
+    """The ProjClustConfig the settings flags give: a flag left unset (None) leaves the config's default
+    (--compression: 0.4)."""
+    from projclust_onnx.pipeline.config import SECTION_OF, ProjClustConfig
 
-    options = dict(method=args.method, n_clusters=args.clusters, rank=args.rank,
-                   compression=args.compression if args.compression is not None else 0.4)
-    for name in ("layout", "device", "seed", "calibration_text", "calibration_dataset", "calibration_column",
-                 "calibration_smoothing", "special_token_weight", "n_init", "ids_input", "quantize", "block_size",
-                 "lookup_form", "target_ratio", "head", "max_initializer_bytes"):
-        if hasattr(args, name):
-            options[name] = getattr(args, name)
-    return ProjClustConfig(**options)
+    return ProjClustConfig(**{name: value for name, value in vars(args).items()
+                              if name in SECTION_OF and value is not None})
 
 
 def run_compress(args: argparse.Namespace) -> int:
@@ -192,7 +190,7 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from projclust_onnx.core.budget import factorized_bytes, id_dtype, index_map_bytes, rank_for_bytes
+    from projclust_onnx.core.budget import factorized_bytes, id_dtype, index_map_bytes, rank_for
     from projclust_onnx.passes import head_copies, search_word_embedding
     from projclust_onnx.pipeline.compressor import ProjClustCompressor
     from projclust_onnx.pipeline.model_files import load_model
@@ -291,7 +289,8 @@ def run_inspect(args: argparse.Namespace) -> int:
             rows.append(("table copies", f"{held_copies} in {files} file(s) (lookups, heads' transposed copies): "
                                          f"{held_copies * table_bytes:,} -> {files * (total + extra):,} bytes"))
         if config.compression and k > 1:
-            svd = rank_for_bytes(n, d, 1, (1 - config.compression) * match.stored_bytes - extra, itemsize, quantize, b)
+            svd = rank_for(n, d, 1, compression=config.compression, param_bytes=itemsize, quantize=quantize,
+                           block_size=b, stored_bytes=match.stored_bytes, extra_bytes=extra)
             rows.append(("svd at same budget", f"j={svd}"))
     print(format_table(args.title, rows))
     return 0

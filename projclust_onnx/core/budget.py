@@ -15,7 +15,7 @@ from projclust_onnx.common.errors import SettingError
 from projclust_onnx.storage.registry import QUANTIZE, bits_of, factor_storage
 
 __all__ = ["QUANTIZE", "factorized_bytes", "factorized_size", "id_dtype", "index_map_bytes", "no_room",
-           "rank_for_bytes", "rank_for_budget", "rank_step"]
+           "rank_for", "rank_for_bytes", "rank_for_budget", "rank_step"]
 
 
 def id_dtype(n_clusters: int) -> np.dtype:
@@ -86,8 +86,41 @@ def rank_for_budget(n_rows: int, dim: int, n_clusters: int, compression: float, 
     if n_clusters < 1:
         raise ValueError(f"n_clusters={n_clusters} must be >= 1")
     budget = (1.0 - compression) * n_rows * dim * param_bytes
+    return _rank_for_compression(n_rows, dim, n_clusters, compression, budget, param_bytes, quantize, block_size)
+
+
+def rank_for(n_rows: int, dim: int, n_clusters: int, *, compression: float | None = None, rank: int | None = None,
+             param_bytes: int = 4, quantize: str = "none", block_size: int = 32, stored_bytes: int | None = None,
+             extra_bytes: int = 0) -> int:
+    """The rank j a budget setting gives a table of n_rows x dim whose values are param_bytes wide (the float
+    type the model computes in): `rank` itself, checked against the table, or else the largest rank whose
+    factorized bytes fit (1 - compression) of the table as stored, `stored_bytes` (default: as floats; less
+    for a table ONNX Runtime already quantized). `extra_bytes` must fit in the budget besides U, V and the
+    cluster ids (the index maps of a rewritten tied head). A SettingError names the setting at fault."""
+    if rank is None:
+        if compression is None:
+            raise ValueError("rank_for needs compression or rank (a target_ratio budget is the chooser's to spend)")
+        stored = n_rows * dim * param_bytes if stored_bytes is None else stored_bytes
+        return _rank_for_compression(n_rows, dim, n_clusters, compression, (1 - compression) * stored - extra_bytes,
+                                     param_bytes, quantize, block_size)
+    if rank >= dim:
+        raise SettingError("rank", f"{{}}={rank} must be < the table's dim={dim}")
+    if quantize != "none" and rank % block_size:
+        raise SettingError("rank", f"{{}}={rank} must be a multiple of {{block_size}}={block_size} "
+                           "with quantized factors")
+    size = factorized_bytes(n_rows, dim, n_clusters, rank, param_bytes, quantize, block_size)
+    if size >= n_rows * dim * param_bytes:
+        raise SettingError("rank", f"{{}}={rank} with {{n_clusters}}={n_clusters} stores {size:,} bytes, "
+                           f"no fewer than the {n_rows} x {dim} table's {n_rows * dim * param_bytes:,}; "
+                           "lower {} or use {compression}")
+    return rank
+
+
+def _rank_for_compression(n_rows: int, dim: int, n_clusters: int, compression: float, budget_bytes: float,
+                          table_itemsize: int, quantize: str, block_size: int) -> int:
+    """rank_for_bytes, with its SettingError told as one about the compression that set budget_bytes."""
     try:
-        return rank_for_bytes(n_rows, dim, n_clusters, budget, param_bytes, quantize, block_size)
+        return rank_for_bytes(n_rows, dim, n_clusters, budget_bytes, table_itemsize, quantize, block_size)
     except SettingError as err:
         raise SettingError("compression", f"{{}}={compression}: {err.message}") from None
 

@@ -1,4 +1,13 @@
-"""ProjClustConfig: every choice of one compression, saved beside the model it produced."""
+"""ProjClustConfig: every choice of one compression, in sections, saved beside the model it produced.
+
+As Optimum's ORTConfig holds an optimization and a quantization config, ProjClustConfig holds five
+sections, each a small dataclass that checks its own fields: `budget` (how much smaller), `clustering`
+(the ProjectiveClustering that fits the table), `calibration` (how the rows are weighted), `graph` (the
+rewritten graph and its runtime) and `storage` (how U is stored). Every setting has one flat name, the
+same in its section, on the command line and in earlier versions' code and files:
+ProjClustConfig(compression=0.4, n_clusters=5) routes each keyword to its section, and config.n_clusters
+reads config.clustering.n_clusters.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +20,7 @@ from pathlib import Path
 
 from projclust_onnx.common import arguments as arg
 from projclust_onnx.common.errors import SettingError, SettingTypeError, literal
-from projclust_onnx.core.budget import QUANTIZE, factorized_bytes, rank_for_bytes
+from projclust_onnx.core.budget import QUANTIZE, rank_for
 
 CONFIG_NAME = "projclust_config.json"
 METHODS = ("projclust", "svd")
@@ -23,43 +32,103 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 # rest of the table, and float64 sums of such weights overflow long before 1e308.
 MAX_SPECIAL_TOKEN_WEIGHT = 1e6
 MAX_SMOOTHING = 1e12
+# The nested form of the file is version 2; version 1, one key per setting and no version key, is the
+# flat form earlier versions wrote, still read (and written by save_pretrained(flat=True)).
+VERSION_KEY = "format_version"
+FORMAT_VERSION = 2
 
 
 @dataclass
-class ProjClustConfig:
-    """How to compress a word embedding.
+class BudgetConfig:
+    """How much smaller the table gets, said one of three ways.
+
+    Attributes:
+        compression: fraction of the table's bytes, as stored, to remove (0.4 = 40% smaller; for a
+            table ONNX Runtime stored in int8, 40% fewer bytes than that int8 table), converted to
+            the largest rank that fits (see budget.rank_for).
+        rank: j, given directly instead of compression.
+        target_ratio: pick the method, k, j and bits (plain quantization, SVD, projective
+            clustering) that minimise the weighted reconstruction error within the float table's
+            bytes / target_ratio; method, n_clusters, compression, rank and quantize are then chosen.
+    """
+
+    compression: float | None = 0.4
+    rank: int | None = None
+    target_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_ratio is not None:
+            if arg.number("target_ratio", self.target_ratio) <= 1:
+                raise SettingError("target_ratio", f"{{}}={self.target_ratio} must be > 1, e.g. 10 for a table "
+                                   "ten times smaller")
+            self.target_ratio = float(self.target_ratio)
+            if self.rank is not None:
+                raise SettingError("target_ratio", "give {} or {rank}, not both: the chooser picks the rank")
+            self.compression = None
+        if self.rank is not None:
+            self.compression = None
+            self.rank = arg.whole("rank", self.rank, 1)
+        elif self.target_ratio is None:
+            if self.compression is None:
+                raise SettingError("compression", "give {} (e.g. 0.4) or {rank}")
+            if not 0.0 < arg.number("compression", self.compression) < 1.0:
+                raise SettingError("compression", f"{{}}={self.compression} must lie in (0, 1), e.g. 0.4 for a 40% "
+                                   "smaller table")
+            self.compression = float(self.compression)
+
+
+@dataclass
+class ClusteringConfig:
+    """The ProjectiveClustering that fits the table: its constructor's parameters, by the same names.
 
     Attributes:
         method: "projclust" (k subspaces) or "svd" (one subspace: k = 1).
         n_clusters: k; None means 5 for projclust and 1 for svd.
-        compression: fraction of the table's bytes, as stored, to remove (0.4 = 40% smaller; for a
-            table ONNX Runtime stored in int8, 40% fewer bytes than that int8 table), converted to
-            the largest rank that fits (see budget.rank_for_budget).
-        rank: j, given directly instead of compression.
-        quantize: how U is stored: "none" (the table's float type), "int8" or "int4" (blocks along
-            j with float16 scales and zero points; V in float16). None: as the input table is stored
-            (none for a float table, int8/int4 for a table ONNX Runtime's quantizers stored so).
-        block_size: values per quantization block (a power of two >= 16); quantized ranks are
-            multiples of it. The chooser (target_ratio) tries 32, 64 and 128 itself.
-        lookup_form: how quantized storage is read: "contrib" (com.microsoft.GatherBlockQuantized)
-            or "standard" (opset-13 operators only, for runtimes without contrib ops).
-        target_ratio: pick the method, k, j and bits (plain quantization, SVD, projective
-            clustering) that minimise the weighted reconstruction error within the float table's
-            bytes / target_ratio; method, n_clusters, compression, rank and quantize are then chosen.
-        head: what to do with a tied LM head (the table read by MatMul or Gemm, directly, through
-            Transpose, or as its own transposed copy, which is how Optimum exports a tied model
-            without accelerate): "factorize" (default) rewrites it with the same factors, so the
-            model stays tied and the head costs n*j + k*j*d multiply-adds per position instead of
-            n*d; quantized U is read by MatMulNBits, and target_ratio is refused. "keep" leaves it
-            dense and compresses the lookup only: the model is then untied, and the report says so.
-        max_initializer_bytes: split every initializer larger than this into row blocks (or column
-            blocks of a MatMul weight) after the rewrite: WebGPU holds at most 256 MiB (268435456) in
-            one buffer. None (default): no limit.
-        layout: runtime subgraph, "grouped" or "onehot" (see passes.factorize_embedding).
-        init, n_init, anneal_steps, max_iter, tol, z: ProjectiveClustering settings.
-        seed: random_state of the clustering and of the parity check's inputs.
-        device: where the clustering runs: "auto", "cpu" or "cuda".
-        ids_input: name of the token-id graph input.
+        init, n_init, anneal_steps, max_iter, tol, z, device: the estimator's parameters of the same
+            name (device: "auto", "cpu", "cuda" or "cuda:N").
+        seed: the estimator's random_state; it seeds the parity check's inputs too, hence its own name.
+    """
+
+    method: str = "projclust"
+    n_clusters: int | None = None
+    init: str = "kmeans"
+    n_init: int = 10
+    anneal_steps: int = 8
+    max_iter: int = 30
+    tol: float = 1e-4
+    z: float = 2.0
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from projclust_onnx.core.clustering import INIT_METHODS
+
+        self.method = arg.choice("method", self.method, METHODS)
+        if self.n_clusters is None:
+            self.n_clusters = 1 if self.method == "svd" else DEFAULT_CLUSTERS
+        self.n_clusters = arg.whole("n_clusters", self.n_clusters, 1)
+        if self.method == "svd" and self.n_clusters != 1:
+            raise SettingError("n_clusters", f"{{}}={self.n_clusters} must be 1 with {{method}} svd, the one-cluster "
+                               "case; use {method} projclust for k > 1")
+        self.init = arg.choice("init", self.init, INIT_METHODS)
+        self.n_init = arg.whole("n_init", self.n_init, 1)
+        self.anneal_steps = arg.whole("anneal_steps", self.anneal_steps, 0)
+        self.max_iter = arg.whole("max_iter", self.max_iter, 1)
+        self.seed = arg.whole("seed", self.seed, 0, MAX_SEED)
+        self.tol = arg.number("tol", self.tol, minimum=0.0)
+        if not 1.0 <= arg.number("z", self.z) <= 2.0:
+            raise SettingError("z", f"{{}}={self.z} must lie in [1, 2] (2: squared distances; 1: robust)")
+        self.z = float(self.z)
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+            raise SettingError("device", f"{{}}={literal(repr(self.device))} must be 'auto', 'cpu', 'cuda' or "
+                               "'cuda:N'")
+
+
+@dataclass
+class CalibrationConfig:
+    """How the rows are weighted.
+
+    Attributes:
         calibration_text: text files whose token frequencies weight the rows.
         calibration_dataset: a datasets name "NAME[:CONFIG][@SPLIT]" or CSV/JSON file for the same.
         calibration_column: the text column of calibration_dataset.
@@ -70,26 +139,6 @@ class ProjClustConfig:
             occur in every input are fit (nearly) exactly; 0 weighs them like any row.
     """
 
-    method: str = "projclust"
-    n_clusters: int | None = None
-    compression: float | None = 0.4
-    rank: int | None = None
-    quantize: str | None = None
-    block_size: int = 32
-    lookup_form: str = "contrib"
-    target_ratio: float | None = None
-    head: str = "factorize"
-    max_initializer_bytes: int | None = None
-    layout: str = "grouped"
-    init: str = "kmeans"
-    n_init: int = 10
-    anneal_steps: int = 8
-    max_iter: int = 30
-    tol: float = 1e-4
-    z: float = 2.0
-    seed: int = 0
-    device: str = "auto"
-    ids_input: str = "input_ids"
     calibration_text: list[str] = field(default_factory=list)
     calibration_dataset: str | None = None
     calibration_column: str = "text"
@@ -97,117 +146,165 @@ class ProjClustConfig:
     special_token_weight: float = 30.0
 
     def __post_init__(self) -> None:
-        from projclust_onnx.core.clustering import INIT_METHODS
+        self.special_token_weight = arg.number("special_token_weight", self.special_token_weight, 0.0,
+                                               MAX_SPECIAL_TOKEN_WEIGHT)
+        self.calibration_smoothing = arg.number("calibration_smoothing", self.calibration_smoothing, 0.0, MAX_SMOOTHING)
+        self.calibration_text = arg.paths("calibration_text", self.calibration_text)
+        self.calibration_dataset = arg.path("calibration_dataset", self.calibration_dataset, optional=True)
+        self.calibration_column = arg.text("calibration_column", self.calibration_column)
+
+
+@dataclass
+class GraphConfig:
+    """The rewritten graph and the runtime it is shaped for.
+
+    Attributes:
+        layout: runtime subgraph, "grouped" or "onehot" (see passes.factorize_embedding).
+        lookup_form: how quantized storage is read: "contrib" (com.microsoft.GatherBlockQuantized)
+            or "standard" (opset-13 operators only, for runtimes without contrib ops).
+        head: what to do with a tied LM head (the table read by MatMul or Gemm, directly, through
+            Transpose, or as its own transposed copy, which is how Optimum exports a tied model
+            without accelerate): "factorize" (default) rewrites it with the same factors, so the
+            model stays tied and the head costs n*j + k*j*d multiply-adds per position instead of
+            n*d; quantized U is read by MatMulNBits, and target_ratio is refused. "keep" leaves it
+            dense and compresses the lookup only: the model is then untied, and the report says so.
+        ids_input: name of the token-id graph input.
+        max_initializer_bytes: split every initializer larger than this into row blocks (or column
+            blocks of a MatMul weight) after the rewrite: WebGPU holds at most 256 MiB (268435456) in
+            one buffer. None (default): no limit.
+    """
+
+    layout: str = "grouped"
+    lookup_form: str = "contrib"
+    head: str = "factorize"
+    ids_input: str = "input_ids"
+    max_initializer_bytes: int | None = None
+
+    def __post_init__(self) -> None:
         from projclust_onnx.passes.builder import LOOKUP_FORMS
         from projclust_onnx.passes.factorize_embedding import LAYOUTS
 
-        self.method = arg.choice("method", self.method, METHODS)
-        if self.n_clusters is None:
-            self.n_clusters = 1 if self.method == "svd" else DEFAULT_CLUSTERS
-        self.n_clusters = arg.whole("n_clusters", self.n_clusters, 1)
+        self.layout = arg.choice("layout", self.layout, LAYOUTS)
+        self.lookup_form = arg.choice("lookup_form", self.lookup_form, LOOKUP_FORMS)
+        if self.head is None:  # configs saved before the head pass existed
+            self.head = "factorize"
+        self.head = arg.choice("head", self.head, HEAD_CHOICES)
+        self.ids_input = arg.text("ids_input", self.ids_input)
+        if self.max_initializer_bytes is not None:
+            self.max_initializer_bytes = arg.whole("max_initializer_bytes", self.max_initializer_bytes, 1024)
+
+
+@dataclass
+class StorageConfig:
+    """How U is stored.
+
+    Attributes:
+        quantize: "none" (the table's float type), "int8" or "int4" (blocks along j with float16
+            scales and zero points; V in float16). None: as the input table is stored (none for a
+            float table, int8/int4 for a table ONNX Runtime's quantizers stored so).
+        block_size: values per quantization block (a power of two >= 16); quantized ranks are
+            multiples of it. The chooser (target_ratio) tries 32, 64 and 128 itself.
+    """
+
+    quantize: str | None = None
+    block_size: int = 32
+
+    def __post_init__(self) -> None:
         if self.quantize is not None:
             self.quantize = arg.choice("quantize", self.quantize, QUANTIZE)
         self.block_size = arg.whole("block_size", self.block_size, 16)
         if self.block_size & (self.block_size - 1):
             raise SettingError("block_size", f"{{}}={self.block_size} must be a power of two >= 16 "
                                "(ONNX Runtime's GatherBlockQuantized)")
-        self.lookup_form = arg.choice("lookup_form", self.lookup_form, LOOKUP_FORMS)
-        if self.target_ratio is not None:
-            if arg.number("target_ratio", self.target_ratio) <= 1:
-                raise SettingError("target_ratio", f"{{}}={self.target_ratio} must be > 1, e.g. 10 for a table "
-                                   "ten times smaller")
-            self.target_ratio = float(self.target_ratio)
-            if self.rank is not None:
-                raise SettingError("target_ratio", "give {} or {rank}, not both: the chooser picks the rank")
-            self.compression = None
-        if self.method == "svd" and self.n_clusters != 1:
-            raise SettingError("n_clusters", f"{{}}={self.n_clusters} must be 1 with {{method}} svd, the one-cluster "
-                               "case; use {method} projclust for k > 1")
-        if self.rank is not None:
-            self.compression = None
-            self.rank = arg.whole("rank", self.rank, 1)
-        elif self.target_ratio is not None:
-            pass
-        elif self.compression is None:
-            raise SettingError("compression", "give {} (e.g. 0.4) or {rank}")
-        else:
-            if not 0.0 < arg.number("compression", self.compression) < 1.0:
-                raise SettingError("compression", f"{{}}={self.compression} must lie in (0, 1), e.g. 0.4 for a 40% "
-                                   "smaller table")
-            self.compression = float(self.compression)
-        self.layout = arg.choice("layout", self.layout, LAYOUTS)
-        if self.head is None:  # configs saved before the head pass existed
-            self.head = "factorize"
-        self.head = arg.choice("head", self.head, HEAD_CHOICES)
-        if self.max_initializer_bytes is not None:
-            self.max_initializer_bytes = arg.whole("max_initializer_bytes", self.max_initializer_bytes, 1024)
-        self.init = arg.choice("init", self.init, INIT_METHODS)
-        self.n_init = arg.whole("n_init", self.n_init, 1)
-        self.anneal_steps = arg.whole("anneal_steps", self.anneal_steps, 0)
-        self.max_iter = arg.whole("max_iter", self.max_iter, 1)
-        self.seed = arg.whole("seed", self.seed, 0, MAX_SEED)
-        self.tol = arg.number("tol", self.tol, minimum=0.0)
-        self.special_token_weight = arg.number("special_token_weight", self.special_token_weight, 0.0,
-                                           MAX_SPECIAL_TOKEN_WEIGHT)
-        self.calibration_smoothing = arg.number("calibration_smoothing", self.calibration_smoothing, 0.0, MAX_SMOOTHING)
-        if not 1.0 <= arg.number("z", self.z) <= 2.0:
-            raise SettingError("z", f"{{}}={self.z} must lie in [1, 2] (2: squared distances; 1: robust)")
-        self.z = float(self.z)
-        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
-            raise SettingError("device", f"{{}}={literal(repr(self.device))} must be 'auto', 'cpu', 'cuda' or "
-                               "'cuda:N'")
-        self.ids_input = arg.text("ids_input", self.ids_input)
-        self.calibration_text = arg.paths("calibration_text", self.calibration_text)
-        self.calibration_dataset = arg.path("calibration_dataset", self.calibration_dataset, optional=True)
-        self.calibration_column = arg.text("calibration_column", self.calibration_column)
+
+
+SECTIONS = {"budget": BudgetConfig, "clustering": ClusteringConfig, "calibration": CalibrationConfig,
+            "graph": GraphConfig, "storage": StorageConfig}
+# Each setting's flat name -> the section that holds it under that name.
+SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+# The key order of the flat form, as version 1 wrote it before the sections; a later setting follows in
+# section order.
+FLAT_ORDER = ("method", "n_clusters", "compression", "rank", "quantize", "block_size", "lookup_form", "target_ratio",
+              "head", "max_initializer_bytes", "layout", "init", "n_init", "anneal_steps", "max_iter", "tol", "z",
+              "seed", "device", "ids_input", "calibration_text", "calibration_dataset", "calibration_column",
+              "calibration_smoothing", "special_token_weight")
+
+
+@dataclass(init=False)
+class ProjClustConfig:
+    """How to compress a word embedding: five sections (see the module's docstring and each section's).
+
+    ProjClustConfig(budget=BudgetConfig(rank=64), clustering={"n_clusters": 3}) takes each section as
+    its dataclass or a dict of its fields (a missing one: its defaults); ProjClustConfig(rank=64,
+    n_clusters=3) takes the flat names, each routed to its section. A flat keyword given beside its
+    section overrides the section's value, which is how dataclasses.replace(config, n_clusters=3)
+    works. Each setting reads by its flat name too (config.n_clusters), read-only: build a new config
+    (dataclasses.replace) to change one. Each section checks its own fields. A check across sections
+    would belong here; the only ones there are need the model (a tied head refuses target_ratio), so
+    the plan makes them.
+    """
+
+    budget: BudgetConfig
+    clustering: ClusteringConfig
+    calibration: CalibrationConfig
+    graph: GraphConfig
+    storage: StorageConfig
+
+    def __init__(self, *, budget: BudgetConfig | Mapping | None = None,
+                 clustering: ClusteringConfig | Mapping | None = None,
+                 calibration: CalibrationConfig | Mapping | None = None, graph: GraphConfig | Mapping | None = None,
+                 storage: StorageConfig | Mapping | None = None, **settings) -> None:
+        _refuse_unknown("ProjClustConfig", settings, [*SECTIONS, *SECTION_OF], TypeError, "keywords")
+        given = {"budget": budget, "clustering": clustering, "calibration": calibration, "graph": graph,
+                 "storage": storage}
+        for name, cls in SECTIONS.items():
+            overrides = {key: value for key, value in settings.items() if SECTION_OF[key] == name}
+            setattr(self, name, cls(**{**_section_fields(name, cls, given[name]), **overrides}))
 
     def rank_for(self, n_rows: int, dim: int, param_bytes: int = 4, quantize: str | None = None,
                  stored_bytes: int | None = None, extra_bytes: int = 0) -> int:
-        """The rank j this config gives a table of n_rows x dim whose values are param_bytes wide
-        (the float type the model computes in) and which is stored in stored_bytes (default:
-        as floats; less for a table ONNX Runtime already quantized). `extra_bytes` must fit in
-        the budget besides U, V and the cluster ids (the index maps of a rewritten tied head)."""
-        quantize = quantize or self.quantize or "none"
-        if self.rank is None:
-            stored = n_rows * dim * param_bytes if stored_bytes is None else stored_bytes
-            try:
-                return rank_for_bytes(n_rows, dim, self.n_clusters, (1 - self.compression) * stored - extra_bytes,
-                                      param_bytes, quantize, self.block_size)
-            except SettingError as err:
-                raise SettingError("compression", f"{{}}={self.compression}: {err.message}") from None
-        if self.rank >= dim:
-            raise SettingError("rank", f"{{}}={self.rank} must be < the table's dim={dim}")
-        if quantize != "none" and self.rank % self.block_size:
-            raise SettingError("rank", f"{{}}={self.rank} must be a multiple of {{block_size}}={self.block_size} "
-                               "with quantized factors")
-        size = factorized_bytes(n_rows, dim, self.n_clusters, self.rank, param_bytes, quantize, self.block_size)
-        if size >= n_rows * dim * param_bytes:
-            raise SettingError("rank", f"{{}}={self.rank} with {{n_clusters}}={self.n_clusters} stores {size:,} bytes, "
-                               f"no fewer than the {n_rows} x {dim} table's {n_rows * dim * param_bytes:,}; "
-                               "lower {} or use {compression}")
-        return self.rank
+        """budget.rank_for with this config's budget, n_clusters and storage; `quantize` (default: the
+        config's, else "none") is how U will be stored, which the model's table may decide."""
+        return rank_for(n_rows, dim, self.clustering.n_clusters, compression=self.budget.compression,
+                        rank=self.budget.rank, param_bytes=param_bytes,
+                        quantize=quantize or self.storage.quantize or "none", block_size=self.storage.block_size,
+                        stored_bytes=stored_bytes, extra_bytes=extra_bytes)
 
     @property
     def uses_calibration(self) -> bool:
-        return bool(self.calibration_text or self.calibration_dataset)
+        return bool(self.calibration.calibration_text or self.calibration.calibration_dataset)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def to_dict(self, flat: bool = False) -> dict:
+        """The nested form, {"format_version": 2, "budget": {...}, "clustering": {...}, ...}; with flat=True,
+        one key per setting, the form (version 1) that earlier versions wrote and read."""
+        sections = dataclasses.asdict(self)
+        if not flat:
+            return {VERSION_KEY: FORMAT_VERSION, **sections}
+        settings = {key: value for section in sections.values() for key, value in section.items()}
+        return {**{key: settings.pop(key) for key in FLAT_ORDER}, **settings}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ProjClustConfig:
+        """A config from either form of to_dict (a dict of flat settings, sections, or both)."""
         if not isinstance(data, Mapping):
             raise SettingTypeError("config", f"{{}}={literal(repr(data))} must be a ProjClustConfig or a dict of "
                                    "its fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown ProjClustConfig keys {sorted(unknown)}; known keys: {sorted(known)}")
+        data = dict(data)
+        version = data.pop(VERSION_KEY, 1)
+        if version not in (1, FORMAT_VERSION):
+            raise ValueError(f"{VERSION_KEY}={version!r}: this projclust-onnx reads versions 1 and {FORMAT_VERSION} "
+                             f"of {CONFIG_NAME}; a newer file needs a newer projclust-onnx")
+        _refuse_unknown("ProjClustConfig", data, [*SECTIONS, *SECTION_OF])
+        for name, section in SECTIONS.items():
+            if isinstance(data.get(name), Mapping):
+                _refuse_unknown(f"ProjClustConfig {name}", data[name], _names(section))
         return cls(**data)
 
-    def save_pretrained(self, save_dir: str | Path) -> Path:
+    def save_pretrained(self, save_dir: str | Path, flat: bool = False) -> Path:
+        """Write projclust_config.json into save_dir, in the nested form (flat=True: the flat form earlier
+        versions wrote, for tools that read its keys). from_pretrained reads either."""
         path = Path(save_dir) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        path.write_text(json.dumps(self.to_dict(flat=flat), indent=2, allow_nan=False) + "\n")
         return path
 
     @classmethod
@@ -221,7 +318,7 @@ class ProjClustConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> ProjClustConfig:
-        """Read projclust_config.json from a directory (or the file itself)."""
+        """Read projclust_config.json, nested or flat, from a directory (or the file itself)."""
         path = Path(path)
         if path.is_dir():
             path = path / CONFIG_NAME
@@ -230,3 +327,38 @@ class ProjClustConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+def _names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _refuse_unknown(owner: str, given: Mapping, known: list[str], error: type[Exception] = ValueError,
+                    word: str = "keys") -> None:
+    """Raise `error` naming what `given` holds beyond `known`, and listing `known`."""
+    unknown = set(given) - set(known)
+    if unknown:
+        raise error(f"unknown {owner} {word} {sorted(unknown)}; known {word}: {sorted(known)}")
+
+
+def _section_fields(name: str, cls: type, value) -> dict:
+    """The fields a section was given as: its dataclass, a dict of its fields, or None for its defaults."""
+    if value is None:
+        return {}
+    if isinstance(value, cls):
+        return {key: getattr(value, key) for key in _names(cls)}
+    if isinstance(value, Mapping):
+        _refuse_unknown(f"ProjClustConfig {name}", value, _names(cls), TypeError, "keywords")
+        return dict(value)
+    raise SettingTypeError(name, f"{{}}={literal(repr(value))} must be a {cls.__name__} or a dict of its fields")
+
+
+def _read_through(section: str, name: str) -> property:
+    def refuse(config, value) -> None:
+        raise AttributeError(f"{name} reads config.{section}.{name} and cannot be set; build a new config: "
+                             f"dataclasses.replace(config, {name}=...)")
+
+    return property(lambda config: getattr(getattr(config, section), name), refuse,
+                    doc=f"config.{section}.{name}, read-only (its flat name)")
+
+
+for _name, _section in SECTION_OF.items():
+    setattr(ProjClustConfig, _name, _read_through(_section, _name))
