@@ -408,9 +408,8 @@ def test_the_word_table_is_analysed_once_per_file(tmp_path, monkeypatch):
     """A tied seq2seq export (t5: encoder, decoder, decoder with past and the merged decoder, whose If reads the
     table in both branches): the finder runs exactly once per .onnx file, however many passes read its answer
     (the reference, the tied rewrite) and however many lookups and heads the file holds."""
-    from tiny_checkpoints import export_checkpoint
-
     from projclust_onnx.passes import word_embedding
+    from tiny_checkpoints import export_checkpoint
 
     src = export_checkpoint("t5", tmp_path / "t5")
     searched = []
