@@ -9,27 +9,32 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+from projclust_onnx.passes.analysis import WordTableAnalysis
 from projclust_onnx.passes.builder import Builder, replace_lookup
-from projclust_onnx.passes.word_embedding import head_copies, search_word_embedding
+from projclust_onnx.passes.head_forms import head_copies
+from projclust_onnx.passes.result import analysis_for
 
 __all__ = ["DensifyEmbeddingPass"]
 
 
 class DensifyEmbeddingPass(ir.passes.InPlacePass):
     """Make the word-embedding lookup a plain Gather of `table` (n, d), in the embeddings' dtype, and a tied
-    head's transposed copy `table`^T (unless heads=False)."""
+    head's transposed copy `table`^T (unless heads=False). `analysis`: the model's WordTableAnalysis, or
+    that of the file the model was loaded from (bound by position); None: the pass analyses the model."""
 
-    def __init__(self, table: np.ndarray, ids_input: str = "input_ids", heads: bool = True) -> None:
+    def __init__(self, table: np.ndarray, ids_input: str = "input_ids", heads: bool = True,
+                 analysis: WordTableAnalysis | None = None) -> None:
         super().__init__()
         self.table = table
         self.ids_input = ids_input
         self.heads = heads  # False: a head's own transposed copy stays as it was (kept dense, untied)
+        self.analysis = analysis
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        analysis = analysis_for(model, self.analysis, self.ids_input)
         try:
-            search = search_word_embedding(model.graph, self.ids_input)
-            match = search.single()
-            heads = match.heads(model.graph) if match.storage == "float" and self.heads else []
+            match = analysis.match
+            heads = analysis.tied_heads() if match.storage == "float" and self.heads else ()
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
         table = self.table.astype(match.dtype.numpy())
@@ -38,7 +43,7 @@ class DensifyEmbeddingPass(ir.passes.InPlacePass):
         if match.storage == "float":
             match.table.const_value = ir.tensor(table, name=match.table.name)
             return ir.passes.PassResult(model, modified=True)
-        for i, occurrence in enumerate(search.all()):
+        for i, occurrence in enumerate(analysis.matches):
             b = Builder(model.graph, occurrence.nodes[-1], prefix="reference", scope=f"lookup{i}" if i else "")
             replace_lookup(model.graph, occurrence,
                            b.op("Gather", [b.const("table", table), occurrence.lookup.inputs[1]], "rows"))

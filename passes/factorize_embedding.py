@@ -25,8 +25,9 @@ and can run on our output.
         y_c    = MatMul(GatherND(u, rows_c), V_c)         (m_c, d)
         out    = ScatterND(out, rows_c, y_c)
 
-With a tied head (tied=True, after FactorizeHeadPass), U is stored per cluster (U_c, the
-rows of cluster c) and the grouped branches read it there::
+With a tied head (tied=True), the same pass rewrites the heads first (each by its form's
+rule, head_forms.py), then the lookups; U is stored per cluster (U_c, the rows of cluster c,
+factors.py) and the grouped branches of the lookup read it there, as the heads do::
 
     local = GatherElements(row_in_cluster, flat)         (T,)  each token's row within its cluster
     for c with rows:
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
+from projclust_onnx.passes.analysis import WordTableAnalysis
 from projclust_onnx.passes.builder import (
     LOOKUP_FORMS,
     Builder,
@@ -55,7 +57,10 @@ from projclust_onnx.passes.builder import (
     replace_lookup,
     standard_rows,
 )
-from projclust_onnx.passes.word_embedding import EmbeddingMatch, search_word_embedding
+from projclust_onnx.passes.factors import ClusterOrder, branch, cluster_rows
+from projclust_onnx.passes.head_forms import rewrite_head
+from projclust_onnx.passes.result import RewriteResult, analysis_for, written_since
+from projclust_onnx.passes.word_embedding import EmbeddingMatch
 
 if TYPE_CHECKING:
     from projclust_onnx.core.factorization import EmbeddingFactorization
@@ -87,7 +92,8 @@ def check_shape(f: EmbeddingFactorization, match: EmbeddingMatch) -> None:
 
 
 class FactorizeEmbeddingPass(ir.passes.InPlacePass):
-    """Replace the word-embedding Gather with the k-branch subgraph of `factorization`.
+    """Replace the word-embedding Gather with the k-branch subgraph of `factorization`, and, with
+    `tied`, every tied LM head with the factorized head (head_forms.py): one tied rewrite.
 
     Attributes:
         factorization: the fitted EmbeddingFactorization (labels, U, V); its shape must
@@ -95,13 +101,20 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
         layout: "grouped" or "onehot" (see the module docstring).
         ids_input: name of the token-id graph input.
         lookup_form: how a quantized U is read, "contrib" or "standard" (see builder.py).
+        tied: rewrite the heads with the same factors, U stored per cluster; a quantized U (U_q) is read
+            by com.microsoft.MatMulNBits in the heads, decoded in the model's dtype, so fit it with
+            compute_dtype set accordingly (fit_factorization(tied=True)).
+        analysis: the model's WordTableAnalysis (analysis.py), when the caller has it; else the pass
+            analyses the model itself.
 
     A model whose lookup is already factorized is left alone and reported as
-    unmodified; a table with other consumers (a tied LM head) is refused.
+    unmodified; without `tied`, a table with other consumers (a tied LM head) is refused.
+    The result (RewriteResult) carries the bytes of the initializers written.
     """
 
     def __init__(self, factorization: EmbeddingFactorization, layout: str = DEFAULT_LAYOUT,
-                 ids_input: str = "input_ids", lookup_form: str = "contrib", tied: bool = False) -> None:
+                 ids_input: str = "input_ids", lookup_form: str = "contrib", tied: bool = False,
+                 analysis: WordTableAnalysis | None = None) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r} must be one of {LAYOUTS}")
@@ -112,39 +125,45 @@ class FactorizeEmbeddingPass(ir.passes.InPlacePass):
         self.ids_input = ids_input
         self.lookup_form = lookup_form
         self.tied = tied
+        self.analysis = analysis
+        self._rewritten = None  # (table, nodes) the last call replaced, for `ensures`
+
+    rewrites_lookups = True  # FactorizeHeadPass: the heads alone
 
     def requires(self, model: ir.Model) -> None:
         check_opset(model)
 
     def ensures(self, model: ir.Model) -> None:
-        search = search_word_embedding(model.graph, self.ids_input)
-        if search.matches or not search.factorized:
+        if self._rewritten is None:
+            return
+        table, nodes = self._rewritten
+        left = [n for n in nodes if n.graph is not None] or [n for n, _ in table.uses()]
+        if left:
             raise ir.passes.PostconditionError(
-                "after the rewrite the token ids should reach a cluster-id lookup and no dense word table")
+                "after the rewrite no lookup or head should read the dense word table; still read by "
+                + ", ".join(f"{n.op_type} {n.name!r}" for n in left))
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        try:
-            search = search_word_embedding(model.graph, self.ids_input)
-        except ValueError as err:
-            raise ir.passes.PreconditionError(str(err)) from err
-        if not search.matches and search.factorized:
+        self._rewritten = None
+        analysis = analysis_for(model, self.analysis, self.ids_input)
+        if not analysis.matches and analysis.factorized and self.rewrites_lookups:
             logger.info("word embedding already factorized; nothing to do")
-            return ir.passes.PassResult(model, modified=False)
+            return RewriteResult(model, modified=False)
         try:
-            match = search.single()
+            heads = analysis.tied_heads() if self.tied else analysis.check_untied() or ()
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
-        self._check(match)
-        for i, occurrence in enumerate(search.all()):  # one per If branch in a merged decoder
-            self._rewrite(model.graph, occurrence, scope=f"lookup{i}" if i else "")
-        return ir.passes.PassResult(model, modified=True)
-
-    def _check(self, match: EmbeddingMatch) -> None:
-        try:
-            match.check_untied()
-        except ValueError as err:
-            raise ir.passes.PreconditionError(str(err)) from err
-        check_shape(self.factorization, match)
+        check_shape(self.factorization, analysis.match)
+        before = set(model.graph.initializers)
+        np_dtype = analysis.dtype.numpy()
+        for i, head in enumerate(heads):  # first: the lookups read the U_c and V_c the heads registered
+            rewrite_head(model.graph, head, self.factorization, np_dtype, scope=f"head{i}" if i else "head")
+        if self.rewrites_lookups:
+            for i, occurrence in enumerate(analysis.matches):  # one per If branch in a merged decoder
+                self._rewrite(model.graph, occurrence, scope=f"lookup{i}" if i else "")
+            self._rewritten = analysis.table, [*(m.lookup for m in analysis.matches), *(h.node for h in heads)]
+        return RewriteResult(model, modified=self.rewrites_lookups or bool(heads),
+                             written=written_since(model.graph, before))
 
     def _rewrite(self, graph: ir.Graph, match: EmbeddingMatch, scope: str = "") -> None:
         f = self.factorization
@@ -179,8 +198,6 @@ def _clustered_middle(b: Builder, flat: ir.Value, f: EmbeddingFactorization, np_
     """The grouped branches reading U as the factorized head stores it, per cluster: branch c gathers its
     tokens' rows of U_c (by their row within the cluster) and multiplies them by V_c. Empty clusters have no
     branch."""
-    from projclust_onnx.passes.factorize_head import ClusterOrder, branch, cluster_rows
-
     cid = _cluster_ids(b, flat, f)
     order = ClusterOrder(f.labels, f.n_clusters)
     index = np.int32 if f.n_rows < 2**31 else np.int64

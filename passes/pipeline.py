@@ -7,10 +7,14 @@ from onnx_ir.passes.common import CheckerPass, RemoveUnusedNodesPass, Topologica
 from projclust_onnx.passes.factorize_embedding import DEFAULT_LAYOUT, FactorizeEmbeddingPass
 
 
+def cleanup() -> ir.passes.PassManager:
+    """Drop what a rewrite left unused, sort, then run onnx.checker with full shape inference."""
+    return ir.passes.PassManager([RemoveUnusedNodesPass(), TopologicalSortPass(), CheckerPass(full_check=True)])
+
+
 def with_cleanup(rewrite: ir.passes.PassBase) -> ir.passes.PassManager:
-    """Rewrite, drop what it left unused, sort, then run onnx.checker with full shape inference."""
-    return ir.passes.PassManager([rewrite, RemoveUnusedNodesPass(), TopologicalSortPass(),
-                                  CheckerPass(full_check=True)])
+    """Rewrite, then the clean-ups (`cleanup`)."""
+    return ir.passes.PassManager([rewrite, cleanup()])
 
 
 def factorize_embedding_pipeline(factorization, layout: str = DEFAULT_LAYOUT, ids_input: str = "input_ids",

@@ -13,21 +13,18 @@ token-type tables are lookups too, but their indices come from other inputs or a
 computed, so they are rejected (and logged with the reason). Subgraphs are searched too:
 a merged decoder reads the table in both branches of an If.
 
-A tied LM head reads the same table, in one of three forms (see `Head`)::
-
-    copy:       MatMul(hidden, T)              T a separate initializer equal to table^T
-                                               (Optimum's export without accelerate)
-    transpose:  MatMul(hidden, Transpose(table))
-    gemm:       Gemm(hidden, table, transB=1[, bias])
+A tied LM head reads the same table, in one of three forms (head_forms.py). analysis.py builds
+the frozen description of the table that the plan and the passes read, from one search.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_ir as ir
+from projclust_onnx.passes.head_forms import Head, find_heads, head_copies, not_a_head_error
 
 from projclust_onnx.storage.base import CONTRIB_DOMAIN
 from projclust_onnx.storage.blocks import bits_of
@@ -46,75 +43,43 @@ _INT_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT3
                         ir.DataType.INT32, ir.DataType.INT64})
 
 
-@dataclass
-class Head:
-    """One LM-head product with the table: logits = hidden @ table^T [+ bias].
-
-    node: the MatMul or Gemm; form: "copy", "transpose" or "gemm"; weight: what the node
-    reads as its second input (the transposed copy, the Transpose's output, or the table);
-    removed: nodes a rewrite drops besides `node` (the Transpose).
-    """
-
-    node: ir.Node
-    form: str
-    weight: ir.Value
-    removed: list[ir.Node] = field(default_factory=list)
-
-    @property
-    def hidden(self) -> ir.Value:
-        return self.node.inputs[0]
-
-    @property
-    def bias(self) -> ir.Value | None:
-        return self.node.inputs[2] if self.form == "gemm" and len(self.node.inputs) > 2 else None
-
-    @property
-    def logits(self) -> ir.Value:
-        return self.node.outputs[0]
-
-    def describe(self) -> str:
-        return f"{self.node.op_type} {self.node.name!r} ({self.form})"
-
-
-def head_copies(heads: list[Head]) -> list[ir.Value]:
-    """The distinct transposed copies of the table that `heads` read (one per file, whatever the branches)."""
-    return list({id(h.weight): h.weight for h in heads if h.form == "copy"}.values())
-
-
-@dataclass
+@dataclass(frozen=True)
 class EmbeddingMatch:
-    """One word-embedding lookup.
+    """One word-embedding lookup, as found; never changed afterwards.
 
     lookup: the node reading the token ids (Gather or GatherBlockQuantized); table: the
     stored table (float, or quantized codes); output: the float embeddings; nodes: what
     a rewrite replaces (the lookup, and a DequantizeLinear after it); storage: how the
-    table is stored, e.g. "float", "int8 per-tensor", "int4 block 32".
+    table is stored, e.g. "float", "int8 per-tensor", "int4 block 32"; lookups: every
+    lookup of the same table (one per If branch of a merged decoder).
     """
 
     lookup: ir.Node
     table: ir.Value
     ids_input: ir.Value
     output: ir.Value = None
-    nodes: list[ir.Node] = field(default_factory=list)
+    nodes: tuple[ir.Node, ...] = ()
     storage: str = "float"
-    lookups: list[ir.Node] = field(default_factory=list)  # every lookup of this table (one per If branch)
+    lookups: tuple[ir.Node, ...] = ()
 
     def __post_init__(self) -> None:
         # Read once, while the lookup is in the graph: a rewrite detaches its inputs.
-        self.output = self.output or self.lookup.outputs[0]
-        self.nodes = self.nodes or [self.lookup]
-        self._stored_bytes = sum(v.const_value.nbytes for node in self.nodes for v in node.inputs
-                                 if v is not None and v.const_value is not None and v is not self.lookup.inputs[1])
+        nodes = tuple(self.nodes) or (self.lookup,)
+        stored_bytes = sum(v.const_value.nbytes for node in nodes for v in node.inputs
+                           if v is not None and v.const_value is not None and v is not self.lookup.inputs[1])
         n, width = (int(x) for x in self.table.const_value.shape)
         if self.storage == "float":
-            self._dtype, self._bits, self._shape = self.table.const_value.dtype, None, (n, width)
+            dtype, bits, shape = self.table.const_value.dtype, None, (n, width)
         elif self.lookup.op_type == "Gather":  # quantize_dynamic: the scale's type is the embeddings'
-            self._dtype, self._bits, self._shape = self.nodes[-1].inputs[1].const_value.dtype, 8, (n, width)
+            dtype, bits, shape = nodes[-1].inputs[1].const_value.dtype, 8, (n, width)
         else:
             bits = bits_of(self.lookup)
             packed = bits == 4 and self.table.const_value.dtype == ir.DataType.UINT8
-            self._dtype, self._bits = self.lookup.inputs[2].const_value.dtype, bits
-            self._shape = (n, width * 2 if packed else width)
+            dtype, shape = self.lookup.inputs[2].const_value.dtype, (n, width * 2 if packed else width)
+        for name, value in dict(output=self.output or self.lookup.outputs[0], nodes=nodes,
+                                lookups=tuple(self.lookups) or (self.lookup,), _stored_bytes=stored_bytes,
+                                _dtype=dtype, _bits=bits, _shape=shape).items():
+            object.__setattr__(self, name, value)
 
     @property
     def gather(self) -> ir.Node:
@@ -148,64 +113,47 @@ class EmbeddingMatch:
 
     def other_consumers(self) -> list[ir.Node]:
         """Nodes besides the lookups that read the table (a tied LM head, typically)."""
-        lookups = set(self.lookups) if self.lookups else {self.lookup}
-        return [node for node, _ in self.table.uses() if node not in lookups]
+        return [node for node, _ in self.table.uses() if node not in self.lookups]
 
     def transposed_copies(self, graph: ir.Graph) -> list[tuple[ir.Value, list[ir.Node]]]:
         """Other initializers holding this table's transpose, with their readers: a tied LM head that an
-        exporter stored as its own copy (Optimum without accelerate). Compared by content, cheapest first."""
-        return [(value, [node for node, _ in value.uses()]) for value in self._transpose_holders(graph, False)]
+        exporter stored as its own copy (Optimum without accelerate)."""
+        return [(value, [node for node, _ in value.uses()]) for value in self.transpose_holders(graph)[0]]
 
     def concatenated_copies(self, graph: ir.Graph) -> list[ir.Value]:
         """Initializers holding this table's transpose as a block of their rows beside other rows: MobileBERT's
         head multiplies by concat(E^T, dense), which an exporter folds into one (m, n) matrix, m > d."""
-        return self._transpose_holders(graph, True)
+        return self.transpose_holders(graph)[1]
 
-    def _transpose_holders(self, graph: ir.Graph, block: bool) -> list[ir.Value]:
-        """Initializers of the table's type holding its transpose: exactly (d, n), or (`block`) as the first or
-        last d of their m > d rows."""
+    def transpose_holders(self, graph: ir.Graph) -> tuple[list[ir.Value], list[ir.Value]]:
+        """(copies, blocks): initializers of the table's type holding its transpose, exactly (d, n), or as the
+        first or last d of their m > d rows. One pass over the initializers, compared by content, cheapest
+        first."""
+        copies, blocks = [], []
         if self.storage != "float":
-            return []
+            return copies, blocks
         table = self.table.const_value.numpy()
         n, d = table.shape
-        found = []
         for value in graph.initializers.values():
             tensor = value.const_value
             if value is self.table or tensor is None or tensor.dtype != self.dtype or len(tensor.shape) != 2 or \
-                    tensor.shape[1] != n or not (tensor.shape[0] > d if block else tensor.shape[0] == d):
+                    tensor.shape[1] != n or tensor.shape[0] < d:
                 continue
             rows = tensor.numpy()
+            block = rows.shape[0] > d
             starts = (0, rows.shape[0] - d) if block else (0,)
             if any(np.array_equal(rows[s:s + d, :8], table[:8].T) and np.array_equal(rows[s:s + d], table.T)
                    for s in starts):
-                found.append(value)
-        return found
+                (blocks if block else copies).append(value)
+        return copies, blocks
 
     def heads(self, graph: ir.Graph) -> list[Head]:
-        """Every LM-head product with this table, in any of the three forms; ValueError naming a reader
-        of the table (or of its transposed copy) that is neither a lookup nor a head."""
-        heads, strangers = [], []
-        for node in self.other_consumers():
-            if node.op_type == "Transpose" and _is_2d_transpose(node):
-                readers = [n for n, _ in node.outputs[0].uses()]
-                if readers and all(_is_matmul_head(n, node.outputs[0]) for n in readers):
-                    heads += [Head(n, "transpose", node.outputs[0], [node]) for n in readers]
-                    continue
-            elif node.op_type == "Gemm" and _is_gemm_head(node, self.table):
-                heads.append(Head(node, "gemm", self.table))
-                continue
-            strangers.append(node)
-        for copy, readers in self.transposed_copies(graph):
-            for node in readers:
-                if _is_matmul_head(node, copy):
-                    heads.append(Head(node, "copy", copy))
-                else:
-                    strangers.append(node)
+        """Every LM-head product with this table, in any of the forms of head_forms.HEAD_FORMS; ValueError
+        naming a reader of the table (or of its transposed copy) that is neither a lookup nor a head.
+        (The plan and the passes read the heads from analysis.analyse_word_table, found once.)"""
+        heads, strangers = find_heads(self.table, self.other_consumers(), self.transpose_holders(graph)[0])
         if strangers:
-            users = ", ".join(f"{n.op_type} {n.name!r}" for n in strangers)
-            raise ValueError(f"the word-embedding table {self.table.name!r} (or its transposed copy) is also read "
-                             f"by {users}, which is neither a lookup nor an LM head (MatMul or Gemm with the "
-                             "table's transpose); such a model is not supported")
+            raise ValueError(not_a_head_error(self.table, strangers))
         return heads
 
     def check_untied(self) -> None:
@@ -217,26 +165,6 @@ class EmbeddingMatch:
                 f"the word-embedding table {self.table.name!r} is also read by {users} "
                 "(a tied LM head); this rewrite leaves heads alone. Rewrite the head with the same "
                 "factors (the default of projclust-onnx compress), or export with untied weights")
-
-
-def _is_2d_transpose(node: ir.Node) -> bool:
-    perm = node.attributes.get("perm")
-    return perm is None or list(perm.as_ints()) == [1, 0]
-
-
-def _is_matmul_head(node: ir.Node, weight: ir.Value) -> bool:
-    return node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2 and \
-        node.inputs[1] is weight and node.inputs[0] is not weight
-
-
-def _is_gemm_head(node: ir.Node, table: ir.Value) -> bool:
-    attrs = node.attributes
-
-    def attr(name: str, default):
-        return attrs[name].value if name in attrs else default
-
-    return node.inputs[1] is table and node.inputs[0] is not table and attr("transB", 0) == 1 and \
-        attr("transA", 0) == 0 and attr("alpha", 1.0) == 1.0 and attr("beta", 1.0) == 1.0
 
 
 @dataclass
@@ -278,8 +206,6 @@ class EmbeddingSearch:
             names = [f"{m.gather.name} ({m.table.name}, {m.shape[0]}x{m.shape[1]})" for m in self.matches]
             raise ValueError(f"{len(self.matches)} word-embedding candidates found: {names}; "
                              "the pass rewrites the lookups of exactly one table of the token ids")
-        for match in self.matches:
-            match.lookups = [m.lookup for m in self.matches]
         return self.matches[0]
 
     def all(self) -> list[EmbeddingMatch]:
@@ -411,6 +337,11 @@ def search_word_embedding(graph: ir.Graph, ids_input: str = "input_ids") -> Embe
             if match.lookup.inputs[1] in factorized_ids:
                 search.matches.remove(match)
                 search.reject(match.lookup, "coefficient table of an already factorized embedding")
+    # Each match names every lookup of its table (one per If branch), fixed at construction.
+    lookups = {}
+    for match in search.matches:
+        lookups.setdefault(id(match.table), []).append(match.lookup)
+    search.matches = [replace(m, lookups=tuple(lookups[id(m.table)])) for m in search.matches]
     return search
 
 

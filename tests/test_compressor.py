@@ -402,3 +402,28 @@ def test_file_name_that_is_a_directory_is_called_one(model_dir):
     (model_dir / "sub.onnx").mkdir()
     with pytest.raises(ValueError, match="file_name='sub.onnx' is a directory, not a .onnx file, in"):
         ProjClustCompressor.from_pretrained(model_dir, file_name="sub.onnx")
+
+
+def test_the_word_table_is_analysed_once_per_file(tmp_path, monkeypatch):
+    """A tied seq2seq export (t5: encoder, decoder, decoder with past and the merged decoder, whose If reads the
+    table in both branches): the finder runs exactly once per .onnx file, however many passes read its answer
+    (the reference, the tied rewrite) and however many lookups and heads the file holds."""
+    from projclust_onnx.passes import word_embedding
+    from tiny_checkpoints import export_checkpoint
+
+    src = export_checkpoint("t5", tmp_path / "t5")
+    searched = []
+    real_search = word_embedding.EmbeddingSearch  # built once by every search_word_embedding call, however imported
+
+    class CountedSearch(real_search):
+        def __init__(self, *args, **kwargs):
+            searched.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(word_embedding, "EmbeddingSearch", CountedSearch)
+    report = ProjClustCompressor.from_pretrained(src).compress(
+        tmp_path / "out", ProjClustConfig(compression=0.4, n_clusters=2, n_init=1, anneal_steps=2), verbose=False)
+    files = sorted(p.name for p in src.glob("*.onnx"))
+    assert "decoder_model_merged.onnx" in files and sorted(f["file"] for f in report.files) == files
+    assert report.heads and max(f["lookups"] for f in report.files) == 2  # the merged decoder's two branches
+    assert len(searched) == len(files)

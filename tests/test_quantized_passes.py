@@ -19,7 +19,7 @@ from projclust_onnx.passes import (
     search_word_embedding,
     with_cleanup,
 )
-from tiny_models import embedding_model
+from tiny_models import embedding_model, merged_decoder_model
 
 from projclust_onnx import EmbeddingFactorization
 from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized, pack4, unpack4
@@ -113,6 +113,31 @@ def test_per_tensor_form_is_quantize_dynamics():
     assert [n.op_type for n in model.graph][:2] == ["Gather", "DequantizeLinear"]
     match = search_word_embedding(model.graph).single()
     assert match.storage == "int8 per-tensor" and np.allclose(match.dense(), q.dequantize())
+
+
+@pytest.mark.parametrize("form", LOOKUP_FORMS)
+@pytest.mark.parametrize("storage", ["int4 block 16", "int8 per-tensor"])
+def test_plain_quantization_rewrites_the_lookups_of_both_branches_of_a_merged_decoder(storage, form):
+    """decoder_model_merged.onnx reads the table in both branches of an If: every lookup is rewritten, both read
+    the same quantized initializers, and the dense table is gone."""
+    proto, table = merged_decoder_model(50, 16)
+    q = BlockQuantized.quantize(table, 4, 16) if storage.startswith("int4") else PerTensorQuantized.quantize(table)
+    model = ir.from_proto(proto)
+    result = with_cleanup(QuantizeEmbeddingPass(q, lookup_form=form))(model)
+    assert result.modified and "embed_tokens.weight" not in model.graph.initializers
+    readers = [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type == "Gather"
+               and n.inputs[0] is not None and n.inputs[0].name == "embed_tokens.weight"]
+    assert not readers
+    ids = random_ids(50, 2, 5, 0)
+    dense = q.dequantize()[ids]
+    for use_cache, want in ((True, np.maximum(dense, 0)), (False, -dense)):
+        (got,) = run(model, {"input_ids": ids, "use_cache_branch": np.array([use_cache])})
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    matches = search_word_embedding(model.graph).matches
+    if form == "contrib" or storage.endswith("per-tensor"):
+        assert len(matches) == 2 and {m.storage for m in matches} == {storage}
+        assert len({id(m.table) for m in matches}) == 1  # one stored table for both branches
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
 
 
 def ort_quantized(proto, tmp_path, how):

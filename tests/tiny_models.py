@@ -101,3 +101,30 @@ def write_model_dir(directory: Path, model: onnx.ModelProto, external: bool = Fa
         onnx.save(model, str(path))
     (directory / "config.json").write_text('{"model_type": "bert"}\n')
     return path
+
+
+def merged_decoder_model(n: int = 40, d: int = 8, *, seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
+    """A merged decoder's shape (decoder_model_merged.onnx): If(use_cache_branch) whose two branches each look up
+    the word table (an initializer of the main graph) by input_ids; then-branch Relu, else-branch Neg.
+
+    Returns the ModelProto and the word table.
+    """
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((n, d)).astype(np.float32)
+    out = helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "sequence", d])
+
+    def branch(name: str, op: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node("Gather", ["embed_tokens.weight", "input_ids"], [f"{name}_rows"],
+                                                   name=f"/{name}/embed_tokens/Gather"),
+                                  helper.make_node(op, [f"{name}_rows"], ["hidden"], name=f"/{name}/act")],
+                                 name, [], [out])
+
+    node = helper.make_node("If", ["use_cache_branch"], ["hidden"], name="optimum::if",
+                            then_branch=branch("with_past", "Relu"), else_branch=branch("no_past", "Neg"))
+    graph = helper.make_graph([node], "merged", [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])], [out],
+        [numpy_helper.from_array(table, "embed_tokens.weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    return model, table

@@ -191,9 +191,8 @@ def run_compress(args: argparse.Namespace) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from projclust_onnx.core.budget import factorized_bytes, id_dtype, index_map_bytes, rank_for
-    from projclust_onnx.passes import head_copies, search_word_embedding
     from projclust_onnx.pipeline.compressor import ProjClustCompressor
-    from projclust_onnx.pipeline.model_files import load_model
+    from projclust_onnx.pipeline.plan import analyse_file
     from projclust_onnx.storage.registry import factor_storage, name_for_bits
 
     config = _config(args)
@@ -201,40 +200,23 @@ def run_inspect(args: argparse.Namespace) -> int:
                                                      verbose=False)
     rows, found, tied_any, held_copies = [], [], False, 0
     for path in compressor.onnx_paths:
-        model = load_model(path)
+        model, analysis = analyse_file(path, args.ids_input, checked=False)  # the plan's analysis of the file
         rows += [("model file", str(path)), ("graph inputs", ", ".join(v.name for v in model.graph.inputs))]
-        if args.ids_input not in {v.name for v in model.graph.inputs}:
+        if analysis is None:
             rows.append(("word embedding", f"none (no input {args.ids_input!r}): copied unchanged"))
             continue
-        search = search_word_embedding(model.graph, args.ids_input)
-        computed = [name for name, reason in search.rejected if reason == "data is not an initializer"]
-        for name, reason in search.rejected:
-            if reason != "data is not an initializer":
-                rows.append(("rejected lookup", f"{name}: {reason}"))
-        if computed:
-            rows.append(("other Gathers", f"{len(computed)} of computed tensors (not tables)"))
-        for node in search.factorized:
-            rows.append(("already factorized", f"{node.name} (cluster-id lookup)"))
-        if not search.matches:
-            rows.append(("word embedding", "none found"))
+        rows += _analysis_rows(analysis)
+        if not analysis.found:
             continue
+        match = analysis.match
         try:
-            match = search.single()  # every lookup of one table (both branches of a merged decoder)
-        except ValueError as err:
-            rows.append(("word embedding", f"refused: {err}"))
-            continue
-        n, d = match.shape
-        lookups = f", read by {len(search.matches)} lookups (If branches)" if len(search.matches) > 1 else ""
-        rows.append(("word embedding", f"{match.lookup.name}: table {match.table.name} ({n} x {d}, "
-                                       f"{match.dtype.name}, stored {match.storage}){lookups}"))
-        try:
-            heads = match.heads(model.graph) if match.storage == "float" else []
+            heads = analysis.tied_heads() if match.storage == "float" else []
             tied = ", ".join(h.describe() for h in heads) or "no"
             if heads:
                 tied += " (kept dense where it is its own copy: untied)" if config.head == "keep" else \
                     " (rewritten with the same factors)"
                 tied_any = tied_any or config.head != "keep"
-                held_copies += len(head_copies(heads)) if config.head != "keep" else 0
+                held_copies += len(analysis.copies) if config.head != "keep" else 0
         except ValueError as err:
             tied = f"refused: {err}"
         rows.append(("tied LM head", tied))
@@ -294,6 +276,28 @@ def run_inspect(args: argparse.Namespace) -> int:
             rows.append(("svd at same budget", f"j={svd}"))
     print(format_table(args.title, rows))
     return 0
+
+
+def _analysis_rows(analysis) -> list[tuple[str, str]]:
+    """What inspect shows of a file's word-table analysis: rejected lookups, an earlier factorization, the table."""
+    rows = []
+    computed = [name for name, reason in analysis.rejected if reason == "data is not an initializer"]
+    for name, reason in analysis.rejected:
+        if reason != "data is not an initializer":
+            rows.append(("rejected lookup", f"{name}: {reason}"))
+    if computed:
+        rows.append(("other Gathers", f"{len(computed)} of computed tensors (not tables)"))
+    for node in analysis.factorized:
+        rows.append(("already factorized", f"{node.name} (cluster-id lookup)"))
+    if not analysis.matches:
+        return [*rows, ("word embedding", "none found")]
+    if not analysis.found:
+        return [*rows, ("word embedding", f"refused: {analysis.error}")]
+    match = analysis.match  # every lookup of one table (both branches of a merged decoder)
+    n, d = match.shape
+    lookups = f", read by {len(analysis.matches)} lookups (If branches)" if len(analysis.matches) > 1 else ""
+    return [*rows, ("word embedding", f"{match.lookup.name}: table {match.table.name} ({n} x {d}, "
+                                      f"{match.dtype.name}, stored {match.storage}){lookups}")]
 
 
 def run_benchmark(args: argparse.Namespace) -> int:

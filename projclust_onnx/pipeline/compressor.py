@@ -24,7 +24,7 @@ from projclust_onnx.common.errors import SettingError
 from projclust_onnx.common.progress import Phases
 from projclust_onnx.core.chooser import weighted_error
 from projclust_onnx.passes import DensifyEmbeddingPass, SplitInitializersPass, with_cleanup
-from projclust_onnx.passes.builder import PREFIX
+from projclust_onnx.passes.pipeline import cleanup
 from projclust_onnx.pipeline.config import ProjClustConfig
 from projclust_onnx.pipeline.model_files import (
     MODEL_SUBDIR,
@@ -160,9 +160,13 @@ class ProjClustCompressor:
                 result = results[file.table_key]
                 where, name = self._where(plan, file), self.relative(file.onnx_path)
                 with phases("rewrite", f"rewriting the graph{where}"):
+                    # The plan's model is rewritten; the reference, loaded again, is bound to its analysis.
                     model, reference, dense = file.model, load_model(file.onnx_path), dense_of(result)
-                    with_cleanup(DensifyEmbeddingPass(dense, config.ids_input, heads=bool(file.heads)))(reference)
-                    with_cleanup(rewrite_pass(result, config, tied=plan.tied))(model)
+                    with_cleanup(DensifyEmbeddingPass(dense, config.ids_input, heads=bool(file.heads),
+                                                      analysis=file.analysis))(reference)
+                    file_written = rewrite_pass(result, config, tied=plan.tied, analysis=file.analysis)(
+                        model).written_bytes
+                    cleanup()(model)
                     if config.max_initializer_bytes is not None:
                         split_initializers(model, config.max_initializer_bytes)
                 with phases("parity", f"checking the rewritten model under ONNX Runtime{where}"):
@@ -177,10 +181,9 @@ class ProjClustCompressor:
                     out_path.parent.mkdir(parents=True, exist_ok=True)
                     save_model(model, out_path)
                     _check_saved(out_path)
-                file_written = _written_bytes(model)
                 written += file_written
                 files_report.append({
-                    "file": name, "lookups": len(file.match.lookups or [file.match.lookup]),
+                    "file": name, "lookups": len(file.analysis.matches),
                     "storage_before": file.match.storage, **_storage_of(result),
                     "heads": [h.describe() for h in file.heads], "untied_head": file.untied_head,
                     "table_copies": file.table_copies, "embedding_bytes_before": file.stored_bytes,
@@ -338,11 +341,12 @@ def measure_quantized_steps(plan, config: ProjClustConfig) -> None:
         table = file.match.dense().astype(np.float32)
         kwargs = dict(ids_input=config.ids_input, seed=config.seed, max_positions=plan.max_positions)
         try:
-            noise = reference_step(file.model, table, heads=bool(file.heads), **kwargs)
+            noise = reference_step(file.model, table, heads=bool(file.heads), analysis=file.analysis, **kwargs)
             cheap = cheap_factorization(table, config, file, tied=plan.tied)
-            model, reference = (ir.from_proto(ir.to_proto(file.model)) for _ in range(2))
-            with_cleanup(DensifyEmbeddingPass(dense_of(cheap), config.ids_input, heads=bool(file.heads)))(reference)
-            with_cleanup(rewrite_pass(cheap, config, tied=plan.tied))(model)
+            model, reference = (ir.from_proto(ir.to_proto(file.model)) for _ in range(2))  # bound by position
+            with_cleanup(DensifyEmbeddingPass(dense_of(cheap), config.ids_input, heads=bool(file.heads),
+                                              analysis=file.analysis))(reference)
+            with_cleanup(rewrite_pass(cheap, config, tied=plan.tied, analysis=file.analysis))(model)
             fit = check_parity(model, reference, n_rows=len(table), dtype=file.match.dtype, cosine_bound=-1.0,
                                **kwargs)
             file.cosine_bound = step_bound(noise, 1.0 - fit.min_cosine)
@@ -376,20 +380,17 @@ def dense_of(result) -> np.ndarray:
     return result.reconstruct() if isinstance(result, EmbeddingFactorization) else format_of(result).decode(result)
 
 
-def rewrite_pass(result, config: ProjClustConfig, tied: bool = False):
-    """The pass that writes `result` into the graph: the k-branch factors (with the tied heads first
-    when `tied`), or plain quantized storage."""
-    import onnx_ir as ir
-
+def rewrite_pass(result, config: ProjClustConfig, tied: bool = False, analysis=None):
+    """The pass that writes `result` into the graph: the k-branch factors (and the tied heads with them
+    when `tied`), or plain quantized storage. `analysis`: the file's WordTableAnalysis (the plan's)."""
     from projclust_onnx.core.factorization import EmbeddingFactorization
-    from projclust_onnx.passes import FactorizeEmbeddingPass, FactorizeHeadPass, QuantizeEmbeddingPass
+    from projclust_onnx.passes import FactorizeEmbeddingPass, QuantizeEmbeddingPass
 
     if tied:
-        return ir.passes.Sequential(FactorizeHeadPass(result, config.ids_input),
-                                    FactorizeEmbeddingPass(result, config.layout, config.ids_input, tied=True))
+        return FactorizeEmbeddingPass(result, config.layout, config.ids_input, tied=True, analysis=analysis)
     if isinstance(result, EmbeddingFactorization):
-        return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form)
-    return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form)
+        return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form, analysis=analysis)
+    return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form, analysis=analysis)
 
 
 def split_initializers(model, max_bytes: int) -> None:
@@ -419,12 +420,6 @@ def _largest_initializer(model) -> dict:
     name, value = max(((n, v) for n, v in model.graph.initializers.items() if v.const_value is not None),
                       key=lambda item: item[1].const_value.nbytes, default=(None, None))
     return {"largest_initializer": name, "largest_initializer_bytes": value.const_value.nbytes if value else 0}
-
-
-def _written_bytes(model) -> int:
-    """Bytes of the initializers the rewrite wrote (all under projclust/)."""
-    return sum(v.const_value.nbytes for name, v in model.graph.initializers.items()
-               if name.startswith(f"{PREFIX}/") and v.const_value is not None)
 
 
 def _check_saved(path: Path) -> None:

@@ -237,9 +237,10 @@ def check_parity(rewritten: ir.Model, reference: ir.Model, *, ids_input: str, n_
 
 
 def reference_step(model: ir.Model, table: np.ndarray, *, ids_input: str, heads: bool, seed: int = 0,
-                   max_positions: int | None = None, workdir: Path | None = None) -> float:
+                   max_positions: int | None = None, workdir: Path | None = None, analysis=None) -> float:
     """1 - the smallest output cosine between `model` reading `table` and reading `table` plus rounding-sized
-    noise (PROBE_NOISE): how far a model that quantizes its activations steps on its own."""
+    noise (PROBE_NOISE): how far a model that quantizes its activations steps on its own. `analysis`: the
+    model's WordTableAnalysis, bound to each copy instead of searching it again."""
     from projclust_onnx.passes import DensifyEmbeddingPass, with_cleanup
 
     rng = np.random.default_rng(seed)
@@ -248,7 +249,7 @@ def reference_step(model: ir.Model, table: np.ndarray, *, ids_input: str, heads:
     models = []
     for values in (table32, table32 + noise.astype(np.float32)):
         copy = ir.from_proto(ir.to_proto(model))
-        with_cleanup(DensifyEmbeddingPass(values, ids_input, heads=heads))(copy)
+        with_cleanup(DensifyEmbeddingPass(values, ids_input, heads=heads, analysis=analysis))(copy)
         models.append(copy)
     result = check_parity(models[1], models[0], ids_input=ids_input, n_rows=table32.shape[0],
                           dtype=ir.DataType.FLOAT, seed=seed, workdir=workdir, max_positions=max_positions,

@@ -36,11 +36,12 @@ SMALL_SHARE = 0.01
 
 @dataclass
 class FilePlan:
-    """One model file: the loaded model, its word-table lookup and the heads that read the table."""
+    """One model file: the loaded model (the one rewritten), the analysis of its word table (found once,
+    handed to every pass), and the heads that read the table."""
 
     onnx_path: Path
     model: ir.Model
-    match: object  # passes.EmbeddingMatch
+    analysis: object  # passes.WordTableAnalysis of `model`
     heads: list = field(default_factory=list)  # passes.Head, rewritten with the factors (head="factorize")
     input_bytes: int = 0
     untied_head: str | None = None  # the dense head's copy of the table, left as it was (head="keep")
@@ -48,6 +49,11 @@ class FilePlan:
     rank: int | None = None  # this file's rank and U storage: each file is compressed within its own bytes
     quantize: str = "none"
     cosine_bound: float | None = None  # outputs after quantized activations: the bound measured before the fit
+
+    @property
+    def match(self):
+        """The first lookup of the table (passes.EmbeddingMatch)."""
+        return self.analysis.match
 
     @property
     def stored_bytes(self) -> int:
@@ -260,26 +266,36 @@ class _NoLookup(SettingError):
         super().__init__("ids_input", message)
 
 
-def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
-    from projclust_onnx.passes import check_opset, search_word_embedding
-    from projclust_onnx.pipeline.parity import check_feedable
+def analyse_file(path: Path, ids_input: str, checked: bool = True):
+    """(model, analysis): the model file loaded, and the analysis of its word table (passes.WordTableAnalysis),
+    None when the model has no input `ids_input`. `checked`: onnx.checker with shape inference, and ValueError
+    for an opset the rewrite cannot write (what compress needs; inspect only describes)."""
+    from projclust_onnx.passes import analyse_word_table, check_opset
 
-    model = load_model(path, full_check=True)
+    model = load_model(path, full_check=checked)
     try:
-        check_opset(model)
+        if checked:
+            check_opset(model)
     except ir.passes.PreconditionError as err:
         raise ValueError(str(err)) from err
-    names = [v.name for v in model.graph.inputs]
-    if config.ids_input not in names:
+    if ids_input not in {v.name for v in model.graph.inputs}:
+        return model, None
+    return model, analyse_word_table(model.graph, ids_input)
+
+
+def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
+    from projclust_onnx.pipeline.parity import check_feedable
+
+    model, analysis = analyse_file(path, config.ids_input)
+    if analysis is None:
+        names = [v.name for v in model.graph.inputs]
         raise _NoLookup(literal(f"the model has no graph input named {config.ids_input!r} (inputs: {names}); ") +
                         "pass the token-id input's name as {}")
-    search = search_word_embedding(model.graph, config.ids_input)
-    try:
-        match = search.single()
-    except ValueError as err:
-        if search.matches or search.factorized or search.fused or search.standard_quantized:
-            raise
-        raise _NoLookup(literal(str(err))) from None
+    if not analysis.found:
+        if analysis.matches or analysis.factorized or analysis.fused or analysis.standard_quantized:
+            raise ValueError(analysis.error)
+        raise _NoLookup(literal(analysis.error)) from None
+    match = analysis.match
     if match.dtype == ir.DataType.BFLOAT16:
         raise ValueError(f"the word table {match.table.name!r} is stored as bfloat16, which the rewrite does not "
                          "write; export the model in float32 or float16 (optimum-cli export onnx --dtype fp16) and "
@@ -289,26 +305,26 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
         raise ValueError(f"the word table {match.table.name!r} has {n} rows of width {d}: with no more rows than "
                          "columns, factors (n*j + k*j*d values) can only beat n*d by a few rows' worth, so there is "
                          "nothing to gain; leave this model's embedding as it is")
-    heads = match.heads(model.graph) if match.storage == "float" else []
+    heads = list(analysis.tied_heads()) if match.storage == "float" else []
     untied = None
-    concatenated = ", ".join(v.name for v in match.concatenated_copies(model.graph))
+    concatenated = ", ".join(v.name for v in analysis.concatenated)
     if concatenated and config.head != "keep":
         raise SettingError("head", f"the LM head's matrix {literal(concatenated)} holds the word table's transpose "
                            "concatenated with other rows (MobileBERT's concat(E^T, dense)), which the rewrite does not "
                            "factorize; set {} to 'keep' to compress the lookup and keep that matrix dense (the model "
                            "becomes untied)")
     if not heads:
-        match.check_untied()
+        analysis.check_untied()
     elif config.head == "keep":
-        kept = [h for h in heads if h.form == "copy"]
+        kept = [h for h in heads if h.rule.reads_copy]
         if len(kept) != len(heads):  # a head reading the table itself would break when the table goes
-            others = ", ".join(h.describe() for h in heads if h.form != "copy")
+            others = ", ".join(h.describe() for h in heads if not h.rule.reads_copy)
             raise SettingError("head", f"{literal(others)} reads the word table itself, so it cannot be kept dense "
                                "while the table is replaced; set {} to 'factorize'")
         untied, heads = ", ".join(sorted({h.weight.name for h in kept})), []
     untied = ", ".join(filter(None, [untied, concatenated])) or None
     check_feedable(model, config.ids_input)
-    return FilePlan(path, model, match, heads, model_bytes(path), untied, _table_key(match))
+    return FilePlan(path, model, analysis, heads, model_bytes(path), untied, _table_key(match))
 
 
 def _table_key(match) -> str:
