@@ -105,7 +105,8 @@ class ProjClustCompressor:
     def compress(self, save_dir: str | Path, config: ProjClustConfig | None = None, overwrite: bool = False,
                  verbose: bool | None = None, factorization=None) -> CompressionReport:
         """Fit (or choose) the table's new storage, rewrite every file that reads it (lookups, and tied
-        heads with the same factors), check each under ONNX Runtime, write save_dir.
+        heads with the same factors), check each under ONNX Runtime, write save_dir: plan_compression ->
+        _fit_tables (per distinct table) -> _rewrite_file (per file) -> _summarise, in a staged directory.
 
         Files whose tables hold the same values share one fit. `factorization` (an
         EmbeddingFactorization, e.g. fine-tuned factors) skips the fit and is applied as it
@@ -114,8 +115,6 @@ class ProjClustCompressor:
         terminal) reports each phase. `config` may also be a dict of ProjClustConfig's fields
         (ProjClustConfig.from_dict); None means the defaults.
         """
-        from projclust_onnx.pipeline.parity import check_parity
-
         save_dir = arg.path("save_dir", save_dir)
         config = ProjClustConfig.coerce(config)
         overwrite = arg.flag("overwrite", overwrite)
@@ -127,92 +126,19 @@ class ProjClustCompressor:
             plan = plan_compression(self.onnx_paths, self.source_dir, Path(save_dir), config, overwrite=overwrite,
                                     factorization=factorization)
             measure_quantized_steps(plan, config)
-        n, d = plan.shape
-        n_tokens = n_special = 0
-        choice = None
-        results = {}
         # Read before any rewrite: a rewrite detaches the lookups' inputs.
         tables = {key: files[0].match.dense().astype(np.float32) for key, files in plan.groups().items()}
         with staged_directory(plan.save_dir, overwrite) as stage, oserrors_name(stage):
-            if factorization is not None:
-                results = {key: factorization for key in plan.groups()}
-            else:
-                with phases("weights", "weighting rows (tokenizer, calibration text)"):
-                    weights, metric, n_tokens, n_special = self._weights(config, n, phases.verbose)
-                groups = plan.groups()
-                for key, table32 in tables.items():
-                    group = groups[key][0]
-                    if config.target_ratio is not None:
-                        with phases("clustering", f"choosing the storage of {n} x {d} rows within 1/"
-                                                  f"{config.target_ratio:g} of its bytes"):
-                            choice = self._choose(plan, config, table32, weights, metric, phases)
-                        results[key] = choice.result
-                    else:
-                        with phases("clustering", f"clustering {n} x {d} rows: {config.method}, "
-                                                  f"k={config.n_clusters}, j={group.rank}, U {group.quantize}"
-                                                  f"{self._where(plan, group)}"):
-                            results[key] = fit_factorization(table32, config, group.rank, weights, phases.verbose,
-                                                             dtype=group.match.dtype.numpy(), quantize=group.quantize,
-                                                             tied=plan.tied)
-
-            parities, written, files_report = [], 0, []
+            results, choice, n_tokens, n_special = self._fit_tables(plan, config, tables, factorization, phases)
+            parities, files_report = [], []
             for file in plan.files:
-                result = results[file.table_key]
-                where, name = self._where(plan, file), self.relative(file.onnx_path)
-                with phases("rewrite", f"rewriting the graph{where}"):
-                    # The plan's model is rewritten; the reference, loaded again, is bound to its analysis.
-                    model, reference, dense = file.model, load_model(file.onnx_path), dense_of(result)
-                    with_cleanup(DensifyEmbeddingPass(dense, config.ids_input, heads=bool(file.heads),
-                                                      analysis=file.analysis))(reference)
-                    file_written = rewrite_pass(result, config, tied=plan.tied, analysis=file.analysis)(
-                        model).written_bytes
-                    cleanup()(model)
-                    if config.max_initializer_bytes is not None:
-                        split_initializers(model, config.max_initializer_bytes)
-                with phases("parity", f"checking the rewritten model under ONNX Runtime{where}"):
-                    parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=n,
-                                          dtype=file.match.dtype, seed=config.seed, workdir=stage,
-                                          max_positions=plan.max_positions,
-                                          cosine_bound=file.cosine_bound or QUANTIZED_COSINE)
-                    parities.append(parity)
-                    del reference
-                with phases("save", f"writing {plan.save_dir / name}", announce=file is plan.first):
-                    out_path = stage / name
-                    out_path.parent.mkdir(parents=True, exist_ok=True)
-                    save_model(model, out_path)
-                    _check_saved(out_path)
-                written += file_written
-                files_report.append({
-                    "file": name, "lookups": len(file.analysis.matches),
-                    "storage_before": file.match.storage, **_storage_of(result),
-                    "heads": [h.describe() for h in file.heads], "untied_head": file.untied_head,
-                    "table_copies": file.table_copies, "embedding_bytes_before": file.stored_bytes,
-                    "embedding_bytes_after": file_written, "file_bytes_before": file.input_bytes,
-                    "file_bytes_after": model_bytes(out_path), "parity_max_abs_diff": parity.max_abs_diff,
-                    "parity_min_cosine": parity.min_cosine, **_largest_initializer(model)})
-            paths = {p.name: p for p in self.onnx_paths}
-            for name, why, _ in plan.skipped:
-                out_path = stage / self.relative(paths[name])
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                copy_model_file(paths[name], out_path.parent)
-                files_report.append({"file": self.relative(paths[name]), "copied unchanged": why,
-                                     "file_bytes_after": model_bytes(out_path)})
-
+                parity, entry = self._rewrite_file(plan, config, file, results[file.table_key], stage, phases)
+                parities.append(parity)
+                files_report.append(entry)
+            files_report += self._copy_unchanged(plan, stage)
             first = results[plan.first.table_key]
-            table32 = tables[plan.first.table_key]
-            error = weighted_error(table32, dense_of(first), None) if table32.any() else None
-            report = self._report(plan, config, first, parities, written, error, n_tokens, n_special, choice,
-                                  phases.timings)
-            if error is None:
-                report.relative_error_reason = "the table is all zeros: ||E||^2 = 0 leaves the ratio undefined"
-            if config.rank is None and config.target_ratio is None and factorization is None:
-                report.compression_asked = config.compression
-                # Per file, of that file's stored table: an int8 variant counts against its own int8 bytes.
-                report.compression_realised = 1 - float(np.mean([f["embedding_bytes_after"] / p.match.stored_bytes
-                                                                 for f, p in zip(files_report, plan.files)]))
-                if report.undersize_notice():
-                    logger.warning("projclust-onnx: notice: %s", report.undersize_notice())
-            report.files = files_report
+            report = self._summarise(plan, config, first, tables[plan.first.table_key], parities, files_report,
+                                     n_tokens, n_special, choice, phases, factorization)
             saved_config = config if config.target_ratio is not None else \
                 dataclasses.replace(config, quantize=plan.quantize if len({f.quantize for f in plan.files}) == 1
                                     else config.quantize)
@@ -222,6 +148,96 @@ class ProjClustCompressor:
                 saved_config.save_pretrained(stage)
                 report.file_bytes_after = sum(model_bytes(stage / f["file"]) for f in files_report)
             report.save(stage)
+        return report
+
+    def _fit_tables(self, plan, config: ProjClustConfig, tables: dict, factorization, phases):
+        """One fit (or choice) per distinct table: (results by table key, the choice, tokens, special tokens)."""
+        n, d = plan.shape
+        if factorization is not None:
+            return {key: factorization for key in plan.groups()}, None, 0, 0
+        results, choice = {}, None
+        with phases("weights", "weighting rows (tokenizer, calibration text)"):
+            weights, metric, n_tokens, n_special = self._weights(config, n, phases.verbose)
+        groups = plan.groups()
+        for key, table32 in tables.items():
+            group = groups[key][0]
+            if config.target_ratio is not None:
+                with phases("clustering", f"choosing the storage of {n} x {d} rows within 1/"
+                                          f"{config.target_ratio:g} of its bytes"):
+                    choice = self._choose(plan, config, table32, weights, metric, phases)
+                results[key] = choice.result
+            else:
+                with phases("clustering", f"clustering {n} x {d} rows: {config.method}, "
+                                          f"k={config.n_clusters}, j={group.rank}, U {group.quantize}"
+                                          f"{self._where(plan, group)}"):
+                    results[key] = fit_factorization(table32, config, group.rank, weights, phases.verbose,
+                                                     dtype=group.match.dtype.numpy(), quantize=group.quantize,
+                                                     tied=plan.tied)
+        return results, choice, n_tokens, n_special
+
+    def _rewrite_file(self, plan, config: ProjClustConfig, file, result, stage: Path, phases):
+        """Rewrite one file with `result`, check it against its dense reference, save it into the stage:
+        (its parity, its entry in the report's files)."""
+        from projclust_onnx.pipeline.parity import check_parity
+
+        where, name = self._where(plan, file), self.relative(file.onnx_path)
+        with phases("rewrite", f"rewriting the graph{where}"):
+            # The plan's model is rewritten; the reference, loaded again, is bound to its analysis.
+            model, reference, dense = file.model, load_model(file.onnx_path), dense_of(result)
+            with_cleanup(DensifyEmbeddingPass(dense, config.ids_input, heads=bool(file.heads),
+                                              analysis=file.analysis))(reference)
+            file_written = rewrite_pass(result, config, tied=plan.tied, analysis=file.analysis)(model).written_bytes
+            cleanup()(model)
+            if config.max_initializer_bytes is not None:
+                split_initializers(model, config.max_initializer_bytes)
+        with phases("parity", f"checking the rewritten model under ONNX Runtime{where}"):
+            parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=plan.shape[0],
+                                  dtype=file.match.dtype, seed=config.seed, workdir=stage,
+                                  max_positions=plan.max_positions,
+                                  cosine_bound=file.cosine_bound or QUANTIZED_COSINE)
+            del reference
+        with phases("save", f"writing {plan.save_dir / name}", announce=file is plan.first):
+            out_path = stage / name
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            save_model(model, out_path)
+            _check_saved(out_path)
+        return parity, {
+            "file": name, "lookups": len(file.analysis.matches),
+            "storage_before": file.match.storage, **_storage_of(result),
+            "heads": [h.describe() for h in file.heads], "untied_head": file.untied_head,
+            "table_copies": file.table_copies, "embedding_bytes_before": file.stored_bytes,
+            "embedding_bytes_after": file_written, "file_bytes_before": file.input_bytes,
+            "file_bytes_after": model_bytes(out_path), "parity_max_abs_diff": parity.max_abs_diff,
+            "parity_min_cosine": parity.min_cosine, **_largest_initializer(model)}
+
+    def _copy_unchanged(self, plan, stage: Path) -> list[dict]:
+        """Files without the word table, copied as they are: their entries in the report's files."""
+        paths, entries = {p.name: p for p in self.onnx_paths}, []
+        for name, why, _ in plan.skipped:
+            out_path = stage / self.relative(paths[name])
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            copy_model_file(paths[name], out_path.parent)
+            entries.append({"file": self.relative(paths[name]), "copied unchanged": why,
+                            "file_bytes_after": model_bytes(out_path)})
+        return entries
+
+    def _summarise(self, plan, config: ProjClustConfig, first, table32: np.ndarray, parities, files_report,
+                   n_tokens, n_special, choice, phases, factorization) -> CompressionReport:
+        """The report of the run, from what the files hold (written bytes per file, parities)."""
+        written = sum(f.get("embedding_bytes_after", 0) for f in files_report)
+        error = weighted_error(table32, dense_of(first), None) if table32.any() else None
+        report = self._report(plan, config, first, parities, written, error, n_tokens, n_special, choice,
+                              phases.timings)
+        if error is None:
+            report.relative_error_reason = "the table is all zeros: ||E||^2 = 0 leaves the ratio undefined"
+        if config.rank is None and config.target_ratio is None and factorization is None:
+            report.compression_asked = config.compression
+            # Per file, of that file's stored table: an int8 variant counts against its own int8 bytes.
+            report.compression_realised = 1 - float(np.mean([f["embedding_bytes_after"] / p.match.stored_bytes
+                                                             for f, p in zip(files_report, plan.files)]))
+            if report.undersize_notice():
+                logger.warning("projclust-onnx: notice: %s", report.undersize_notice())
+        report.files = files_report
         return report
 
     def _where(self, plan, file) -> str:
