@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The CLI's subprocesses (`python -m projclust_onnx.cli`, `python -c`) import the installed package: without
+# this, Python puts the working directory (the checkout) first on sys.path, and the checkout's projclust_onnx/
+# has no passes/ (setuptools maps it in at install). Python 3.11+ honours it.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
