@@ -4,7 +4,10 @@ The bundled MiniLM (feature-extraction export) with its 30522 x 384 table stored
 fp32 (the original); ONNX Runtime's own int8 Gather (quantize_dynamic) and 4-bit
 GatherBlockQuantized (MatMulNBitsQuantizer, blocks 32 and 128); SVD and projective
 clustering (k = 3, 5, 8) at several budgets, each with float, int8 and int4 U, without and
-with calibration; and what `--target-ratio` chooses at several ratios. Every model is a
+with calibration; and what `--target-ratio` chooses at several ratios. With --anchors, at 4x, 8x,
+12x, 16x, 24x and 32x: the chooser against FAISS PQ and OPQ (their fit, written in our codebook
+lookup) and ONNX Runtime's 2-bit GatherBlockQuantized, in the same run, with a verdict per ratio:
+the chooser's fidelity against the best anchor within the same bytes (benchmarks/anchors.py). Every model is a
 real file: its embedding bytes are the file's bytes minus the rest of the original
 model. Fidelity: mean cosine of mean-pooled sentence embeddings against the fp32
 original on the first --count texts. With --classifier (an ONNX text-classification
@@ -13,6 +16,8 @@ of that model's table are scored by test accuracy too (int4 U, calibrated, and O
 
     python benchmarks/bench_frontier.py --texts ../shared/data/finefoods/test.csv \
         --calibration ../shared/data/austen.txt [--classifier runs/finefoods-classifier/onnx]
+    python benchmarks/bench_frontier.py --texts ../shared/data/finefoods/test.csv \
+        --calibration ../shared/data/austen.txt --anchors
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from projclust_onnx.storage.registry import bits_of
 BUDGETS = (0.6, 0.8, 0.9, 0.9375)
 STORAGES = ("none", "int8", "int4")
 RATIOS = (4, 7, 10, 16)
+ANCHOR_RATIOS = (4, 8, 12, 16, 24, 32)
 
 
 class Model:
@@ -111,6 +117,61 @@ def ort_baselines(src: Path, work: Path) -> list[tuple[str, Path]]:
     return out
 
 
+def anchor_rows(study: Model, src: Path, ratios, work: Path) -> list[dict]:
+    """FAISS PQ and OPQ at the largest m within each ratio's budget, and ORT's 2-bit GatherBlockQuantized."""
+    from anchors import faiss_opq, faiss_pq, gather_2bit, largest_divisor_m
+
+    rows, scored = [], {}  # (name, m) -> its row: a size that fits several ratios is fitted once
+    n, d = study.table.shape
+    config = ProjClustConfig()
+    for ratio in ratios:
+        budget = study.table_bytes / ratio
+        for name, fit, rank in (("FAISS PQ", faiss_pq, None), ("FAISS OPQ", faiss_opq, d)):
+            m = largest_divisor_m(n, d, budget, rank)
+            if m is None:
+                continue
+            if (name, m) in scored:
+                rows.append({**scored[name, m], "target": ratio})
+                continue
+            start = time.perf_counter()
+            stored = fit(study.table, m)
+            seconds = time.perf_counter() - start
+            path = study.write(stored, work / f"{name.replace(' ', '-')}-{ratio}", config)
+            rows.append({"family": f"{name} (m | d, 8-bit)", "weighting": "-", "budget": None, "j": None,
+                         "chosen": f"m={m}", "target": ratio, "fit_s": seconds, **study.score(path)})
+            scored[name, m] = rows[-1]
+            print(rows[-1], flush=True)
+    for block in (32, 64, 128):
+        path = work / f"ort-2bit-b{block}" / "model.onnx"
+        path.parent.mkdir(parents=True)
+        gather_2bit(src, path, study.table, block)
+        rows.append({"family": "ORT 2-bit GatherBlockQuantized", "weighting": "-", "budget": None, "j": None,
+                     "chosen": f"block {block}", **study.score(path)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def verdicts(rows: list[dict], table_bytes: int) -> list[list]:
+    """Per ratio the chooser ran at: its bytes and fidelity against the most faithful anchor (FAISS, ORT)
+    whose bytes fit the same budget."""
+    out = []
+    anchors = [r for r in rows if r["family"].startswith(("FAISS", "ORT"))]
+    for r in rows:
+        if not r["family"].startswith("chooser"):
+            continue
+        budget = table_bytes / r["target"]
+        rivals = [a for a in anchors if a["embedding_bytes"] <= budget * 1.001]
+        best = max(rivals, key=lambda a: a["fidelity"], default=None)
+        if best is None:
+            out.append([f"{r['target']:g}x", f"{r['embedding_bytes']:,}", f"{r['fidelity']:.4f}", r["chosen"],
+                        "(no anchor fits)", "-", "-", "-"])
+            continue
+        out.append([f"{r['target']:g}x", f"{r['embedding_bytes']:,}", f"{r['fidelity']:.4f}", r["chosen"],
+                    f"{best['family']} {best.get('chosen', '')}".strip(), f"{best['embedding_bytes']:,}",
+                    f"{best['fidelity']:.4f}", "yes" if r["fidelity"] >= best["fidelity"] else "NO"])
+    return out
+
+
 def factor_rows(study: Model, weightings: dict, clusters, budgets, storages, work: Path, tag: str) -> list[dict]:
     rows = []
     n, d = study.table.shape
@@ -152,7 +213,13 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="*", default=list(RATIOS), help="target ratios to choose at")
     parser.add_argument("--chooser-only", action="store_true",
                         help="only the originals, ONNX Runtime's quantizers and the chooser (no budget grid)")
+    parser.add_argument("--anchors", action="store_true",
+                        help="the chooser at 4x..32x against FAISS PQ/OPQ and ORT 2-bit (implies --chooser-only)")
     args = parser.parse_args()
+    if args.anchors:
+        args.chooser_only = True
+        if args.ratios == list(RATIOS):
+            args.ratios = list(ANCHOR_RATIOS)
 
     records = load_records(args.texts)
     texts = [(t,) for t in column(records, "text")[:args.count]]
@@ -169,14 +236,18 @@ def main() -> None:
         work = Path(tmp)
         for name, path in ort_baselines(source.onnx_path, work):
             rows.append({"family": name, "weighting": "-", "budget": None, "j": None, **study.score(path)})
+        if args.anchors:
+            rows += anchor_rows(study, source.onnx_path, args.ratios, work)
         if not args.chooser_only:
             rows += factor_rows(study, weightings, (1, *args.clusters), args.budgets, STORAGES, work, "mini")
         for ratio in args.ratios:
             out = work / f"chosen-{ratio}"
+            start = time.perf_counter()
             report = source.compress(out, dataclasses.replace(calibrated, target_ratio=ratio), verbose=False)
             rows.append({"family": "chooser (--target-ratio)", "weighting": "calibrated", "budget": None,
-                         "j": report.rank, "chosen": report.choice["chosen"]["label"],
-                         **study.score(out / "model.onnx")})
+                         "j": report.rank, "chosen": report.choice["chosen"]["label"], "target": ratio,
+                         "fit_s": time.perf_counter() - start, **study.score(out / "model.onnx")})
+            print(rows[-1], flush=True)
         accuracy_rows = []
         if args.classifier and not args.chooser_only:
             texts_all, labels = labeled_texts(records, ["text"], "label")
@@ -211,14 +282,21 @@ def write_results(rows: list[dict], accuracy_rows: list[dict], args, tokens: int
             ["family", "budget", "embedding bytes", "x smaller", "accuracy", "agreement cos"],
             [[r["family"], fmt_budget(r["budget"]), f"{r['embedding_bytes']:,}", f"{r['ratio']:.2f}",
               f"{r['accuracy']:.4f}", f"{r['fidelity']:.4f}"] for r in accuracy_rows])
-    stem = "frontier_minilm_chooser" if args.chooser_only else "frontier_minilm"
+    if args.anchors:
+        body += ("\n\nThe chooser against the anchors, per ratio (the most faithful anchor whose embedding bytes fit "
+                 "the same budget; FAISS m must divide 384):\n\n" + markdown_table(
+                     ["ratio", "chooser bytes", "chooser cosine", "chosen", "best anchor in budget", "its bytes",
+                      "its cosine", "chooser at least as faithful"], verdicts(rows, rows[0]["embedding_bytes"])))
+    stem = "frontier_minilm_anchors" if args.anchors else \
+        "frontier_minilm_chooser" if args.chooser_only else "frontier_minilm"
     plot = RESULTS.parent / f"{stem}.png"
     plot_frontier(rows, plot)
     (RESULTS.parent / f"{stem}.json").write_text(json.dumps({"fidelity": rows, "accuracy": accuracy_rows},
                                                                     indent=1, default=str) + "\n")
     body += f"\n\n![bytes against fidelity]({plot.name})"
     title = "Size frontier: MiniLM word embedding, bytes against sentence-embedding fidelity"
-    append_results(title + (" (chooser and ONNX Runtime only)" if args.chooser_only else ""), body)
+    append_results(title + (" (chooser against FAISS and ONNX Runtime anchors)" if args.anchors else
+                            " (chooser and ONNX Runtime only)" if args.chooser_only else ""), body)
 
 
 if __name__ == "__main__":

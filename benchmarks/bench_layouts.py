@@ -2,7 +2,8 @@
 and the two forms of reading quantized storage (contrib GatherBlockQuantized vs standard ops).
 
 MiniLM (feature-extraction export) compressed by 40% with k=5 in each layout, and to 10%
-of its table's bytes (k=5, int4 U, block 32) in each lookup form; p50 latency at each
+of its table's bytes (k=5, int4 U, block 32) in each lookup form, and as codebooks at 16x
+(`--method codebook --target-ratio 16`: five opset-13 operators and a rotation); p50 latency at each
 batch/sequence point, all models interleaved in one run, as ratios to the original.
 CUDA provider when onnxruntime offers it, else CPU; on a GPU the quantized models' outputs
 are also compared with the CPU provider's.
@@ -44,6 +45,9 @@ def main() -> None:
             out = Path(tmp) / f"int4-{form}"
             original.compress(out, ProjClustConfig(compression=0.9, n_clusters=5, quantize="int4", lookup_form=form))
             paths[f"10% int4 {form}"] = out / "model.onnx"
+        out = Path(tmp) / "codebook-16x"
+        original.compress(out, ProjClustConfig(method="codebook", target_ratio=16), verbose=False)
+        paths["codebooks 16x"] = out / "model.onnx"
         sessions = {name: open_session(path, providers, args.threads) for name, path in paths.items()}
         grid = [(b, s) for b in args.batch_sizes for s in args.sequence_lengths]
         latency = measure_latency(sessions, grid, 30522, warmup=3, repeats=args.repeats,

@@ -72,11 +72,17 @@ def test_chooser_hands_out_plain_quantization_where_it_wins(model_dir, tmp_path)
     assert report.embedding_bytes_after <= N * D * 4 / 4 * 1.001 + 200
 
 
-def test_chooser_picks_factors_where_quantization_cannot_reach(model_dir, tmp_path):
-    """At 12x no ORT quantization fits; the factors do, and everything compared fits the budget."""
+def test_chooser_picks_factors_or_codebooks_where_quantization_cannot_reach(model_dir, tmp_path):
+    """At 12x no ORT quantization fits; factors and codebooks do, the better one is kept, and everything
+    compared fits the budget."""
     out = tmp_path / "r12"
     report = ProjClustCompressor.from_pretrained(model_dir).compress(out, ProjClustConfig(target_ratio=12, **FAST))
-    assert report.method in ("svd", "projclust") and report.quantize in ("int8", "int4")
+    labels = [c["label"] for c in report.choice["candidates"]]
+    assert any(label.startswith("codebook") for label in labels) and any(" k=" in label for label in labels)
+    assert not any(label.startswith("plain") for label in labels)
+    assert report.quantize == "codebook" or (report.method in ("svd", "projclust") and
+                                             report.quantize in ("int8", "int4"))
+    assert report.choice["chosen"]["error"] == min(c["error"] for c in report.choice["candidates"])
     assert all(c["bytes"] <= N * D * 4 / 12 * 1.001 for c in report.choice["candidates"])
     assert report.embedding_bytes_after == on_file(out / "model.onnx")
     assert "the lowest reconstruction error" in report.choice["reason"]

@@ -58,8 +58,10 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--rank", type=int, default=None, help="subspace dimension j, instead of --compression")
     parser.add_argument("--clusters", "-k", dest="n_clusters", metavar="CLUSTERS", type=int, default=None,
                         help="number of clusters k (default: 5 for projclust, 1 for svd)")
-    parser.add_argument("--method", choices=["projclust", "svd"], default="projclust",
-                        help="projclust: k subspaces; svd: one subspace, the baseline (default: projclust)")
+    parser.add_argument("--method", choices=["projclust", "svd", "codebook"], default="projclust",
+                        help="projclust: k subspaces; svd: one subspace, the baseline; codebook: product "
+                             "quantization of the table (one-byte codes into float16 codebooks, on a learned "
+                             "rotation), sized to --compression or --target-ratio (default: projclust)")
     from projclust_onnx.storage.registry import QUANTIZE  # numpy only: --help stays fast
 
     parser.add_argument("--quantize", choices=list(QUANTIZE), default=None,
@@ -82,9 +84,10 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split every initializer larger than BYTES into row blocks after the rewrite, e.g. "
                              "268435456 for WebGPU's 256 MiB buffers (default: no limit)")
     parser.add_argument("--target-ratio", type=float, default=None, metavar="R",
-                        help="choose the method, k, j and bits (plain quantization, SVD, projective clustering) "
-                             "with the lowest calibration-weighted error in table bytes / R; overrides "
-                             "--compression, --method, --clusters and --quantize (default: off)")
+                        help="choose the method, k, j and bits (plain quantization, codebooks, SVD, projective "
+                             "clustering) with the lowest calibration-weighted error in table bytes / R; overrides "
+                             "--compression, --method, --clusters and --quantize; with --method codebook, only "
+                             "codebooks are tried (default: off)")
 
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
@@ -231,10 +234,21 @@ def run_inspect(args: argparse.Namespace) -> int:
         n, d = match.shape
         itemsize = match.dtype.numpy().itemsize
         table_bytes = n * d * itemsize
+        if config.method == "codebook":
+            from projclust_onnx.pipeline.plan import codebook_budget
+            from projclust_onnx.storage.codebook import CodebookStorage
+
+            budget = codebook_budget(n, d, match.stored_bytes, config, itemsize)
+            tried = CodebookStorage.for_budget(n, d, budget)
+            rows.append(("codebooks", f"within {budget:,.0f} bytes: " + ("; ".join(
+                f"{s.label} = {s.nbytes(n, d):,} bytes" for s in tried) or "none fits (ask for less)") +
+                "; the lowest calibration-weighted error is kept"))
+            continue
         if config.target_ratio:
             rows.append(("target", f"{table_bytes:,} / {config.target_ratio:g} = "
                                    f"{table_bytes / config.target_ratio:,.0f} bytes; the chooser compares plain "
-                                   "quantization, SVD and projective clustering with float, int8 and int4 U"))
+                                   "quantization, codebooks (product quantization), SVD and projective clustering "
+                                   "with float, int8 and int4 U"))
             continue
         quantize = config.quantize or name_for_bits(match.bits)
         k, b = config.n_clusters, config.block_size

@@ -40,11 +40,12 @@ import numpy as np
 
 from projclust_onnx.common.progress import bar
 from projclust_onnx.core.budget import factorized_bytes, rank_for_bytes
-from projclust_onnx.storage.registry import factor_storages, format_of, get, plain_storages
+from projclust_onnx.storage.registry import factor_storages, format_of, get, plain_storages, sized_storages
 
 logger = logging.getLogger(__name__)
 
 SLACK = 1.001
+FAMILIES = ("quantize", "codebook", "factors")  # plain quantization, codebooks, SVD and projective clustering
 _PIECE = 1 << 16  # rows dequantized at a time when a quantized table is scored
 
 
@@ -60,12 +61,14 @@ class Candidate:
     rank: int | None = None
     block_size: int | None = None  # None with per-tensor int8
     pruned: bool = False  # not built: `error` is a lower bound that already lost to a built candidate
+    storage: str = ""  # the storage's label where its name and block size do not say it all (codebooks)
 
     @property
     def label(self) -> str:
-        storage = self.quantize if self.quantize == "none" else get(self.quantize, self.block_size).label
+        storage = self.storage or (self.quantize if self.quantize == "none" else
+                                   get(self.quantize, self.block_size).label)
         if self.method == "quantize":
-            return f"plain {storage}"
+            return storage if storage.startswith("codebook") else f"plain {storage}"
         label = f"{self.method} k={self.n_clusters} j={self.rank}, U {storage}"
         return label + " (not built: cannot win)" if self.pruned else label
 
@@ -151,13 +154,14 @@ def spectrum_tail(X: np.ndarray, block: int = 1 << 14) -> np.ndarray:
 
 def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *, clusters=(3, 5, 8),
            block_sizes=(32, 64, 128), fit=None, sample_weight: np.ndarray | None = None, table_itemsize: int = 4,
-           progress=None, verbose: bool = False) -> Choice:
+           progress=None, verbose: bool = False, families=FAMILIES) -> Choice:
     """The candidate with the lowest `weights`-weighted error within budget_bytes.
 
     `fit(k, rank)` returns a ProjectiveClustering fitted on `table` (the compressor passes
     one configured as the user asked, with `sample_weight`, which also weights the refit
-    of V to quantized U); `progress(text)` reports each step, and `verbose` shows a bar
-    over the storages scored.
+    of V to quantized U, and codebooks' k-means); `progress(text)` reports each step, and `verbose`
+    shows a bar over the storages scored. `families`: which of FAMILIES to try (method codebook: only
+    codebooks). (A tied head's table is never chosen for: the plan refuses.)
     """
     from projclust_onnx.core.clustering import cluster_tail
 
@@ -177,21 +181,26 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
             best[:] = [candidate, result]
         candidates.append(candidate)
 
-    plain = plain_storages(d)  # ORT's layout wants whole blocks along the row
-    with bar(verbose, "plain quantization", len(plain), "storage") as tick:
+    # ORT's layouts want whole blocks along the row; codebooks are sized to the budget. They are scored
+    # before the factors, so that a good one prunes factor candidates that cannot beat it.
+    plain = (plain_storages(d) if "quantize" in families else []) + \
+        (sized_storages(n, d, budget_bytes) if "codebook" in families else [])
+    with bar(verbose, "plain storages", len(plain), "storage") as tick:
         for storage in plain:
             if storage.nbytes(n, d) > budget_bytes:  # known before quantizing: skip the work
                 tick(1)
                 continue
-            q = storage.encode(X)
+            if storage.sized:
+                say(f"fitting {storage.label}")
+            q = storage.encode(X, sample_weight)
             if q.nbytes <= budget_bytes:
                 add(Candidate("quantize", storage.name, q.nbytes, weighted_error(X, q, weights),
-                              block_size=storage.block_size), q)
+                              block_size=storage.block_size, storage=storage.label), q)
             tick(1)
     tail = spectrum_tail(X)
     # (name, block) of each storage of U; float U takes any rank (block 1)
     storages = [(s.name, s.block_size or 1) for s in factor_storages(block_sizes)]
-    for k in (1, *clusters):
+    for k in (1, *clusters) if "factors" in families else ():
         ranks = {}
         for quantize, block in storages:
             try:
@@ -254,7 +263,9 @@ def truncated_factorization(estimator, X: np.ndarray, rank: int):
 def smallest_candidate_bytes(n: int, d: int, table_itemsize: int = 4, clusters=(3, 5, 8),
                              block_sizes=(32, 64, 128)) -> int:
     """Bytes of the smallest storage `choose` can build for an n x d table: the bound on the ratio it reaches."""
-    sizes = [n * d] + [s.nbytes(n, d) for s in plain_storages(d) if s.blocked]
+    from projclust_onnx.storage.codebook import codebook_bytes
+
+    sizes = [n * d, codebook_bytes(n, d, 1, 8)] + [s.nbytes(n, d) for s in plain_storages(d) if s.blocked]
     for k in (1, *clusters):
         for storage in factor_storages(block_sizes):
             rank = storage.rank_step()

@@ -39,7 +39,7 @@ from projclust_onnx.pipeline.model_files import (
 )
 from projclust_onnx.pipeline.output_dir import MANIFEST_NAME, clean_leftovers, oserrors_name, staged_directory, temp_dir
 from projclust_onnx.pipeline.parity import QUANTIZED_COSINE
-from projclust_onnx.pipeline.plan import plan_compression
+from projclust_onnx.pipeline.plan import codebook_budget, plan_compression
 from projclust_onnx.pipeline.report import REPORT_NAME, CompressionReport
 from projclust_onnx.pipeline.tasks import EXPORT_TASKS
 from projclust_onnx.storage.registry import bits_of, format_of
@@ -161,7 +161,13 @@ class ProjClustCompressor:
         groups = plan.groups()
         for key, table32 in tables.items():
             group = groups[key][0]
-            if config.target_ratio is not None:
+            if config.method == "codebook":
+                budget = codebook_budget(n, d, group.match.stored_bytes, config, plan.itemsize)
+                with phases("clustering", f"fitting codebooks of {n} x {d} rows within {budget:,.0f} bytes"
+                                          f"{self._where(plan, group)}"):
+                    choice = self._choose(plan, config, table32, weights, metric, phases, budget, ("codebook",))
+                results[key] = choice.result
+            elif config.target_ratio is not None:
                 with phases("clustering", f"choosing the storage of {n} x {d} rows within 1/"
                                           f"{config.target_ratio:g} of its bytes"):
                     choice = self._choose(plan, config, table32, weights, metric, phases)
@@ -256,7 +262,8 @@ class ProjClustCompressor:
         return weights, metric, n_tokens, n_special
 
     @staticmethod
-    def _choose(plan, config: ProjClustConfig, table32: np.ndarray, weights, metric, phases):
+    def _choose(plan, config: ProjClustConfig, table32: np.ndarray, weights, metric, phases, budget=None,
+                families=None):
         from projclust_onnx.core.chooser import choose
 
         def fit(k: int, rank: int):
@@ -268,8 +275,9 @@ class ProjClustCompressor:
                 print(f"  {text}", file=sys.stderr, flush=True)
 
         n, d = plan.shape
-        return choose(table32, n * d * plan.itemsize / config.target_ratio, metric, fit=fit, sample_weight=weights,
-                      table_itemsize=plan.itemsize, progress=say, verbose=phases.verbose)
+        budget = n * d * plan.itemsize / config.target_ratio if budget is None else budget
+        return choose(table32, budget, metric, fit=fit, sample_weight=weights, table_itemsize=plan.itemsize,
+                      progress=say, verbose=phases.verbose, **({"families": families} if families else {}))
 
     def _report(self, plan, config, result, parities, written: int, relative_error: float | None, n_tokens, n_special,
                 choice, timings) -> CompressionReport:
@@ -280,11 +288,12 @@ class ProjClustCompressor:
         if factored:
             method = "svd" if result.n_clusters == 1 else "projclust"
             quantize, block = result.quantize, (result.U_q.block_size if result.U_q is not None else None)
+            label = format_of(result.U_q).label if result.U_q is not None else None
             params, ids, k, rank = result.n_params, result.ids_nbytes, result.n_clusters, result.rank
         else:
             method, k, rank, ids, params = "quantize", None, None, 0, n * d
             storage = format_of(result)
-            quantize, block = storage.name, storage.block_size
+            quantize, block, label = storage.name, storage.block_size, storage.label
         heads = [f"{self.relative(f.onnx_path)}: {h.describe()}" if len(plan.files) > 1 else h.describe()
                  for f in plan.files for h in f.heads]
         return CompressionReport(
@@ -295,7 +304,7 @@ class ProjClustCompressor:
             embedding_bytes_after=written, file_bytes_before=plan.input_bytes, file_bytes_after=0,
             relative_error=relative_error,
             parity_max_abs_diff=max(p.max_abs_diff for p in parities), parity_tolerance=parities[0].tolerance,
-            storage_before=plan.match.storage, quantize=quantize, block_size=block,
+            storage_before=plan.match.storage, quantize=quantize, block_size=block, storage=label,
             lookup_form=None if quantize == "none" else "standard (tied head)" if plan.tied else config.lookup_form,
             calibration_tokens=n_tokens,
             special_tokens=n_special, choice=choice.to_dict() if choice is not None else None,

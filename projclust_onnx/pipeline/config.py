@@ -23,7 +23,7 @@ from projclust_onnx.common.errors import SettingError, SettingTypeError, literal
 from projclust_onnx.core.budget import QUANTIZE, rank_for
 
 CONFIG_NAME = "projclust_config.json"
-METHODS = ("projclust", "svd")
+METHODS = ("projclust", "svd", "codebook")
 DEFAULT_CLUSTERS = 5
 HEAD_CHOICES = ("factorize", "keep")
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy accept alike
@@ -82,8 +82,10 @@ class ClusteringConfig:
     """The ProjectiveClustering that fits the table: its constructor's parameters, by the same names.
 
     Attributes:
-        method: "projclust" (k subspaces) or "svd" (one subspace: k = 1).
-        n_clusters: k; None means 5 for projclust and 1 for svd.
+        method: "projclust" (k subspaces), "svd" (one subspace: k = 1) or "codebook" (product
+            quantization of the table, storage/codebook.py, sized to compression or target_ratio: the
+            chooser restricted to codebooks; n_clusters and rank do not apply).
+        n_clusters: k; None means 5 for projclust and 1 for svd and codebook.
         init, n_init, anneal_steps, max_iter, tol, z, device: the estimator's parameters of the same
             name (device: "auto", "cpu", "cuda" or "cuda:N").
         seed: the estimator's random_state; it seeds the parity check's inputs too, hence its own name.
@@ -105,8 +107,11 @@ class ClusteringConfig:
 
         self.method = arg.choice("method", self.method, METHODS)
         if self.n_clusters is None:
-            self.n_clusters = 1 if self.method == "svd" else DEFAULT_CLUSTERS
+            self.n_clusters = DEFAULT_CLUSTERS if self.method == "projclust" else 1
         self.n_clusters = arg.whole("n_clusters", self.n_clusters, 1)
+        if self.method == "codebook" and self.n_clusters != 1:
+            raise SettingError("n_clusters", f"{{}}={self.n_clusters} does not apply to {{method}} codebook (m "
+                               "sub-vectors are sized to the budget); leave it out")
         if self.method == "svd" and self.n_clusters != 1:
             raise SettingError("n_clusters", f"{{}}={self.n_clusters} must be 1 with {{method}} svd, the one-cluster "
                                "case; use {method} projclust for k > 1")
@@ -239,9 +244,9 @@ class ProjClustConfig:
     n_clusters=3) takes the flat names, each routed to its section. A flat keyword given beside its
     section overrides the section's value, which is how dataclasses.replace(config, n_clusters=3)
     works. Each setting reads by its flat name too (config.n_clusters), read-only: build a new config
-    (dataclasses.replace) to change one. Each section checks its own fields. A check across sections
-    would belong here; the only ones there are need the model (a tied head refuses target_ratio), so
-    the plan makes them.
+    (dataclasses.replace) to change one. Each section checks its own fields; checks across sections
+    are made here (codebooks take no rank and no quantize), or by the plan when they need the model
+    (a tied head refuses target_ratio and codebooks).
     """
 
     budget: BudgetConfig
@@ -260,6 +265,12 @@ class ProjClustConfig:
         for name, cls in SECTIONS.items():
             overrides = {key: value for key, value in settings.items() if SECTION_OF[key] == name}
             setattr(self, name, cls(**{**_section_fields(name, cls, given[name]), **overrides}))
+        if self.clustering.method == "codebook" and self.budget.rank is not None:
+            raise SettingError("rank", "{} does not apply to {method} codebook: give {compression} or {target_ratio}, "
+                               "and the number of sub-vectors is sized to it")
+        if self.clustering.method == "codebook" and self.storage.quantize not in (None, "none"):
+            raise SettingError("quantize", f"{{}}={self.storage.quantize!r} stores factors' U; {{method}} codebook "
+                               "stores the table as codes and float16 codebooks: leave {} out")
 
     def rank_for(self, n_rows: int, dim: int, param_bytes: int = 4, quantize: str | None = None,
                  stored_bytes: int | None = None, extra_bytes: int = 0) -> int:

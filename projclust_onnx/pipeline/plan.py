@@ -181,6 +181,11 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     if config.n_clusters > n:
         raise SettingError("n_clusters", f"{{}}={config.n_clusters} must be <= the table's {n} rows")
     tied = any(f.heads for f in files)
+    if tied and config.method == "codebook":
+        head = next(h for f in files for h in f.heads)
+        raise SettingError("head", f"{{method}} codebook cannot be used with a tied LM head "
+                           f"({literal(head.describe())}): no head reads codebooks. Use {{method}} projclust or svd "
+                           "(with {quantize}), or set {} to 'keep' to keep the head dense (the model becomes untied)")
     if tied and config.target_ratio is not None:
         head = next(h for f in files for h in f.heads)
         raise SettingError("head", f"{{target_ratio}} cannot be used with a tied LM head "
@@ -196,6 +201,8 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
         itemsize = f.match.dtype.numpy().itemsize
         if factorization is not None:
             f.rank = factorization.rank
+        elif config.method == "codebook":
+            _check_codebooks_fit(n, d, f.match.stored_bytes, config)
         elif config.target_ratio is None:
             try:
                 f.rank = config.rank_for(n, d, itemsize, f.quantize, f.match.stored_bytes, extra_bytes=extra)
@@ -249,6 +256,28 @@ def _check_target_reachable(n: int, d: int, itemsize: int, target_ratio: float) 
         raise SettingError("target_ratio", f"{{}}={target_ratio:g} asks for {n * d * itemsize / target_ratio:,.0f} "
                            f"bytes, but the smallest storage of the {n} x {d} table takes {smallest:,} bytes "
                            f"({n * d * itemsize / smallest:.1f}x smaller); ask for at most that ratio")
+
+
+def _check_codebooks_fit(n: int, d: int, stored_bytes: int, config) -> None:
+    """At least one codebook storage must fit the budget of compression (of the table as stored) or
+    target_ratio (of the float table)."""
+    from projclust_onnx.core.chooser import SLACK
+    from projclust_onnx.storage.codebook import CodebookStorage, codebook_bytes
+
+    budget = codebook_budget(n, d, stored_bytes, config)
+    if not CodebookStorage.for_budget(n, d, budget * SLACK):
+        param = "target_ratio" if config.target_ratio is not None else "compression"
+        value = config.target_ratio if config.target_ratio is not None else config.compression
+        raise SettingError(param, f"{{}}={value:g} leaves {budget:,.0f} bytes, fewer than one sub-vector of codes "
+                           f"and its codebook take for the {n} x {d} table ({codebook_bytes(n, d, 1, 8):,}); ask "
+                           f"for less, or use {{method}} projclust")
+
+
+def codebook_budget(n: int, d: int, stored_bytes: int, config, itemsize: int = 4) -> float:
+    """The bytes codebooks may take: the float table's / target_ratio, or (1 - compression) of the table as stored."""
+    if config.target_ratio is not None:
+        return n * d * itemsize / config.target_ratio
+    return (1 - config.compression) * stored_bytes
 
 
 def _directory_bytes(source_dir: Path, paths: list[Path]) -> int:

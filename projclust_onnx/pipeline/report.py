@@ -46,6 +46,7 @@ class CompressionReport:
     storage_before: str = "float"
     quantize: str = "none"
     block_size: int | None = None
+    storage: str | None = None  # the table's (or U's) storage label, e.g. "int4 block 32", "codebook 79 x 8-bit"
     lookup_form: str | None = None
     calibration_tokens: int = 0
     special_tokens: int = 0
@@ -96,7 +97,8 @@ class CompressionReport:
     def summary_rows(self) -> list[tuple[str, str]]:
         mib = 2**20
         if self.method == "quantize":
-            method = f"plain quantization, {self.quantize} ({self.storage_after})"
+            method = (f"codebooks ({self.storage_after})" if self.quantize == "codebook" else
+                      f"plain quantization, {self.quantize} ({self.storage_after})")
         else:
             method = f"{self.method}, k={self.n_clusters}, j={self.rank}, layout={self.layout}, U {self.storage_after}"
         rows = [
@@ -155,6 +157,8 @@ class CompressionReport:
     def storage_after(self) -> str:
         if self.quantize == "none":
             return self.dtype
+        if self.storage:
+            return self.storage
         from projclust_onnx.storage.registry import get
 
         return get(self.quantize, self.block_size).label

@@ -30,6 +30,7 @@ class StorageFormat(ABC):
         blocked: whether values are quantized in blocks along each row (block_size set).
         factors: whether it may store U of a factorization (a `--quantize` choice).
         flat_ids: whether its lookup reads 1-D ids only (the caller flattens them and reshapes the rows).
+        sized: whether the chooser sizes instances to its budget (for_budget) instead.
         plain_blocks: the block sizes (None: unblocked) at which the chooser tries this format on a whole
             table, in the order they are tried; empty: never stored plainly.
         head_op: the operator a tied head multiplies U with in this storage (None: a head cannot read it).
@@ -42,6 +43,7 @@ class StorageFormat(ABC):
     flat_ids: ClassVar[bool] = False
     plain_blocks: ClassVar[tuple[int | None, ...]] = ()
     head_op: ClassVar[str | None] = None
+    sized: ClassVar[bool] = False  # instances are sized to a byte budget (for_budget), not picked from plain_blocks
 
     def __init__(self, block_size: int | None = None) -> None:
         if self.blocked and block_size is None:
@@ -70,13 +72,19 @@ class StorageFormat(ABC):
         """Whether a row of m values can be stored (ONNX Runtime's layouts want whole blocks)."""
         return True
 
+    @classmethod
+    def for_budget(cls, n: int, d: int, budget_bytes: float) -> list[StorageFormat]:
+        """The instances the chooser tries on an (n, d) table within budget_bytes (sized formats only)."""
+        return []
+
     @abstractmethod
     def nbytes(self, n: int, m: int, itemsize: int = 4) -> int:
         """Bytes of an (n, m) matrix in this storage (`itemsize`: the float type's, for float storage)."""
 
     @abstractmethod
-    def encode(self, matrix: np.ndarray) -> Any:
-        """The stored form of `matrix`, of shape (n, m)."""
+    def encode(self, matrix: np.ndarray, sample_weight: np.ndarray | None = None) -> Any:
+        """The stored form of `matrix`, of shape (n, m); formats that fit their values (codebooks) weight row i
+        by sample_weight[i], the others ignore it."""
 
     @staticmethod
     @abstractmethod

@@ -45,7 +45,7 @@ class BlockStorage(StorageFormat):
     def nbytes(self, n: int, m: int, itemsize: int = 4) -> int:
         return block_quantized_bytes(n, m, self.bits, self.block_size)
 
-    def encode(self, matrix: np.ndarray) -> BlockQuantized:
+    def encode(self, matrix: np.ndarray, sample_weight=None) -> BlockQuantized:
         return BlockQuantized.quantize(matrix, self.bits, self.block_size)
 
     @staticmethod

@@ -22,7 +22,7 @@ class FloatStorage(StorageFormat):
     def nbytes(self, n: int, m: int, itemsize: int = 4) -> int:
         return n * m * itemsize
 
-    def encode(self, matrix: np.ndarray) -> np.ndarray:
+    def encode(self, matrix: np.ndarray, sample_weight=None) -> np.ndarray:
         return np.asarray(matrix)
 
     @staticmethod

@@ -23,7 +23,7 @@ class PerTensorInt8(StorageFormat):
     def nbytes(self, n: int, m: int, itemsize: int = 4) -> int:
         return n * m + 5  # codes, a float32 scale, a uint8 zero point
 
-    def encode(self, matrix: np.ndarray) -> PerTensorQuantized:
+    def encode(self, matrix: np.ndarray, sample_weight=None) -> PerTensorQuantized:
         return PerTensorQuantized.quantize(matrix)
 
     @staticmethod

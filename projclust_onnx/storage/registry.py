@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from projclust_onnx.storage.base import StorageFormat
 from projclust_onnx.storage.blocks import BlockInt4, BlockInt8
+from projclust_onnx.storage.codebook import CodebookStorage
 from projclust_onnx.storage.float import FloatStorage
 from projclust_onnx.storage.per_tensor import PerTensorInt8
 
-FORMATS: tuple[type[StorageFormat], ...] = (FloatStorage, PerTensorInt8, BlockInt8, BlockInt4)
+FORMATS: tuple[type[StorageFormat], ...] = (FloatStorage, PerTensorInt8, BlockInt8, BlockInt4, CodebookStorage)
 
 # What U of a factorization may be stored in: the values of --quantize, float first.
 QUANTIZE: tuple[str, ...] = tuple(dict.fromkeys(cls.name for cls in FORMATS if cls.factors))
@@ -20,7 +21,7 @@ QUANTIZE: tuple[str, ...] = tuple(dict.fromkeys(cls.name for cls in FORMATS if c
 def get(name: str, block_size: int | None = None) -> StorageFormat:
     """The format called `name`; where a name has a blocked and an unblocked format (int8), block_size
     picks: None for the unblocked one. Formats without blocks ignore block_size."""
-    named = [cls for cls in FORMATS if cls.name == name]
+    named = [cls for cls in FORMATS if cls.name == name and not cls.sized]
     if not named:
         raise ValueError(f"storage {name!r} is not one of {sorted({cls.name for cls in FORMATS})}")
     if len(named) > 1:
@@ -62,6 +63,11 @@ def plain_storages(dim: int) -> list[StorageFormat]:
     """Every storage the chooser tries on a whole table of rows of `dim` values, in order."""
     found = [cls(block) for cls in FORMATS for block in cls.plain_blocks]
     return [fmt for fmt in found if fmt.fits_row(dim)]
+
+
+def sized_storages(n: int, dim: int, budget_bytes: float) -> list[StorageFormat]:
+    """The instances of sized formats (codebooks) the chooser tries on an (n, dim) table within budget_bytes."""
+    return [fmt for cls in FORMATS if cls.sized for fmt in cls.for_budget(n, dim, budget_bytes)]
 
 
 def factor_storages(block_sizes) -> list[StorageFormat]:

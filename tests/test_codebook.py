@@ -1,0 +1,275 @@
+"""Codebook storage (storage/codebook.py, storage/kmeans.py): bytes as written, round trips, the opset-13
+lookup under ONNX Runtime against the decoded table, the k-means and the allocation, by properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from projclust_onnx.passes import LOOKUP_FORMS
+from test_storage import lookup_model, run, table
+
+from projclust_onnx.storage.codebook import (
+    Codebooks,
+    CodebookStorage,
+    codebook_bytes,
+    eigen_allocation,
+    exact_rows,
+    layout,
+)
+from projclust_onnx.storage.kmeans import subvector_kmeans
+from projclust_onnx.storage.registry import FORMATS, format_of, sized_storages
+
+EXAMPLES = [CodebookStorage(16), CodebookStorage(24, 6), CodebookStorage(20, 8, rank=96),
+            CodebookStorage(32, 5, rank=128)]
+
+
+def test_codebooks_are_registered_and_sized_to_the_budget():
+    assert CodebookStorage in FORMATS
+    n, d = 20000, 128
+    for budget in (n * d * 4 / 6, n * d * 4 / 16, n * d * 4 / 32):
+        found = sized_storages(n, d, budget)
+        assert found, budget
+        for storage in found:  # the largest m that fits: one more sub-vector would not
+            assert storage.nbytes(n, d) <= budget
+            top = (d if storage.rank is None else storage.rank) // 2
+            if storage.m < top:
+                assert codebook_bytes(n, d, storage.m + 1, storage.bits, storage.rank) > budget
+    assert sized_storages(10, 8, 40) == []  # not even one sub-vector's codebook fits
+
+
+@pytest.mark.parametrize("storage", EXAMPLES, ids=repr)
+def test_bytes_as_written_and_round_trip(storage):
+    n, d = 300, 128
+    X = table(n, d)
+    stored = storage.encode(X)
+    assert stored.nbytes == storage.nbytes(n, d) == codebook_bytes(n, d, storage.m, storage.bits, storage.rank)
+    assert stored.shape == (n, d) and format_of(stored) == storage
+    assert stored.codes.dtype == np.uint8 and int(stored.codes.max()) < 2 ** storage.bits
+    decoded = storage.decode(stored)
+    assert decoded.shape == X.shape and decoded.dtype == np.float32
+    np.testing.assert_array_equal(storage.decode(stored.rows(slice(10, 20))), decoded[10:20])
+    # a codebook is a quantizer: better than the rows' mean, and worse than nothing
+    relative = np.linalg.norm(decoded - X) / np.linalg.norm(X)
+    assert 0 < relative < np.linalg.norm(X - X.mean(0)) / np.linalg.norm(X)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 64), d=st.integers(1, 40), m_frac=st.floats(0.01, 1.0), bits=st.integers(4, 8),
+       rotate=st.booleans(), seed=st.integers(0, 2**16))
+def test_any_shape_round_trips_and_few_rows_are_kept_exactly(n, d, m_frac, bits, rotate, seed):
+    m = max(1, int(round(m_frac * d)))
+    storage = CodebookStorage(m, bits, rank=d if rotate else None, seed=seed)
+    X = table(n, d, seed)
+    stored = storage.encode(X)
+    assert stored.nbytes == storage.nbytes(n, d) and stored.shape == (n, d)
+    decoded = storage.decode(stored)
+    assert decoded.shape == (n, d) and np.isfinite(decoded).all()
+    if n <= 2 ** bits:  # every row can be a centroid of its own: only float16 rounding is left
+        tol = 2e-3 * (np.abs(X).max() + 1) * (d if rotate else 1)
+        np.testing.assert_allclose(decoded, X, atol=tol)
+
+
+@pytest.mark.parametrize("form", LOOKUP_FORMS)
+@pytest.mark.parametrize("storage", EXAMPLES, ids=repr)
+def test_emitted_lookup_under_ort_equals_the_decoded_table(storage, form):
+    n, d = 200, 128
+    stored = storage.encode(table(n, d, seed=1))
+    ids = np.array([[0, 3, n - 1, 5], [7, 7, 2, 199]], np.int64)
+    model = lookup_model(storage, stored, n, d, form)
+    ops = {node.op_type for node in model.graph}
+    assert ops <= {"Reshape", "Gather", "Cast", "Add", "Mul", "MatMul"}  # opset-13 operators only: every runtime
+    got = run(model, ids)
+    want = storage.decode(stored)[ids.reshape(-1)]
+    if stored.rotation is None:
+        np.testing.assert_array_equal(got, want)
+    else:  # a float32 product in ONNX Runtime against numpy's
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_layout_covers_every_column_once():
+    for d in range(1, 50):
+        for m in range(1, d + 1):
+            s, columns = layout(d, m)
+            if columns is None:
+                assert m * s == d
+            else:
+                assert len(np.unique(columns)) == d and columns.max() < m * s
+    with pytest.raises(ValueError, match="sub-vectors"):
+        layout(8, 9)
+
+
+@given(values=st.lists(st.floats(1e-6, 1e3), min_size=1, max_size=60), m=st.integers(1, 60))
+def test_eigen_allocation_fills_each_sub_vector_to_its_length(values, m):
+    r = len(values)
+    m = min(m, r)
+    lengths = np.full(m, r // m)
+    lengths[: r % m] += 1
+    order = eigen_allocation(np.sort(values)[::-1], lengths)
+    assert sorted(order.tolist()) == list(range(r))
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    for g in range(m):  # the directions of each sub-vector appear in decreasing-eigenvalue order
+        group = order[bounds[g]:bounds[g + 1]]
+        assert np.all(np.diff(group) > 0)
+
+
+def test_weights_decide_where_the_centroids_go():
+    """Three tight groups, two centroids: whichever group is heavy, a centroid sits on it (within the pull of
+    a light group it may share with), where unweighted k-means would split the groups by their spread."""
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(c, 0.01, (50, 2)) for c in (0.0, 1.0, 5.0)]
+    X = np.concatenate(groups).astype(np.float32)
+    for heavy in range(3):
+        w = np.ones(150)
+        w[heavy * 50:(heavy + 1) * 50] = 1000.0
+        centroids, codes = subvector_kmeans(torch.as_tensor(X[None]), 2, torch.as_tensor(w), seed=1)
+        mine = codes[heavy * 50:(heavy + 1) * 50, 0]
+        assert len(set(mine.tolist())) == 1  # the heavy group sits in one cluster, its centroid on the group
+        np.testing.assert_allclose(centroids[0, mine[0]], groups[heavy].mean(0), atol=0.01)
+
+
+def test_a_row_weight_of_zero_still_gets_the_nearest_code():
+    X = table(100, 16, seed=3)
+    w = np.ones(100)
+    w[:50] = 0.0
+    stored = CodebookStorage(4).encode(X, w)
+    decoded = stored.dequantize()
+    m, K, s = stored.codebooks.shape
+    for i in (0, 10, 49):  # each sub-vector's code is its nearest centroid
+        parts = X[i].reshape(m, s)
+        dist = ((stored.codebooks.astype(np.float32) - parts[:, None, :]) ** 2).sum(-1)
+        np.testing.assert_array_equal(stored.codes[i], dist.argmin(1))
+    assert np.isfinite(decoded).all()
+
+
+def test_codebooks_are_a_stored_table_the_registry_knows():
+    stored = CodebookStorage(8, rank=16).encode(table(40, 32))
+    assert isinstance(stored, Codebooks) and format_of(stored) == CodebookStorage(8, 8, 16)
+    assert format_of(stored).label == "codebook 8 x 8-bit, rotation to 16"
+
+
+@pytest.mark.slow  # seconds each: kept out of the 5-minute suite, run by CI
+def test_the_chooser_picks_codebooks_where_they_win_and_int4_where_it_wins():
+    """Rows drawn around 200 prototypes: each sub-vector takes few distinct values, which a codebook holds
+    almost exactly and 4-bit steps do not. Rows whose norms span four orders of magnitude, each weighted by
+    its own energy's inverse: one shared codebook spends its centroids on the large rows, while int4's
+    per-block scales follow every row."""
+    from projclust_onnx.core.chooser import choose
+
+    rng = np.random.default_rng(0)
+    n, d = 2000, 64
+    prototypes = rng.standard_normal((200, d))
+    clustered = (prototypes[rng.integers(0, 200, n)] + 0.01 * rng.standard_normal((n, d))).astype(np.float32)
+    spread = (rng.standard_normal((n, d)) * 10 ** rng.uniform(-2, 2, (n, 1))).astype(np.float32)
+    energy = (spread.astype(np.float64) ** 2).sum(1)
+    assert energy.max() / energy.min() > 1e4
+    budget = n * d * 4 / 6
+    picked = {}
+    for name, X, weights in (("clustered", clustered, None), ("spread", spread, 1 / energy)):
+        choice = choose(X, budget, weights, families=("quantize", "codebook"), sample_weight=weights)
+        labels = {c.label for c in choice.candidates}
+        assert any(label.startswith("codebook") for label in labels) and "plain int4 block 32" in labels
+        assert choice.best.bytes <= budget * 1.001
+        picked[name] = choice.best.label
+    assert picked["clustered"].startswith("codebook"), picked
+    assert picked["spread"].startswith("plain int4"), picked
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_method_codebook_compresses_a_model_within_the_budget_and_checks_it(tmp_path, dtype):
+    import onnxruntime as ort
+    from tiny_models import embedding_model, write_model_dir
+
+    from projclust_onnx import ProjClustCompressor, ProjClustConfig
+
+    n, d = 3000, 32
+    model, table = embedding_model(n, d, dtype=dtype)
+    src = write_model_dir(tmp_path / "src", model).parent
+    config = ProjClustConfig(method="codebook", compression=0.8)
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", config, verbose=False)
+    itemsize = np.dtype(dtype).itemsize
+    assert report.quantize == "codebook" and report.storage.startswith("codebook")
+    assert report.embedding_bytes_after <= 0.2 * n * d * itemsize * 1.001
+    assert report.parity_max_abs_diff <= report.parity_tolerance
+    assert report.choice["chosen"]["label"] == report.storage
+    assert all(c["label"].startswith("codebook") for c in report.choice["candidates"])  # codebooks only
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == "input_ids"
+    summary = dict(report.summary_rows())
+    assert any("codebook" in value for value in summary.values())
+
+
+def test_method_codebook_settings_that_do_not_apply_are_refused(tmp_path):
+    from tiny_models import embedding_model, write_model_dir
+
+    from projclust_onnx import ProjClustCompressor, ProjClustConfig
+    from projclust_onnx.common.errors import SettingError
+
+    with pytest.raises(SettingError, match="rank"):
+        ProjClustConfig(method="codebook", rank=8)
+    with pytest.raises(SettingError, match="quantize"):
+        ProjClustConfig(method="codebook", quantize="int4")
+    with pytest.raises(SettingError, match="n_clusters"):
+        ProjClustConfig(method="codebook", n_clusters=3)
+    tied = write_model_dir(tmp_path / "tied", embedding_model(3000, 32, tied_copy=True)[0]).parent
+    with pytest.raises(SettingError, match="no head reads codebooks"):
+        ProjClustCompressor.from_pretrained(tied).compress(tmp_path / "out", ProjClustConfig(method="codebook",
+                                                                                             compression=0.8))
+    assert not (tmp_path / "out").exists()
+    small = write_model_dir(tmp_path / "small", embedding_model(60, 8)[0]).parent
+    with pytest.raises(SettingError, match="fewer than one sub-vector"):
+        ProjClustCompressor.from_pretrained(small).compress(tmp_path / "out", ProjClustConfig(method="codebook",
+                                                                                              compression=0.5))
+
+
+@pytest.mark.slow  # seconds each: kept out of the 5-minute suite, run by CI
+def test_the_cli_inspects_and_refuses_codebooks_by_flag(tmp_path):
+    from cli_run import cli, one_line_error
+    from tiny_models import embedding_model, write_model_dir
+
+    model_dir = write_model_dir(tmp_path / "wide", embedding_model(3000, 32, position=False)[0]).parent
+    done = cli("inspect", "--model", model_dir, "--method", "codebook", "--compression", "0.8")
+    assert done.returncode == 0, done.stderr
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("codebooks"))
+    assert "within 76,800 bytes" in line and "codebook 16 x 8-bit, rotation to 32" in line
+    refused = one_line_error(cli("compress", "--model", model_dir, "--output", tmp_path / "out", "--method",
+                                 "codebook", "--rank", "8"))
+    assert "--rank" in refused and "--method codebook" in refused
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # seconds each: kept out of the 5-minute suite, run by CI
+def test_faiss_product_quantizer_codes_read_through_our_lookup_decode_as_faiss_decodes():
+    """Our codebook layout is plain PQ: FAISS's codes and centroids, stored as Codebooks, give FAISS's rows
+    (up to float16 centroids) through decode and through the ONNX lookup."""
+    faiss = pytest.importorskip("faiss", reason="faiss-cpu (the test and bench extra) is not installed")
+    n, d, m = 2000, 32, 8
+    X = table(n, d, seed=5)
+    pq = faiss.ProductQuantizer(d, m, 8)
+    pq.train(X)
+    codes = pq.compute_codes(X)
+    centroids = faiss.vector_to_array(pq.centroids).reshape(m, 256, d // m).astype(np.float16)
+    stored = Codebooks(codes, centroids, None, 8)
+    storage = format_of(stored)
+    assert storage == CodebookStorage(m) and stored.nbytes == storage.nbytes(n, d)
+    theirs = pq.decode(codes)
+    np.testing.assert_allclose(storage.decode(stored), theirs, atol=2e-3 * np.abs(theirs).max())
+    ids = np.array([[0, 1, n - 1]], np.int64)
+    got = run(lookup_model(storage, stored, n, d, "standard"), ids)
+    np.testing.assert_array_equal(got, storage.decode(stored)[ids.reshape(-1)])
+
+
+def test_rows_carrying_a_percent_of_the_weight_are_kept_exactly():
+    """The tool's special-token weighting (30 times the rest of the table each) makes those rows centroids of
+    their own: exact up to float16, with or without a full rotation; rows by weight alone are not."""
+    from projclust_onnx.core.calibration import with_special_tokens
+
+    X = table(1500, 32, seed=4)
+    w = with_special_tokens(np.ones(1500), [0, 1, 2], 30.0)
+    assert exact_rows(w, 256).tolist() == [0, 1, 2] and exact_rows(None, 256).size == 0
+    for rank in (None, 32):
+        decoded = CodebookStorage(8, rank=rank).encode(X, w).dequantize()
+        rel = np.linalg.norm(decoded - X, axis=1) / np.linalg.norm(X, axis=1)
+        assert rel[:3].max() < 2e-3 < np.median(rel[3:])
