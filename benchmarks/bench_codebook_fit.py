@@ -45,8 +45,8 @@ def fit_once(shape: str, ratio: float, index: int) -> dict:
 def run_child(shape: str, ratio: float, index: int) -> dict:
     proc = subprocess.Popen([sys.executable, __file__, "--child", shape, str(ratio), str(index)],
                             stdout=subprocess.PIPE, cwd=HERE, text=True)
+    out = proc.stdout.read()  # before waiting: a full pipe would block the child
     _, status, usage = os.wait4(proc.pid, 0)
-    out = proc.stdout.read()
     if status != 0:
         raise RuntimeError(f"the fit of {shape} at {ratio}x (storage {index}) failed")
     row = json.loads(out.strip().splitlines()[-1])

@@ -172,6 +172,7 @@ def test_accuracy_plot_is_a_png(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
 
 
+@pytest.mark.slow  # about 10 s: kept out of the 5-minute suite, run by CI
 def test_fidelity_from_a_text_file_without_labels(two_models, tmp_path):
     """Issue 9: fidelity needs no labeled data; a rerun does not overwrite the previous report."""
     original, compressed = two_models

@@ -273,3 +273,29 @@ def test_rows_carrying_a_percent_of_the_weight_are_kept_exactly():
         decoded = CodebookStorage(8, rank=rank).encode(X, w).dequantize()
         rel = np.linalg.norm(decoded - X, axis=1) / np.linalg.norm(X, axis=1)
         assert rel[:3].max() < 2e-3 < np.median(rel[3:])
+
+
+def test_review_edge_cases_are_handled():
+    """Zero weights keep no row exactly; the allocation does not depend on the eigenvalues' scale; a rank above
+    d is refused; the lookup's own constants are counted in the bytes."""
+    assert exact_rows(np.zeros(10), 256).size == 0
+    values = np.linspace(0.9, 0.01, 12)
+    lengths = np.full(4, 3)
+    assert np.array_equal(eigen_allocation(values, lengths), eigen_allocation(values * 100, lengths))
+    assert sorted(eigen_allocation(values, lengths)[::3].tolist()) == [0, 1, 2, 3]  # one leading direction each
+    with pytest.raises(ValueError, match="must not exceed"):
+        CodebookStorage(4, rank=40).encode(table(20, 32))
+    assert codebook_bytes(100, 32, 8, 8) == 100 * 8 + 8 * 256 * 4 * 2 + 4 * 8 + 16
+
+
+def test_a_compression_codebooks_cannot_fill_is_refused_with_the_range_they_reach(tmp_path):
+    from tiny_models import embedding_model, write_model_dir
+
+    from projclust_onnx import ProjClustCompressor, ProjClustConfig
+    from projclust_onnx.common.errors import SettingError
+
+    src = write_model_dir(tmp_path / "src", embedding_model(3000, 32)[0]).parent
+    with pytest.raises(SettingError, match="ask for a ratio of at least"):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(method="codebook",
+                                                                                            compression=0.4))
+    assert not (tmp_path / "out").exists()

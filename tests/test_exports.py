@@ -130,6 +130,7 @@ def test_untied_decoder_compresses_the_lookup_and_leaves_its_own_head(exports, t
     assert len(heads) == 1  # lm_head.weight^T, a separate matrix in an untied model: not ours to touch
 
 
+@pytest.mark.slow  # about 10 s: kept out of the 5-minute suite, run by CI
 def test_tied_head_with_4_bit_factors_generates_and_a_target_ratio_is_refused(exports, tmp_path):
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM

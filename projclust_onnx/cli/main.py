@@ -239,10 +239,12 @@ def run_inspect(args: argparse.Namespace) -> int:
             from projclust_onnx.storage.codebook import CodebookStorage
 
             budget = codebook_budget(n, d, match.stored_bytes, config, itemsize)
-            tried = CodebookStorage.for_budget(n, d, budget)
+            from projclust_onnx.core.chooser import SLACK
+
+            tried = CodebookStorage.for_budget(n, d, budget * SLACK)
             rows.append(("codebooks", f"within {budget:,.0f} bytes: " + ("; ".join(
                 f"{s.label} = {s.nbytes(n, d):,} bytes" for s in tried) or "none fits (ask for less)") +
-                "; the lowest calibration-weighted error is kept"))
+                "; the lowest error (the larger of the calibration-weighted and the uniform one) is kept"))
             continue
         if config.target_ratio:
             rows.append(("target", f"{table_bytes:,} / {config.target_ratio:g} = "

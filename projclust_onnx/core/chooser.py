@@ -15,6 +15,8 @@ The candidates:
 
 - plain quantization of the table: quantize_dynamic's per-tensor int8, and block int8/int4
   (GatherBlockQuantized) at several block sizes;
+- codebooks (storage/codebook.py): product quantization on a learned rotation, sized to the budget
+  (CodebookStorage.for_budget), fitted with the sample weights;
 - SVD (k = 1) and projective clustering (k in `clusters`), each with float U, and int8 and int4
   U in blocks of 32, 64 and 128 (fewer scales buy rank), at the largest rank that fits. One
   fit per k, at the largest of those ranks; the smaller ranks keep the clusters and truncate
@@ -154,14 +156,15 @@ def spectrum_tail(X: np.ndarray, block: int = 1 << 14) -> np.ndarray:
 
 def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *, clusters=(3, 5, 8),
            block_sizes=(32, 64, 128), fit=None, sample_weight: np.ndarray | None = None, table_itemsize: int = 4,
-           progress=None, verbose: bool = False, families=FAMILIES) -> Choice:
+           progress=None, verbose: bool = False, families=FAMILIES, device: str = "auto", seed: int = 0) -> Choice:
     """The candidate with the lowest `weights`-weighted error within budget_bytes.
 
     `fit(k, rank)` returns a ProjectiveClustering fitted on `table` (the compressor passes
     one configured as the user asked, with `sample_weight`, which also weights the refit
     of V to quantized U, and codebooks' k-means); `progress(text)` reports each step, and `verbose`
     shows a bar over the storages scored. `families`: which of FAMILIES to try (method codebook: only
-    codebooks). (A tied head's table is never chosen for: the plan refuses.)
+    codebooks); `device` and `seed` are the codebooks' k-means'. (A tied head's table is never chosen for:
+    the plan refuses.)
     """
     from projclust_onnx.core.clustering import cluster_tail
 
@@ -191,6 +194,7 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
                 tick(1)
                 continue
             if storage.sized:
+                storage.device, storage.seed = device, seed
                 say(f"fitting {storage.label}")
             q = storage.encode(X, sample_weight)
             if q.nbytes <= budget_bytes:

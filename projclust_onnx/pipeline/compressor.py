@@ -139,7 +139,7 @@ class ProjClustCompressor:
             first = results[plan.first.table_key]
             report = self._summarise(plan, config, first, tables[plan.first.table_key], parities, files_report,
                                      n_tokens, n_special, choice, phases, factorization)
-            saved_config = config if config.target_ratio is not None else \
+            saved_config = config if config.target_ratio is not None or config.method == "codebook" else \
                 dataclasses.replace(config, quantize=plan.quantize if len({f.quantize for f in plan.files}) == 1
                                     else config.quantize)
             with phases("save", f"writing {plan.save_dir}", announce=False):  # announced with the first file
@@ -277,7 +277,8 @@ class ProjClustCompressor:
         n, d = plan.shape
         budget = n * d * plan.itemsize / config.target_ratio if budget is None else budget
         return choose(table32, budget, metric, fit=fit, sample_weight=weights, table_itemsize=plan.itemsize,
-                      progress=say, verbose=phases.verbose, **({"families": families} if families else {}))
+                      progress=say, verbose=phases.verbose, device=config.device, seed=config.seed,
+                      **({"families": families} if families else {}))
 
     def _report(self, plan, config, result, parities, written: int, relative_error: float | None, n_tokens, n_special,
                 choice, timings) -> CompressionReport:
@@ -305,7 +306,8 @@ class ProjClustCompressor:
             relative_error=relative_error,
             parity_max_abs_diff=max(p.max_abs_diff for p in parities), parity_tolerance=parities[0].tolerance,
             storage_before=plan.match.storage, quantize=quantize, block_size=block, storage=label,
-            lookup_form=None if quantize == "none" else "standard (tied head)" if plan.tied else config.lookup_form,
+            lookup_form=None if quantize == "none" else "standard (tied head)" if plan.tied else
+            "standard (codebooks)" if quantize == "codebook" else config.lookup_form,
             calibration_tokens=n_tokens,
             special_tokens=n_special, choice=choice.to_dict() if choice is not None else None,
             untied_head=plan.untied_head, heads=heads, table_copies=sum(f.table_copies for f in plan.files),

@@ -47,7 +47,7 @@ class BudgetConfig:
             table ONNX Runtime stored in int8, 40% fewer bytes than that int8 table), converted to
             the largest rank that fits (see budget.rank_for).
         rank: j, given directly instead of compression.
-        target_ratio: pick the method, k, j and bits (plain quantization, SVD, projective
+        target_ratio: pick the method, k, j and bits (plain quantization, codebooks, SVD, projective
             clustering) that minimise the weighted reconstruction error within the float table's
             bytes / target_ratio; method, n_clusters, compression, rank and quantize are then chosen.
     """

@@ -192,6 +192,9 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                            f"({literal(head.describe())}): the chooser's plain quantization of the table cannot "
                            "rewrite the head. Give {compression} (and {quantize}) instead, or set {} to 'keep' to "
                            "keep the head dense (the model becomes untied)")
+    if factorization is not None and config.method == "codebook":
+        raise SettingError("method", "{}='codebook' cannot write a given factorization (fine-tuned factors are U "
+                           "and V): use {method} projclust or svd")
     if factorization is not None and (factorization.n_rows, factorization.dim) != (n, d):
         raise ValueError(f"the factorization is {factorization.n_rows} x {factorization.dim} but the table "
                          f"is {n} x {d}")
@@ -202,7 +205,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
         if factorization is not None:
             f.rank = factorization.rank
         elif config.method == "codebook":
-            _check_codebooks_fit(n, d, f.match.stored_bytes, config)
+            _check_codebooks_fit(n, d, f.match.stored_bytes, config, itemsize)
         elif config.target_ratio is None:
             try:
                 f.rank = config.rank_for(n, d, itemsize, f.quantize, f.match.stored_bytes, extra_bytes=extra)
@@ -258,19 +261,28 @@ def _check_target_reachable(n: int, d: int, itemsize: int, target_ratio: float) 
                            f"({n * d * itemsize / smallest:.1f}x smaller); ask for at most that ratio")
 
 
-def _check_codebooks_fit(n: int, d: int, stored_bytes: int, config) -> None:
+def _check_codebooks_fit(n: int, d: int, stored_bytes: int, config, itemsize: int) -> None:
     """At least one codebook storage must fit the budget of compression (of the table as stored) or
-    target_ratio (of the float table)."""
+    target_ratio (of the float table); a budget far above the largest codebook (m = d/2) is refused too,
+    since the output would be much smaller than asked."""
     from projclust_onnx.core.chooser import SLACK
+    from projclust_onnx.pipeline.report import UNDERSIZE
     from projclust_onnx.storage.codebook import CodebookStorage, codebook_bytes
 
-    budget = codebook_budget(n, d, stored_bytes, config)
-    if not CodebookStorage.for_budget(n, d, budget * SLACK):
-        param = "target_ratio" if config.target_ratio is not None else "compression"
-        value = config.target_ratio if config.target_ratio is not None else config.compression
+    budget = codebook_budget(n, d, stored_bytes, config, itemsize)
+    found = CodebookStorage.for_budget(n, d, budget * SLACK)
+    param = "target_ratio" if config.target_ratio is not None else "compression"
+    value = config.target_ratio if config.target_ratio is not None else config.compression
+    if not found:
         raise SettingError(param, f"{{}}={value:g} leaves {budget:,.0f} bytes, fewer than one sub-vector of codes "
                            f"and its codebook take for the {n} x {d} table ({codebook_bytes(n, d, 1, 8):,}); ask "
                            f"for less, or use {{method}} projclust")
+    largest = max(s.nbytes(n, d) for s in found)
+    if largest * UNDERSIZE < budget:
+        raise SettingError(param, f"{{}}={value:g} leaves {budget:,.0f} bytes, but the largest codebook storage of "
+                           f"the {n} x {d} table (d/2 one-byte codes a row) takes {largest:,}: ask for a ratio of "
+                           f"at least {n * d * itemsize / largest:.1f} ({{compression}} at least "
+                           f"{1 - largest / stored_bytes:.2f}), or use {{method}} projclust or int8/int4 quantization")
 
 
 def codebook_budget(n: int, d: int, stored_bytes: int, config, itemsize: int = 4) -> float:

@@ -3,13 +3,15 @@
 A row of d values is cut into m sub-vectors (lengths d/m rounded, the longer ones first);
 sub-vector i is stored as the index of its nearest of 2^b float16 centroids in codebook i,
 fitted by weighted k-means (storage/kmeans.py) on the rows the calibration text lands on.
-Bytes: n*m codes + m * 2^b * s float16 centroids (s = ceil(d/m)), plus d int32 column
-positions when sub-vectors differ in length, so m, and with it the size, can be any
-number up to d. ONNX Runtime has no codebook operator and needs none; the lookup is five
-opset-13 operators, for every runtime the browser's included::
+Bytes: n*m codes + m * 2^b * s float16 centroids (s = ceil(r/m)), plus r int32 column
+positions when sub-vectors differ in length, plus r*d + 2r for a rotation to r dimensions
+(int8, a float16 scale each), plus the lookup's offsets and shape (4m + 16); so m, and with
+it the size, can be any number up to r/2. ONNX Runtime has no codebook operator and needs
+none; the lookup is opset-13 operators only, for every runtime the browser's included::
 
     Gather(codes (n, m) uint8, ids) -> Cast(int32) + offsets (i * 2^b)
-    -> Gather(codebooks (m * 2^b, s) float16) -> Reshape (T, m * s) [-> Gather(columns, axis=1)] -> rows (T, d)
+    -> Gather(codebooks (m * 2^b, s) float16) -> Reshape (T, m * s) [-> Gather(columns, axis=1)]
+    [-> Cast -> MatMul(Cast(rotation) * Cast(scales))] -> rows (T, d)
 
 No tied head reads this storage (head_op None): a head multiplies a dense or factorized table.
 """
@@ -53,7 +55,8 @@ class Codebooks:
     @property
     def nbytes(self) -> int:
         return self.codes.nbytes + sum(a.nbytes for a in (self.codebooks, self.columns, self.rotation,
-                                                          self.rotation_scales) if a is not None)
+                                                          self.rotation_scales) if a is not None) \
+            + _lookup_constants(self.m)
 
     @property
     def rank(self) -> int | None:
@@ -69,7 +72,7 @@ class Codebooks:
 
     def dequantize(self) -> np.ndarray:
         m, _, s = self.codebooks.shape
-        flat = self.codebooks.reshape(-1, s)[self.codes.astype(np.int64) + np.arange(m) * (1 << self.bits)]
+        flat = self.codebooks.reshape(-1, s)[self.codes.astype(np.int64) + np.arange(m) * self.codebooks.shape[1]]
         rows = flat.reshape(len(self.codes), m * s).astype(np.float32)
         rows = rows if self.columns is None else rows[:, self.columns]
         return rows if self.rotation is None else rows @ self.basis()
@@ -103,7 +106,9 @@ def exact_rows(sample_weight: np.ndarray | None, n_centroids: int) -> np.ndarray
     if sample_weight is None:
         return np.zeros(0, np.int64)
     w = np.asarray(sample_weight, np.float64)
-    heavy = np.flatnonzero(w >= EXACT_SHARE * w.sum())
+    if not w.sum() > 0:
+        return np.zeros(0, np.int64)
+    heavy = np.flatnonzero((w > 0) & (w >= EXACT_SHARE * w.sum()))
     return heavy[np.argsort(-w[heavy], kind="stable")][: n_centroids // 8]
 
 
@@ -112,19 +117,27 @@ def codebook_bytes(n: int, d: int, m: int, bits: int, rank: int | None = None) -
     rotation to `rank` dimensions (int8, a float16 scale per basis vector) when rank is not None."""
     r = d if rank is None else rank
     s, columns = layout(r, m)
-    return n * m + m * (1 << bits) * s * 2 + (0 if columns is None else 4 * r) + (0 if rank is None else r * d + 2 * r)
+    rotation = 0 if rank is None else r * d + 2 * r
+    return n * m + m * (1 << bits) * s * 2 + (0 if columns is None else 4 * r) + rotation + _lookup_constants(m)
+
+
+def _lookup_constants(m: int) -> int:
+    """Bytes of the lookup's own constants: the int32 centroid offsets and the int64 row shape."""
+    return 4 * m + 16
 
 
 def eigen_allocation(eigenvalues: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """OPQ's eigenvalue allocation (Ge et al. 2013): the principal directions, largest first, each to the
     sub-vector with room whose product of eigenvalues is smallest, so every sub-vector gets a like share of
     the variance. Returns the directions in sub-vector order (concatenated)."""
+    values = np.asarray(eigenvalues, np.float64)
+    floor = values[values > 0].min() if (values > 0).any() else 1.0
     logs, groups = np.zeros(len(lengths)), [[] for _ in lengths]
-    for i, value in enumerate(eigenvalues):
+    for i, value in enumerate(values):
         room = [g for g in range(len(lengths)) if len(groups[g]) < lengths[g]]
         g = min(room, key=lambda g: logs[g])
         groups[g].append(i)
-        logs[g] += np.log(max(float(value), 1e-30))
+        logs[g] += np.log(max(value, floor) / floor)  # >= 0 whatever the scale: an empty sub-vector is filled first
     return np.array([i for group in groups for i in group], dtype=np.int64)
 
 
@@ -203,6 +216,8 @@ class CodebookStorage(StorageFormat):
 
         X = np.asarray(matrix, dtype=np.float32)
         n, d = X.shape
+        if self.rank is not None and self.rank > d or self.m > (d if self.rank is None else self.rank):
+            raise ValueError(f"rank={self.rank} and m={self.m} must not exceed the rows' {d} values (m <= rank <= d)")
         w = None if sample_weight is None else np.asarray(sample_weight, np.float64) ** self.weight_power
         rotation = None
         if self.rank is not None:  # principal directions of the weighted second moment, allocated
@@ -226,6 +241,9 @@ class CodebookStorage(StorageFormat):
                                         exact=exact_rows(sample_weight, min(n, 1 << self.bits)))
         books = np.zeros((self.m, 1 << self.bits, s), np.float16)
         books[:, : centroids.shape[1]] = centroids  # fewer rows than centroids: the rest stay unused
+        if not np.isfinite(books).all():
+            raise ValueError("the table's values exceed float16's range (65504), where codebooks are stored; use "
+                             "int8/int4 or factors for this table")
         codes = nearest_codes(parts, books[:, : centroids.shape[1]].astype(np.float32))  # to the stored centroids
         return Codebooks(codes.astype(np.uint8), books, columns, self.bits, rotation,
                          None if rotation is None else scales)

@@ -2,11 +2,12 @@
 
 Product quantization (storage/codebook.py) fits one codebook per sub-vector: m independent
 k-means problems on the same rows. They run as one batch, (m, rows, s) against (m, K, s),
-a block of rows at a time, so memory stays at one (m, block, K) distance buffer whatever n
-is. Rows carry weights (how often the calibration text lands on each token, special
-tokens heavily): the centroids go where the inputs are. On large tables the first
-iterations run on a weighted-uniform sample of rows and the last on every row, so a
-250,000-row table costs a few passes over all of it.
+a block of rows at a time, so the distances take one (m, block, K) buffer whatever n is
+(beside the rows themselves, their codes and one weighted copy in the update). Rows carry
+weights (how often the calibration text lands on each token, special tokens heavily): the
+centroids go where the inputs are. On large tables the first iterations run on a uniform
+sample of rows (weights kept) and the last on every row, so a 250,000-row table costs a
+few passes over all of it.
 """
 
 from __future__ import annotations
