@@ -9,7 +9,10 @@ value profile stretched to d. Every command runs as its own process; its CPU tim
 come from wait4. The bound of issue 18 is the model file plus three times the table.
 
     python benchmarks/bench_scale.py [--shapes 30522x384 250000x384 151936x896 262144x2304]
-                                     [--runs clusters svd ratio] [--clusters 5] [--timeout 3600]
+                                     [--runs clusters svd ratio] [--clusters 5] [--timeout 3600] [--busy]
+
+--busy runs every command beside one process that keeps a core busy (a spinning Python loop), as
+on a shared machine; the table says which.
 """
 
 from __future__ import annotations
@@ -135,7 +138,17 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--clusters", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--busy", action="store_true", help="beside one process spinning on a core")
     args = parser.parse_args()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    try:
+        run_all(args)
+    finally:
+        if busy is not None:
+            busy.kill()
+
+
+def run_all(args: argparse.Namespace) -> None:
     rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         # What the interpreter, torch, onnxruntime and transformers hold before any table is read.
@@ -167,10 +180,11 @@ def main() -> None:
                 tail = log.read_text().strip().splitlines()[-1:] if code else []
                 print(f"{shape} {' '.join(flags)}: {wall:.1f} s wall, {cpu:.1f} s CPU, peak {rss / 2**30:.2f} GiB, "
                       f"during the fit {fit_rss / 2**30:.2f} GiB (rc {code}) {tail}", flush=True)
-                rows.append([shape, " ".join(flags), round(wall, 1), round(cpu, 1), f"{rss / 2**30:.2f}",
+                rows.append([shape, " ".join(flags), "busy" if args.busy else "idle", round(wall, 1), round(cpu, 1),
+                             f"{rss / 2**30:.2f}",
                              f"{fit_rss / 2**30:.2f}", f"{(fit_rss - base_rss) / 2**30:.2f}",
                              "yes" if fit_rss - base_rss <= bound else "no", "ok" if code == 0 else f"exit {code}"])
-    body = markdown_table(["table", "flags", "wall s", "CPU s", "peak RSS GiB", "fit peak GiB",
+    body = markdown_table(["table", "flags", "machine", "wall s", "CPU s", "peak RSS GiB", "fit peak GiB",
                                  "fit peak above imports GiB", "within bound", "result"], rows)
     append_results("Fitting at vocabulary scale: compress on large word tables (bench_scale)",
                    body + "\n\n" + "\n".join(notes))

@@ -195,6 +195,9 @@ def test_method_codebook_compresses_a_model_within_the_budget_and_checks_it(tmp_
     assert report.parity_max_abs_diff <= report.parity_tolerance
     assert report.choice["chosen"]["label"] == report.storage
     assert all(c["label"].startswith("codebook") for c in report.choice["candidates"])  # codebooks only
+    # parameters: the values stored (n m codes, the centroids' entries, the rotation's), not n d
+    m = int(report.storage.split()[1])
+    assert n * m < report.embedding_params_after < n * d and report.embedding_compression > 0
     session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].name == "input_ids"
     summary = dict(report.summary_rows())

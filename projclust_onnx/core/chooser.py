@@ -30,6 +30,19 @@ candidate's rows assigned, at least the energy beyond each cluster's best rank-j
 (clustering.cluster_tail). When a bound already exceeds the best score so far, the candidate
 is listed with the bound and `pruned` (not quantized, refit nor scored), and a k whose every
 storage is pruned by the first bound is not fitted.
+
+A codebook rotated onto r < d directions loses at least the spectrum beyond rank r: the second
+rotation tried (r = 2d/3) is not fitted when the first codebook already beats that.
+
+The factors' bounds are loose where k j >= d (then the spectrum bounds nothing), and a full fit
+of a large table at such a k takes minutes. So before it, k is fitted on a uniform sample of
+8,192 rows (sample_estimate, seconds) and scored on that sample. That in-sample error is
+optimistic (the subspaces overfit their sample: 0.11 where the fit of every MiniLM row gets
+0.15 at k=8, j=192), and a candidate whose estimate is at least twice the best score so far is
+pruned without its fit (`bound` = "sample"). It is a heuristic for embedding tables, not a
+proof (tests/test_chooser.py checks it on MiniLM's rows; a sample of sharply planted toy
+subspaces can settle in a poor optimum the full fit avoids); tables too small for a sample to
+save time are fitted in full.
 """
 
 from __future__ import annotations
@@ -48,7 +61,12 @@ logger = logging.getLogger(__name__)
 
 SLACK = 1.001
 FAMILIES = ("quantize", "codebook", "factors")  # plain quantization, codebooks, SVD and projective clustering
-_PIECE = 1 << 16  # rows dequantized at a time when a quantized table is scored
+_PIECE = 1 << 14  # rows dequantized at a time when a quantized table is scored (float64: 48 MiB at d = 384)
+# Rows of the sample fit behind a k's estimate (at least 4 per fitted dimension, k * rank), and how far
+# below its in-sample error a fit of every row is still taken to possibly reach (a safety factor: the
+# in-sample error is optimistic already, but a sample can settle in a poorer optimum).
+_ESTIMATE_ROWS = 8192
+_ESTIMATE_MARGIN = 0.5
 
 
 @dataclass
@@ -62,16 +80,20 @@ class Candidate:
     n_clusters: int | None = None
     rank: int | None = None
     block_size: int | None = None  # None with per-tensor int8
-    pruned: bool = False  # not built: `error` is a lower bound that already lost to a built candidate
+    pruned: bool = False  # not built: `error` is a lower bound (or, bound "sample", an estimate) that already lost
     storage: str = ""  # the storage's label where its name and block size do not say it all (codebooks)
+    bound: str = ""  # what a pruned candidate's `error` is: "spectrum", "clusters" (bounds) or "sample" (estimate)
 
     @property
     def label(self) -> str:
         storage = self.storage or (self.quantize if self.quantize == "none" else
                                    get(self.quantize, self.block_size).label)
         if self.method == "quantize":
-            return storage if storage.startswith("codebook") else f"plain {storage}"
+            label = storage if storage.startswith("codebook") else f"plain {storage}"
+            return label + " (not built: cannot win)" if self.pruned else label
         label = f"{self.method} k={self.n_clusters} j={self.rank}, U {storage}"
+        if self.pruned and self.bound == "sample":
+            return label + " (not built: its fit on a sample of rows already loses)"
         return label + " (not built: cannot win)" if self.pruned else label
 
 
@@ -187,21 +209,27 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
     # ORT's layouts want whole blocks along the row; codebooks are sized to the budget. They are scored
     # before the factors, so that a good one prunes factor candidates that cannot beat it.
     plain = (plain_storages(d) if "quantize" in families else []) + \
-        (sized_storages(n, d, budget_bytes) if "codebook" in families else [])
+        (sized_storages(n, d, budget_bytes, device=device, seed=seed, verbose=verbose)
+         if "codebook" in families else [])
+    tail = spectrum_tail(X)
     with bar(verbose, "plain storages", len(plain), "storage") as tick:
         for storage in plain:
             if storage.nbytes(n, d) > budget_bytes:  # known before quantizing: skip the work
                 tick(1)
                 continue
+            rank = getattr(storage, "rank", None)  # rows rotated onto `rank` directions: they lose at least tail[rank]
+            if rank is not None and rank < d and _loses(float(tail[rank]), best_error()):
+                add(Candidate("quantize", storage.name, storage.nbytes(n, d), float(tail[rank]), pruned=True,
+                              storage=storage.label, bound="spectrum"))
+                tick(1)
+                continue
             if storage.sized:
-                storage.device, storage.seed = device, seed
                 say(f"fitting {storage.label}")
             q = storage.encode(X, sample_weight)
             if q.nbytes <= budget_bytes:
                 add(Candidate("quantize", storage.name, q.nbytes, weighted_error(X, q, weights),
                               block_size=storage.block_size, storage=storage.label), q)
             tick(1)
-    tail = spectrum_tail(X)
     # (name, block) of each storage of U; float U takes any rank (block 1)
     storages = [(s.name, s.block_size or 1) for s in factor_storages(block_sizes)]
     for k in (1, *clusters) if "factors" in families else ():
@@ -214,11 +242,22 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
         if not ranks or k > n:
             continue
         bounds = {storage: float(tail[min(k * rank, d)]) for storage, rank in ranks.items()}
+        kinds = dict.fromkeys(ranks, "spectrum")
         live = {storage: rank for storage, rank in ranks.items() if not _loses(bounds[storage], best_error())}
         if not live:
             say(f"k={k} not fitted: every storage's error is at least {min(bounds.values()):.4g}, "
                 f"and {best_error():.4g} is already reached")
-        else:
+        elif k > 1 and best[0] is not None:
+            say(f"estimating k={k} at j={max(live.values())} from a sample of rows")
+            estimates = sample_estimate(X, k, set(live.values()), seed=seed, device=device, verbose=verbose)
+            for storage, rank in list(live.items()) if estimates else ():
+                if _loses(estimates[rank] * _ESTIMATE_MARGIN, best_error()):
+                    bounds[storage], kinds[storage] = estimates[rank], "sample"
+                    del live[storage]
+            if estimates and not live:
+                say(f"k={k} not fitted: its fit on a sample of rows already leaves {min(estimates.values()):.4g} "
+                    f"(optimistic), and {best_error():.4g} is already reached")
+        if live:
             say(f"fitting k={k} at j={max(live.values())}")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -228,13 +267,14 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
                 stored = factorized_bytes(n, d, k, rank, table_itemsize, quantize, block)
                 method, block_size = "svd" if k == 1 else "projclust", None if quantize == "none" else block
                 if (quantize, block) not in live or _loses(bounds[quantize, block], best_error()):
-                    add(Candidate(method, quantize, stored, bounds[quantize, block], k, rank, block_size, pruned=True))
+                    add(Candidate(method, quantize, stored, bounds[quantize, block], k, rank, block_size, pruned=True,
+                                  bound=kinds[quantize, block]))
                     tick(1)
                     continue
                 f = truncated_factorization(estimator, X, rank)
                 bound = cluster_tail(X, f.labels, k, rank)  # tighter: these clusters, rank each
                 if _loses(bound, best_error()):
-                    add(Candidate(method, quantize, stored, bound, k, rank, block_size, pruned=True))
+                    add(Candidate(method, quantize, stored, bound, k, rank, block_size, pruned=True, bound="clusters"))
                     tick(1)
                     continue
                 if quantize != "none":
@@ -248,6 +288,27 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
     candidates.sort(key=lambda c: (c.error, c.pruned))
     logger.info("chose %s", best[0].label)
     return Choice(int(budget_bytes / SLACK), table_bytes, best[0], candidates, best[1])
+
+
+def sample_estimate(X: np.ndarray, k: int, ranks, *, seed: int = 0, device: str = "auto",
+                    verbose: bool = False) -> dict[int, float] | None:
+    """{rank: the unweighted relative error left by k subspaces of that rank, fitted to a uniform sample of
+    X's rows and measured on that sample}: an optimistic estimate of what a fit of every row reaches (the
+    subspaces overfit their sample). None where a sample would be at least half the rows (no time saved)."""
+    from projclust_onnx.core.clustering import ProjectiveClustering, cluster_tails
+
+    n, d = X.shape
+    top = max(ranks)
+    size = max(_ESTIMATE_ROWS, 4 * k * top)
+    if 2 * size > n or top >= d:
+        return None
+    rows = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    sample = X[rows]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = ProjectiveClustering(k, top, sample_size=None, random_state=seed,
+                                      device=device, verbose=verbose).fit(sample)
+    return cluster_tails(sample, fitted.labels_, k, ranks)
 
 
 def _loses(bound: float, best: float) -> bool:

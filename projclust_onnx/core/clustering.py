@@ -24,14 +24,14 @@ from projclust_onnx.common.progress import bar as _progress
 from projclust_onnx.common.threads import available_cpus, torch_threads
 
 __all__ = ["ConvergenceWarning", "NotFittedError", "ProjectiveClustering", "check_fit_memory", "cluster_tail",
-           "fit_memory_bytes"]
+           "cluster_tails", "fit_memory_bytes"]
 
 INIT_METHODS = ("kmeans", "random")
 
 # Elements per block of rows in the moment sums, and of the (rows, k * columns) product in
 # the assignment: a few MiB, reused, instead of table-sized temporaries allocated each step.
-_ASSIGN_BLOCK_ELEMENTS = 1 << 24
-_DIST_BLOCK_ELEMENTS = 1 << 23
+_ASSIGN_BLOCK_ELEMENTS = 1 << 22
+_DIST_BLOCK_ELEMENTS = 1 << 21
 # Seeds whose costs differ by less than this fraction are ties (often one partition, relabelled).
 _TIE = 1e-6
 # Rows per fitted dimension (k * rank) below which a sample overfits the subspaces: seeds are
@@ -413,11 +413,17 @@ def cluster_tail(X, labels, n_clusters: int, rank: int) -> float:
     (float or quantized, V refit or not) has a lower unweighted relative error: the chooser's
     bound before it builds a candidate.
     """
+    return cluster_tails(X, labels, n_clusters, [rank])[rank]
+
+
+def cluster_tails(X, labels, n_clusters: int, ranks) -> dict[int, float]:
+    """cluster_tail at each of `ranks`, from one set of moments and eigenvalues."""
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
     moments = _moments(Xt, None, torch.as_tensor(np.asarray(labels, dtype=np.int64)), n_clusters)
     eig = _eigh(moments, values_only=True).clamp_min(0)
     total = float(eig.sum())
-    return float(eig[:, :max(Xt.shape[1] - rank, 0)].sum()) / total if total > 0 else 0.0
+    d = Xt.shape[1]
+    return {int(r): float(eig[:, :max(d - int(r), 0)].sum()) / total if total > 0 else 0.0 for r in ranks}
 
 
 # ---------------------------------------------------------------------- memory

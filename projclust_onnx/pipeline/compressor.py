@@ -292,7 +292,7 @@ class ProjClustCompressor:
             label = format_of(result.U_q).label if result.U_q is not None else None
             params, ids, k, rank = result.n_params, result.ids_nbytes, result.n_clusters, result.rank
         else:
-            method, k, rank, ids, params = "quantize", None, None, 0, n * d
+            method, k, rank, ids, params = "quantize", None, None, 0, getattr(result, "n_params", n * d)
             storage = format_of(result)
             quantize, block, label = storage.name, storage.block_size, storage.label
         heads = [f"{self.relative(f.onnx_path)}: {h.describe()}" if len(plan.files) > 1 else h.describe()
@@ -314,10 +314,13 @@ class ProjClustCompressor:
             timings=timings)
 
     def _tokenizer(self, required: bool):
-        """The model directory's tokenizer; None (with a warning) when absent and not required."""
-        from transformers import AutoTokenizer
-
+        """The model directory's tokenizer; None (with a warning) when absent and not required. A directory
+        without any tokenizer file is known to have none before transformers is imported (seconds)."""
         try:
+            if not any((self.source_dir / name).is_file() for name in TOKENIZER_FILES):
+                raise FileNotFoundError(f"none of {', '.join(TOKENIZER_FILES)} is there")
+            from transformers import AutoTokenizer
+
             with quiet_third_party():
                 return AutoTokenizer.from_pretrained(self.source_dir)
         except Exception as err:
@@ -326,6 +329,11 @@ class ProjClustCompressor:
                                  f"loadable ({err}); copy the tokenizer files beside the model") from err
             logger.warning("no tokenizer in %s: special tokens are weighted like any row", self.source_dir)
             return None
+
+
+# Files a transformers tokenizer is loaded from (fast, sentencepiece, WordPiece and BPE vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
 
 
 def estimator_for(config: ProjClustConfig, rank: int, verbose: bool = False):

@@ -73,8 +73,9 @@ class StorageFormat(ABC):
         return True
 
     @classmethod
-    def for_budget(cls, n: int, d: int, budget_bytes: float) -> list[StorageFormat]:
-        """The instances the chooser tries on an (n, d) table within budget_bytes (sized formats only)."""
+    def for_budget(cls, n: int, d: int, budget_bytes: float, **options) -> list[StorageFormat]:
+        """The instances the chooser tries on an (n, d) table within budget_bytes (sized formats only);
+        `options` (device, seed, verbose) go to their constructor."""
         return []
 
     @abstractmethod

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from projclust_onnx.common.progress import bar
 from projclust_onnx.storage.base import LOOKUP_FORMS, StorageFormat
 
 CODE_BITS = (4, 5, 6, 7, 8)  # 2^b centroids per codebook; codes are one byte each
@@ -62,6 +63,11 @@ class Codebooks:
     def rank(self) -> int | None:
         return None if self.rotation is None else self.rotation.shape[0]
 
+    @property
+    def n_params(self) -> int:
+        """Values stored (codes, centroid entries, rotation entries): what the report counts as parameters."""
+        return self.codes.size + self.codebooks.size + (0 if self.rotation is None else self.rotation.size)
+
     def rows(self, index) -> Codebooks:
         return Codebooks(self.codes[index], self.codebooks, self.columns, self.bits, self.rotation,
                          self.rotation_scales)
@@ -96,6 +102,17 @@ def _lengths(d: int, m: int) -> np.ndarray:
 
 
 EXACT_SHARE = 0.01  # a row with this share of the total weight gets centroids of its own
+_ROWS = 1 << 14  # rows per block where the fit reads the whole table (second moment, rotation)
+
+
+def _weighted_gram(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """sum_i w_i x_i x_i^T in float64, summed a block of float32 rows at a time (no table-sized copy)."""
+    gram = np.zeros((X.shape[1], X.shape[1]))
+    for start in range(0, len(X), _ROWS):
+        rows = X[start:start + _ROWS]
+        weighted = rows if w is None else rows * w[start:start + _ROWS, None].astype(np.float32)
+        gram += (weighted.T @ rows).astype(np.float64)
+    return gram
 
 
 def exact_rows(sample_weight: np.ndarray | None, n_centroids: int) -> np.ndarray:
@@ -163,14 +180,14 @@ class CodebookStorage(StorageFormat):
     sized = True  # the chooser picks the instances for its budget (for_budget)
 
     def __init__(self, m: int, bits: int = 8, rank: int | None = None, *, weight_power: float = 0.5, seed: int = 0,
-                 device: str = "auto") -> None:
+                 device: str = "auto", verbose: bool = False) -> None:
         if bits not in CODE_BITS:
             raise ValueError(f"bits={bits} must be one of {CODE_BITS}")
         if m < 1 or (rank is not None and not m <= rank):
             raise ValueError(f"m={m} sub-vectors must lie in 1..rank (rank={rank})")
         super().__init__(None)
         self.m, self.bits, self.rank = int(m), int(bits), rank
-        self.weight_power, self.seed, self.device = weight_power, seed, device
+        self.weight_power, self.seed, self.device, self.verbose = weight_power, seed, device, verbose
 
     def __repr__(self) -> str:
         return f"CodebookStorage(m={self.m}, bits={self.bits}, rank={self.rank})"
@@ -193,7 +210,7 @@ class CodebookStorage(StorageFormat):
         return codebook_bytes(n, m, self.m, self.bits, self.rank)
 
     @classmethod
-    def for_budget(cls, n: int, d: int, budget_bytes: float) -> list[CodebookStorage]:
+    def for_budget(cls, n: int, d: int, budget_bytes: float, **options) -> list[CodebookStorage]:
         """For each rotation tried, the largest m (up to half the rotated dimensions: a sub-vector of one value is
         what int8 quantization stores, at less cost) that fits budget_bytes at 8 bits. Rotations: onto all d
         directions, and onto 2/3 of them (at 32x on MiniLM, dropping the weakest third cost less than the
@@ -208,21 +225,20 @@ class CodebookStorage(StorageFormat):
             top = max(1, (d if rank is None else rank) // 2)  # sub-vectors of one value are plain 8-bit scalars
             fits = [m for m in range(1, top + 1) if codebook_bytes(n, d, m, 8, rank) <= budget_bytes]
             if fits:
-                found.append(cls(max(fits), 8, rank))
+                found.append(cls(max(fits), 8, rank, **options))
         return found
 
     def encode(self, matrix: np.ndarray, sample_weight: np.ndarray | None = None) -> Codebooks:
-        from projclust_onnx.storage.kmeans import nearest_codes, subvector_kmeans
+        from projclust_onnx.storage.kmeans import KMEANS_ITERATIONS, nearest_codes, subvector_kmeans
 
         X = np.asarray(matrix, dtype=np.float32)
         n, d = X.shape
         if self.rank is not None and self.rank > d or self.m > (d if self.rank is None else self.rank):
             raise ValueError(f"rank={self.rank} and m={self.m} must not exceed the rows' {d} values (m <= rank <= d)")
         w = None if sample_weight is None else np.asarray(sample_weight, np.float64) ** self.weight_power
-        rotation = None
+        rotation, to_coordinates = None, None
         if self.rank is not None:  # principal directions of the weighted second moment, allocated
-            gram = (X.T * (np.ones(n) if w is None else w)) @ X.astype(np.float64)
-            values, vectors = np.linalg.eigh(gram)
+            values, vectors = np.linalg.eigh(_weighted_gram(X, w))
             values, vectors = values[::-1][: self.rank], vectors[:, ::-1][:, : self.rank]
             order = eigen_allocation(values, _lengths(self.rank, self.m))
             basis = vectors[:, order].T.astype(np.float32)  # (r, d), in sub-vector order
@@ -231,14 +247,24 @@ class CodebookStorage(StorageFormat):
             rotation = np.clip(np.round(basis / scales.astype(np.float32)), -127, 127).astype(np.int8)
             stored = rotation.astype(np.float32) * scales.astype(np.float32)
             # coordinates on the stored basis: least squares, which its rounding leaves nearly orthonormal
-            X = X @ np.linalg.pinv(stored.astype(np.float64)).astype(np.float32)
-        r = X.shape[1]
+            to_coordinates = np.linalg.pinv(stored.astype(np.float64)).astype(np.float32)
+        r = d if self.rank is None else self.rank
         s, columns = layout(r, self.m)
-        padded = np.zeros((n, self.m * s), np.float32)
-        padded[:, columns if columns is not None else slice(None)] = X
-        parts = padded.reshape(n, self.m, s).transpose(1, 0, 2)
-        centroids, _ = subvector_kmeans(parts, 1 << self.bits, w, seed=self.seed, device=self.device,
-                                        exact=exact_rows(sample_weight, min(n, 1 << self.bits)))
+        # The rows' (rotated) values as m sub-vectors of s, (m, n, s), contiguous (the k-means' products read
+        # it twice as fast as a strided view) and filled a block of rows at a time: the one table-sized array
+        # the fit adds.
+        parts = np.empty((self.m, n, s), np.float32)
+        padded = np.zeros((min(n, _ROWS), self.m * s), np.float32)
+        where = columns if columns is not None else slice(None)
+        for start in range(0, n, _ROWS):
+            rows = X[start:start + _ROWS]
+            block = padded[:len(rows)]
+            block[:, where] = rows if to_coordinates is None else rows @ to_coordinates
+            parts[:, start:start + len(rows)] = block.reshape(len(rows), self.m, s).transpose(1, 0, 2)
+        with bar(self.verbose, f"k-means of {self.m} sub-vectors (stops when settled)", KMEANS_ITERATIONS) as tick:
+            centroids, _ = subvector_kmeans(parts, 1 << self.bits, w, seed=self.seed, device=self.device,
+                                            exact=exact_rows(sample_weight, min(n, 1 << self.bits)),
+                                            max_iter=KMEANS_ITERATIONS, progress=tick, codes=False)
         books = np.zeros((self.m, 1 << self.bits, s), np.float16)
         books[:, : centroids.shape[1]] = centroids  # fewer rows than centroids: the rest stay unused
         if not np.isfinite(books).all():

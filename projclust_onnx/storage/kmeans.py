@@ -19,16 +19,20 @@ import torch
 
 from projclust_onnx.common.device import resolve_device
 
-_BLOCK_ELEMENTS = 1 << 21  # m * rows * K floats per distance block (8 MiB: stays in cache)
+_BLOCK_ELEMENTS = 1 << 19  # m * rows * K floats per distance block (2 MiB: stays in a core's L2; 8 MiB ran 2-3x slower)
 _SAMPLE_ROWS = 1 << 16  # rows the early iterations use on a larger table
 _FULL_ITERATIONS = 3  # iterations over every row at the end
+KMEANS_ITERATIONS = 25  # Lloyd steps at most, the last _FULL_ITERATIONS of them on every row of a large table
 
 
-def subvector_kmeans(X: torch.Tensor, n_centroids: int, weights: torch.Tensor | None = None, *, max_iter: int = 25,
-                     tol: float = 1e-4, seed: int = 0, device="auto", exact=()) -> tuple[np.ndarray, np.ndarray]:
-    """Centroids (m, K, s) float32 and codes (n, m) int64 of X (m, n, s): per sub-vector, the weighted
-    k-means of the n rows' s values (sum_i w_i ||x_i - c(x_i)||^2, Lloyd from weighted samples).
-    Rows `exact` (fewer than K) are centroids of their own in every sub-vector, held fixed: kept exactly."""
+def subvector_kmeans(X: torch.Tensor, n_centroids: int, weights: torch.Tensor | None = None, *,
+                     max_iter: int = KMEANS_ITERATIONS, tol: float = 1e-4, seed: int = 0, device="auto", exact=(),
+                     progress=None, codes: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Centroids (m, K, s) float32 and codes (n, m) (uint8 up to 256 centroids) of X (m, n, s): per sub-vector,
+    the weighted k-means of the n rows' s values (sum_i w_i ||x_i - c(x_i)||^2, Lloyd from weighted samples).
+    Rows `exact` (fewer than K) are centroids of their own in every sub-vector, held fixed: kept exactly.
+    `progress(1)` is called after each Lloyd step (the sample's and the full rows' alike). codes=False: None
+    for the codes (a caller that rounds the centroids first assigns its own, one pass over the rows fewer)."""
     dev = resolve_device(device)
     X = torch.as_tensor(X, dtype=torch.float32).to(dev)
     m, n, s = X.shape
@@ -47,26 +51,26 @@ def subvector_kmeans(X: torch.Tensor, n_centroids: int, weights: torch.Tensor | 
                          for _ in range(m)]).to(dev)
     picks = torch.cat([exact.expand(m, len(exact)), picks], 1)
     C = torch.gather(X, 1, picks.unsqueeze(-1).expand(m, K, s)).clone()
-    lloyd = functools.partial(_lloyd, tol=tol, fixed=len(exact))
+    lloyd = functools.partial(_lloyd, tol=tol, fixed=len(exact), progress=progress or (lambda n=1: None))
     if n > 2 * _SAMPLE_ROWS:  # most iterations on a sample, the last ones on every row
         sample = torch.randperm(n, generator=gen)[:_SAMPLE_ROWS].to(dev)
         C = lloyd(X[:, sample], w[sample], C, max_iter - _FULL_ITERATIONS)
         C = lloyd(X, w, C, _FULL_ITERATIONS)
     else:
         C = lloyd(X, w, C, max_iter)
-    return C.cpu().numpy(), nearest_codes(X, C)
+    return C.cpu().numpy(), nearest_codes(X, C) if codes else None
 
 
 def nearest_codes(X, C) -> np.ndarray:
-    """Codes (n, m) int64 of X (m, n, s) against centroids C (m, K, s): each sub-vector's nearest centroid
-    (the codes a stored, float16-rounded, codebook gets)."""
+    """Codes (n, m) (uint8 up to 256 centroids) of X (m, n, s) against centroids C (m, K, s): each sub-vector's
+    nearest centroid (the codes a stored, float16-rounded, codebook gets)."""
     X, C = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(C, dtype=torch.float32).to(X.device)
     codes, _ = _assign(X, C)
     return codes.T.cpu().numpy()
 
 
 def _lloyd(X: torch.Tensor, w: torch.Tensor, C: torch.Tensor, iterations: int, tol: float,
-           fixed: int = 0) -> torch.Tensor:
+           fixed: int = 0, progress=lambda n=1: None) -> torch.Tensor:
     """Up to `iterations` Lloyd steps from centroids C, the first `fixed` of each sub-vector held; stops when
     the weighted cost falls by less than tol."""
     previous = None
@@ -77,6 +81,7 @@ def _lloyd(X: torch.Tensor, w: torch.Tensor, C: torch.Tensor, iterations: int, t
             break
         C = torch.cat([C[:, :fixed], _update(X, w, codes, C)[:, fixed:]], 1)
         previous = total
+        progress(1)
     return C
 
 
@@ -88,24 +93,41 @@ def _assign(X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     c2 = (C * C).sum(-1).unsqueeze(1)  # (m, 1, K)
     Ct = C.transpose(1, 2).contiguous()  # (m, s, K)
     block = max(1, _BLOCK_ELEMENTS // (m * K))
-    codes = torch.empty((m, n), dtype=torch.int64, device=X.device)
+    # uint8 codes where they fit (every codebook: at most 256 centroids): an int64 (m, n) array weighed more
+    # than the table itself
+    codes = torch.empty((m, n), dtype=torch.uint8 if K <= 256 else torch.int32, device=X.device)
     cost = torch.empty(n, device=X.device)
     for start in range(0, n, block):
         x = X[:, start:start + block]
         dist = torch.baddbmm(c2, x, Ct, alpha=-2.0)  # ||c||^2 - 2 x.c
-        best, idx = dist.min(-1)
+        best, idx = _min(dist)
         codes[:, start:start + block] = idx
         cost[start:start + block] = (best + (x * x).sum(-1)).clamp_min(0).sum(0)
     return codes, cost
+
+
+def _min(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dist.min(-1): values and indices. On the CPU the indices come from NumPy's argmin, which is
+    vectorised where torch's min-with-indices is not (3x faster over 256 centroids; the k-means' main cost)."""
+    if dist.device.type != "cpu":
+        return dist.min(-1)
+    idx = torch.from_numpy(dist.numpy().argmin(-1))
+    return dist.gather(-1, idx.unsqueeze(-1)).squeeze(-1), idx
 
 
 def _update(X: torch.Tensor, w: torch.Tensor, codes: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """Weighted means of each centroid's rows; a centroid no row chose keeps its place."""
     m, n, s = X.shape
     K = C.shape[1]
-    flat = (codes + torch.arange(m, device=X.device).unsqueeze(1) * K).reshape(-1)  # (m*n,)
-    sums = torch.zeros((m * K, s), device=X.device).index_add_(0, flat, (X * w.view(1, n, 1)).reshape(-1, s))
-    mass = torch.zeros(m * K, device=X.device).index_add_(0, flat, w.expand(m, n).reshape(-1))
+    offsets = torch.arange(m, device=X.device).unsqueeze(1) * K
+    sums = torch.zeros((m * K, s), device=X.device)
+    mass = torch.zeros(m * K, device=X.device)
+    block = max(1, _BLOCK_ELEMENTS // (m * s))
+    for start in range(0, n, block):  # the weighted rows a block at a time, not a table-sized copy
+        flat = (codes[:, start:start + block].long() + offsets).reshape(-1)  # (m * rows,)
+        wb = w[start:start + block]
+        sums.index_add_(0, flat, (X[:, start:start + block] * wb.view(1, -1, 1)).reshape(-1, s))
+        mass.index_add_(0, flat, wb.expand(m, -1).reshape(-1))
     new = sums / mass.clamp_min(1e-30).unsqueeze(1)
     keep = (mass <= 0).unsqueeze(1)
     return torch.where(keep, C.reshape(-1, s), new).reshape(m, K, s)

@@ -65,9 +65,10 @@ def plain_storages(dim: int) -> list[StorageFormat]:
     return [fmt for fmt in found if fmt.fits_row(dim)]
 
 
-def sized_storages(n: int, dim: int, budget_bytes: float) -> list[StorageFormat]:
-    """The instances of sized formats (codebooks) the chooser tries on an (n, dim) table within budget_bytes."""
-    return [fmt for cls in FORMATS if cls.sized for fmt in cls.for_budget(n, dim, budget_bytes)]
+def sized_storages(n: int, dim: int, budget_bytes: float, **options) -> list[StorageFormat]:
+    """The instances of sized formats (codebooks) the chooser tries on an (n, dim) table within budget_bytes;
+    `options` (device, seed, verbose) go to each instance."""
+    return [fmt for cls in FORMATS if cls.sized for fmt in cls.for_budget(n, dim, budget_bytes, **options)]
 
 
 def factor_storages(block_sizes) -> list[StorageFormat]:
