@@ -189,6 +189,10 @@ class EmbeddingSearch:
                              "original model instead")
         if not self.matches and self.standard_quantized:
             node = self.standard_quantized[0]
+            if _gathers_by_codes(node):
+                raise ValueError(f"the word table is already stored as codebooks (uint8 codes "
+                                 f"{node.inputs[0].name!r} gathered by the token ids, then centroids gathered by "
+                                 "the codes); compress the original model instead")
             raise ValueError(f"the word table {node.inputs[0].name!r} is stored as uint8 that {node.name!r} gathers "
                              "without one per-tensor DequantizeLinear after it (a quantization this tool does not "
                              "read, such as per-channel scales); compress the float model, then quantize")
@@ -216,6 +220,22 @@ class EmbeddingSearch:
     def reject(self, node: ir.Node, reason: str) -> None:
         self.rejected.append((node.name or node.op_type, reason))
         logger.info("rejected %s %r: %s", node.op_type, node.name, reason)
+
+
+def _gathers_by_codes(node: ir.Node, hops: int = 3) -> bool:
+    """Whether the rows `node` gathers become, within a few elementwise steps (Cast, Add of the offsets),
+    the indices of another Gather: codebooks (storage/codebook.py), whose codes are not a quantized table."""
+    frontier = [node.outputs[0]]
+    for _ in range(hops):
+        following = []
+        for value in frontier:
+            for user, index in value.uses():
+                if user.op_type == "Gather" and index == 1:
+                    return True
+                if user.op_type in ("Cast", "Add", "Reshape", "Flatten"):
+                    following.extend(user.outputs)
+        frontier = following
+    return False
 
 
 def _trace_to_graph_input(value: ir.Value | None) -> ir.Value | None:

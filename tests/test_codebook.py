@@ -302,3 +302,36 @@ def test_a_compression_codebooks_cannot_fill_is_refused_with_the_range_they_reac
         ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(method="codebook",
                                                                                             compression=0.4))
     assert not (tmp_path / "out").exists()
+
+
+def test_compressing_a_codebook_output_again_is_refused_by_name(tmp_path):
+    from tiny_models import embedding_model, write_model_dir
+
+    from projclust_onnx import ProjClustCompressor, ProjClustConfig
+
+    model, _ = embedding_model(3000, 32)
+    src = write_model_dir(tmp_path / "src", model).parent
+    ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(method="codebook",
+                                                                                       compression=0.8), verbose=False)
+    with pytest.raises(ValueError, match="already stored as codebooks .*compress the original model instead"):
+        ProjClustCompressor.from_pretrained(tmp_path / "out").compress(tmp_path / "again", ProjClustConfig(),
+                                                                      verbose=False)
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_codebook_fit_the_memory_cannot_hold_is_refused_before_any_work(tmp_path, monkeypatch):
+    from tiny_models import embedding_model, write_model_dir
+
+    import projclust_onnx.core.clustering as clustering
+    from projclust_onnx import ProjClustCompressor, ProjClustConfig
+    from projclust_onnx.storage.codebook import codebook_fit_bytes
+
+    table = 250_000 * 384 * 4
+    assert table < codebook_fit_bytes(250_000, 384) < 3 * table  # within issue 18's bound of three tables
+    model, _ = embedding_model(3000, 32)
+    src = write_model_dir(tmp_path / "src", model).parent
+    monkeypatch.setattr(clustering, "available_memory", lambda: 1 << 16)
+    with pytest.raises(ValueError, match=r"fitting codebooks of the 3000 x 32 table needs about .* GiB is available"):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(method="codebook",
+                                                                                           compression=0.8))
+    assert not (tmp_path / "out").exists()

@@ -219,7 +219,15 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     if share < SMALL_SHARE:
         logger.warning("projclust-onnx: warning: the word table is %.2f%% of the model's bytes (%s x %s); compressing "
                        "it saves little", 100 * share, n, d)
-    if factorization is None:  # a fit that cannot fit in memory is refused before any work
+    if factorization is None and config.method == "codebook":  # a fit that cannot fit in memory is refused
+        from projclust_onnx.core.clustering import available_memory
+        from projclust_onnx.storage.codebook import codebook_fit_bytes
+
+        need, available = codebook_fit_bytes(n, d), available_memory()
+        if available is not None and need > available:
+            raise ValueError(f"fitting codebooks of the {n} x {d} table needs about {need / 2**30:.1f} GiB but "
+                             f"{available / 2**30:.1f} GiB is available; free memory or run on a larger machine")
+    elif factorization is None:  # before any work (the chooser's estimate covers its codebooks too)
         from projclust_onnx.core.clustering import check_fit_memory
 
         rank = first.rank

@@ -138,6 +138,17 @@ def codebook_bytes(n: int, d: int, m: int, bits: int, rank: int | None = None) -
     return n * m + m * (1 << bits) * s * 2 + (0 if columns is None else 4 * r) + rotation + _lookup_constants(m)
 
 
+def codebook_fit_bytes(n: int, d: int) -> int:
+    """Bytes a codebook fit of an (n, d) table needs beside the table itself, at the largest m tried (d/2):
+    the rows as padded sub-vectors (at most 1.5 d values a row), the k-means' sample of them, the uint8 codes,
+    per-row weights and costs, and the blocks of distances and rows."""
+    from projclust_onnx.storage.kmeans import _BLOCK_ELEMENTS, _SAMPLE_ROWS
+
+    width = d + d // 2
+    return 4 * n * width + 4 * min(n, _SAMPLE_ROWS) * width + n * (d // 2) + 16 * n + 8 * _BLOCK_ELEMENTS * 4 \
+        + 3 * 4 * _ROWS * d
+
+
 def _lookup_constants(m: int) -> int:
     """Bytes of the lookup's own constants: the int32 centroid offsets and the int64 row shape."""
     return 4 * m + 16

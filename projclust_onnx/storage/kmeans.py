@@ -19,7 +19,7 @@ import torch
 
 from projclust_onnx.common.device import resolve_device
 
-_BLOCK_ELEMENTS = 1 << 19  # m * rows * K floats per distance block (2 MiB: stays in a core's L2; 8 MiB ran 2-3x slower)
+_BLOCK_ELEMENTS = 1 << 19  # m * rows * K floats per distance block (2 MiB: one core's L2 holds it)
 _SAMPLE_ROWS = 1 << 16  # rows the early iterations use on a larger table
 _FULL_ITERATIONS = 3  # iterations over every row at the end
 KMEANS_ITERATIONS = 25  # Lloyd steps at most, the last _FULL_ITERATIONS of them on every row of a large table
