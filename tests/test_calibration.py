@@ -148,3 +148,21 @@ def test_zero_smoothing_without_tokens_names_the_flag():
         token_weights(np.zeros(4, np.int64), 0.0)
     assert "no token was counted and calibration_smoothing=0" in str(caught.value)
     assert caught.value.for_cli().endswith("or --calibration-smoothing > 0") and " smoothing=" not in str(caught.value)
+
+
+def test_calibration_without_tokenizer_files_is_refused_naming_them_and_transformers_is_not_asked(tmp_path,
+                                                                                                 monkeypatch):
+    """A model directory with no tokenizer file is known to have none without importing transformers (seconds)."""
+    import sys
+
+    from tiny_models import embedding_model, write_model_dir
+
+    from projclust_onnx import ProjClustCompressor, ProjClustConfig
+
+    model, _ = embedding_model(300, 16)
+    src = write_model_dir(tmp_path / "src", model).parent
+    (tmp_path / "c.txt").write_text("some calibration text\n")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # importing it now would raise ImportError
+    with pytest.raises(ValueError, match=r"calibration needs the model's tokenizer.*none of tokenizer.json"):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(
+            calibration_text=[str(tmp_path / "c.txt")]), verbose=False)

@@ -333,7 +333,7 @@ class ProjClustCompressor:
 
 # Files a transformers tokenizer is loaded from (fast, sentencepiece, WordPiece and BPE vocabularies).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer.model")
+                   "sentencepiece.bpe.model", "tokenizer.model", "spm.model")
 
 
 def estimator_for(config: ProjClustConfig, rank: int, verbose: bool = False):

@@ -261,9 +261,9 @@ class CodebookStorage(StorageFormat):
             to_coordinates = np.linalg.pinv(stored.astype(np.float64)).astype(np.float32)
         r = d if self.rank is None else self.rank
         s, columns = layout(r, self.m)
-        # The rows' (rotated) values as m sub-vectors of s, (m, n, s), contiguous (the k-means' products read
-        # it twice as fast as a strided view) and filled a block of rows at a time: the one table-sized array
-        # the fit adds.
+        # The rows' (rotated) values as m sub-vectors of s, (m, n, s), contiguous (each sub-vector's rows are
+        # read without strides: 120 s -> 104 s for a 250,000-row fit, one run) and filled a block of rows at a
+        # time: the one table-sized array the fit adds.
         parts = np.empty((self.m, n, s), np.float32)
         padded = np.zeros((min(n, _ROWS), self.m * s), np.float32)
         where = columns if columns is not None else slice(None)
