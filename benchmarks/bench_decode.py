@@ -1,10 +1,12 @@
-"""Decode-step latency of a tied LM head, dense vs rewritten with the factors, at a Qwen2.5-0.5B-size table.
+"""Decode-step latency of a tied LM head, dense vs rewritten with the factors or codebooks, at a Qwen2.5-0.5B-size
+table.
 
 A Qwen2-shaped causal LM (vocab 151936, hidden 896, two layers, tied embeddings, random
 weights: timing does not depend on them) is exported by Optimum for
 text-generation-with-past and compressed by 40% with k clusters (float U), and by 90% with
 4-bit U (MatMulNBits in the head); the factors are random
-too (compress(factorization=...)), since a fit of random weights would only cost time.
+too (compress(factorization=...)), since a fit of random weights would only cost time; and as
+codebooks at 1/16 of the table's bytes (random codes, the head reading the decoded table).
 Measured in one run, interleaved, batch 1:
 
 - head alone: the table's lookup and the head's product for one position
@@ -103,6 +105,35 @@ def random_int4_factors(n: int, d: int, k: int, rank: int, seed: int = 0) -> Emb
     return EmbeddingFactorization(labels=f.labels, U=U_q.dequantize(np.float32), V=f.V.astype(np.float16), U_q=U_q)
 
 
+def random_codebooks(n: int, d: int, ratio: float, seed: int = 0):
+    """Random codes and int8 centroids on a random int8 rotation, sized as --method codebook sizes them to 1/ratio
+    of the float table (CodebookStorage.for_budget, the full rotation): timing does not depend on the values."""
+    from projclust_onnx.storage.codebook import Codebooks, CodebookStorage, layout
+
+    storage = next(s for s in CodebookStorage.for_budget(n, d, n * d * 4 / ratio) if s.rank == d)
+    rng = np.random.default_rng(seed)
+    s, columns = layout(d, storage.m)
+    return Codebooks(rng.integers(0, 256, (n, storage.m), dtype=np.uint8),
+                     rng.integers(-127, 128, (storage.m, 256, s), dtype=np.int8), columns, 8,
+                     rng.integers(-127, 128, (d, d), dtype=np.int8),
+                     np.full((d, 1), 1e-4 / np.sqrt(d), np.float32))
+
+
+def with_codebooks(src: Path, directory: Path, stored) -> Path:
+    """`src` with its lookup and tied head reading `stored` (QuantizeEmbeddingPass(tied=True), the pass compress
+    runs for --method codebook; applied directly: compress fits its own codebooks and takes no given ones)."""
+    from projclust_onnx.passes import QuantizeEmbeddingPass, with_cleanup
+
+    from projclust_onnx.pipeline.model_files import load_model, save_model
+
+    model = load_model(src / "model.onnx")
+    result = with_cleanup(QuantizeEmbeddingPass(stored, tied=True))(model)
+    assert result.modified
+    directory.mkdir(parents=True)
+    save_model(model, directory / "model.onnx")
+    return directory
+
+
 def decode_feeds(session, past: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     feeds = {}
@@ -168,6 +199,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--past", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--codebook-ratio", type=float, default=16, help="codebooks at 1/R of the table's bytes")
     args = parser.parse_args()
 
     k = args.clusters
@@ -195,6 +227,9 @@ def main() -> None:
                 dirs[f"{what} {variant}"] = out
         print("quantizing the dense head and lookup with ONNX Runtime's MatMulNBitsQuantizer ...", file=sys.stderr)
         dirs["head ort-int4"] = ort_int4(dirs["head dense"], tmp / "head_ort_int4")
+        stored = random_codebooks(VOCAB, HIDDEN, args.codebook_ratio)
+        for what, src in (("head", dirs["head dense"]), ("step", export)):
+            dirs[f"{what} codebook"] = with_codebooks(src, tmp / f"{what}_codebook", stored)
         paths = {name: d / "model.onnx" for name, d in dirs.items()}
         p50 = {}
         for spinning in (False, True):  # ONNX Runtime spins its pool's threads by default
@@ -212,7 +247,9 @@ def main() -> None:
     rows = []
     labels = {"factorized": f"float U, {args.compression:.0%}, j={rank}",
               "int4": f"int4 U (blocks of 32), {args.int4_compression:.0%}, j={q_rank}",
-              "ort-int4": "none: ONNX Runtime's 4-bit quantization of the dense table and head (blocks of 32)"}
+              "ort-int4": "none: ONNX Runtime's 4-bit quantization of the dense table and head (blocks of 32)",
+              "codebook": f"none: codebooks at 1/{args.codebook_ratio:g} of the table ({stored.m} sub-vectors, "
+                          "rotation), the head reading the table they decode to (folded at session start)"}
     for spinning in (False, True):
         for what in ("head", "step"):
             for variant, label in labels.items():
@@ -230,7 +267,8 @@ def main() -> None:
             f"token with {args.past} cached positions; factorized at {args.compression:.0%} with k={k}, j={rank} "
             f"(head multiply-adds per position {macs_dense / 1e6:.1f}M -> {macs_fact / 1e6:.1f}M, "
             f"{macs_dense / macs_fact:.2f}x fewer), and at {args.int4_compression:.0%} of the table's bytes with "
-            f"4-bit U, j={q_rank}. p50 of {args.repeats} interleaved runs, CPU provider, with "
+            f"4-bit U, j={q_rank}; and as codebooks (random codes, `--method codebook`'s layout). p50 of "
+            f"{args.repeats} interleaved runs, CPU provider, with "
             "the thread pool's spinning off and on (ONNX Runtime's default is on).\n\n"
             + markdown_table(["what", "factors", "thread spinning", "dense ms", "factorized ms", "speedup", "file MiB",
                               "session peak RSS MiB, prepacking on / off"], rows))

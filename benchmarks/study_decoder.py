@@ -1,12 +1,14 @@
-"""Perplexity of a small causal LM with its tied table factorized (lookup and head together): SVD vs projclust.
+"""Perplexity of a small causal LM with its tied table compressed (lookup and head together): SVD, projclust,
+codebooks.
 
 No real decoder ships offline, so one is trained here: GPT-2-shaped (tied embeddings), the
 bundled MiniLM's WordPiece vocabulary (30522 rows), on ../shared/data/austen.txt with every
 tenth chapter held out. It is exported by Optimum for text-generation-with-past, compressed
-by 40% and 60% with SVD (k=1) and projective clustering (k clusters), calibrated on the
-training chapters' token counts, and evaluated under ONNX Runtime on the held-out chapters:
-perplexity, and greedy agreement (the share of positions where the compressed model's
-next-token argmax equals the original's).
+by 40% and 60% with SVD (k=1) and projective clustering (k clusters), and to 1/8, 1/16 and
+1/32 of the table's bytes as codebooks, calibrated on the training chapters' token counts,
+and evaluated under ONNX Runtime on the held-out chapters: perplexity, and greedy agreement
+(the share of positions where the compressed model's next-token argmax equals the
+original's).
 
     python benchmarks/study_decoder.py --austen ../shared/data/austen.txt [--minutes 6] [--clusters 5]
 """
@@ -112,6 +114,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=6.0)
     parser.add_argument("--clusters", type=int, default=5)
     parser.add_argument("--eval-windows", type=int, default=200)
+    parser.add_argument("--ratios", type=float, nargs="*", default=[8, 16, 32],
+                        help="codebook sizes (1/R of the table's bytes; none: factors only)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the trained model and exports here")
     args = parser.parse_args()
 
@@ -146,13 +150,26 @@ def main() -> None:
                 rows.append([method, f"{compression:.0%}", f"k={report.n_clusters}, j={report.rank}", f"{ppl:.2f}",
                              f"{ppl / ppl0 - 1:+.1%}", f"{float(np.mean(argmax == ref)):.4f}", _mib(out)])
                 print(rows[-1], file=sys.stderr)
+        for ratio in args.ratios:  # codebooks: the head reads the table they decode to (folded at session start)
+            out = root / f"codebook_{ratio:g}x"
+            config = ProjClustConfig(method="codebook", target_ratio=ratio, calibration_text=[str(calibration)])
+            report = ProjClustCompressor.from_pretrained(root / "onnx").compress(out, config, verbose=False)
+            ppl, argmax = evaluate(out, held)
+            realised = report.embedding_bytes_before / report.embedding_bytes_after
+            rows.append(["codebook", f"{ratio:g}x ({realised:.1f}x)", report.storage, f"{ppl:.2f}",
+                         f"{ppl / ppl0 - 1:+.1%}", f"{float(np.mean(argmax == ref)):.4f}", _mib(out)])
+            print(rows[-1], file=sys.stderr)
     body = (f"GPT-2 shape (2 layers, 128 wide, tied), MiniLM's WordPiece vocabulary ({tokenizer.vocab_size} rows), "
             f"trained {args.minutes:g} min on Austen with every tenth chapter held out; {len(held)} held-out windows "
-            f"of {SEQ} tokens. Lookup and head factorized together (one set of factors), calibrated on the training "
-            "chapters. Greedy agreement: share of positions whose next-token argmax equals the original's.\n\n"
-            + markdown_table(["method", "compression", "factors", "perplexity", "vs original", "greedy agreement",
-                              ".onnx MiB"], rows))
-    append_results("Tied causal LM on Austen: perplexity with the table factorized (study_decoder.py)", body)
+            f"of {SEQ} tokens. Lookup and head factorized together (one set of factors), or stored as codebooks "
+            "(`--method codebook --target-ratio R`: the head reads the table the lookup's codebooks decode to, "
+            "which ONNX Runtime folds at session start), calibrated on the training chapters. Compression: of the "
+            "table's bytes (codebooks: asked, and as written). Greedy agreement: share of positions whose "
+            "next-token argmax equals the original's.\n\n"
+            + markdown_table(["method", "compression", "factors or storage", "perplexity", "vs original",
+                              "greedy agreement", ".onnx MiB"], rows))
+    append_results("Tied causal LM on Austen: perplexity with the table factorized or in codebooks "
+                   "(study_decoder.py)", body)
 
 
 def _mib(directory: Path) -> str:

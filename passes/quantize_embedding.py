@@ -7,7 +7,13 @@ What the chooser produces when plain quantization beats the factors at the asked
     per-tensor int8:  ids -> Gather(uint8 table) -> DequantizeLinear(scale, zero point)       -> embeddings
 
 Every lookup of the table is rewritten (both branches of a merged decoder's If); they share
-the quantized initializers.
+the quantized initializers. With `tied`, a tied LM head reads the same initializers: the
+whole table decoded from constants alone (Range(0, n) as the ids), which ONNX Runtime folds
+at session start into a dense table, so the head's product runs as fast as the original's
+while the file holds one stored copy (session memory holds the decoded table, n d floats)::
+
+    Range(0, n) -> (the storage's lookup of those rows) -> table' (n, d) -> the head's own form
+                   (MatMul with Transpose(table'), or Gemm(hidden, table', transB=1))
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
         ids_input: name of the token-id graph input.
         lookup_form: "contrib" or "standard", for block quantization.
         analysis: the model's WordTableAnalysis (analysis.py); None: the pass analyses the model.
+        tied: rewrite the tied LM heads too, each reading the decoded table (module docstring).
     """
 
     def __init__(self, quantized, ids_input: str = "input_ids", lookup_form: str = "contrib",
-                 analysis: WordTableAnalysis | None = None) -> None:
+                 analysis: WordTableAnalysis | None = None, tied: bool = False) -> None:
         super().__init__()
         if lookup_form not in LOOKUP_FORMS:
             raise ValueError(f"lookup_form={lookup_form!r} must be one of {LOOKUP_FORMS}")
@@ -48,12 +55,15 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
         self.ids_input = ids_input
         self.lookup_form = lookup_form
         self.analysis = analysis
+        self.tied = tied
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         analysis = analysis_for(model, self.analysis, self.ids_input)
         try:
             match = analysis.match
-            analysis.check_untied()
+            heads = analysis.tied_heads() if self.tied else ()
+            if not self.tied:
+                analysis.check_untied()
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
         if match.shape != self.quantized.shape:
@@ -62,7 +72,30 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
         before = set(model.graph.initializers)
         for i, occurrence in enumerate(analysis.matches):  # one per If branch in a merged decoder
             self._emit(Builder(model.graph, occurrence.nodes[-1], scope=f"lookup{i}" if i else ""), occurrence)
+        decoded = {}  # one decoded table per graph (a merged decoder's branches each hold a head)
+        readers = {id(r): (r, h) for h in heads for r in [h.removed[0] if h.removed else h.node]}
+        for i, (reader, head) in enumerate(readers.values()):
+            graph = reader.graph
+            if id(graph) not in decoded:  # at the graph's start: it reads constants only
+                decoded[id(graph)] = self._decoded_table(Builder(model.graph, next(iter(graph)), scope=f"head{i}"),
+                                                         match.dtype.numpy())
+            table = decoded[id(graph)]
+            if head.rule.reads_copy:  # MatMul(hidden, table^T) read a transposed copy: it reads table'^T
+                b = Builder(model.graph, reader, scope=f"head{i}")
+                reader.replace_input_with(1, b.op("Transpose", [table], "table_transposed", perm=[1, 0]))
+            else:  # the Transpose or the Gemm that read the table reads the decoded one
+                reader.replace_input_with(next(j for j, v in enumerate(reader.inputs) if v is match.table), table)
+            logger.info("the LM head %s reads the decoded table", head.describe())
         return RewriteResult(model, modified=True, written=written_since(model.graph, before))
+
+    def _decoded_table(self, b: Builder, np_dtype) -> ir.Value:
+        """Every row of the stored table, (n, d) in the model's dtype, from constants only."""
+        storage = format_of(self.quantized)
+        n = self.quantized.shape[0]
+        ids = b.op("Range", [b.const("head/zero", np.array(0, np.int64)), b.const("head/rows", np.array(n, np.int64)),
+                             b.const("head/one", np.array(1, np.int64))], "all_ids")
+        rows = storage.emit_lookup(b, self.quantized, ids, "standard", "table")
+        return b.cast(rows, np_dtype, "table/decoded", storage.decoded_dtype(self.quantized))
 
     def _emit(self, b: Builder, match: EmbeddingMatch) -> None:
         """Replace one lookup of the table with a lookup of the quantized table."""

@@ -60,7 +60,7 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of clusters k (default: 5 for projclust, 1 for svd)")
     parser.add_argument("--method", choices=["projclust", "svd", "codebook"], default="projclust",
                         help="projclust: k subspaces; svd: one subspace, the baseline; codebook: product "
-                             "quantization of the table (one-byte codes into float16 codebooks, on a learned "
+                             "quantization of the table (one-byte codes into codebooks, on a learned and refined "
                              "rotation), sized to --compression or --target-ratio (default: projclust)")
     from projclust_onnx.storage.registry import QUANTIZE  # numpy only: --help stays fast
 

@@ -178,15 +178,17 @@ def spectrum_tail(X: np.ndarray, block: int = 1 << 14) -> np.ndarray:
 
 def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *, clusters=(3, 5, 8),
            block_sizes=(32, 64, 128), fit=None, sample_weight: np.ndarray | None = None, table_itemsize: int = 4,
-           progress=None, verbose: bool = False, families=FAMILIES, device: str = "auto", seed: int = 0) -> Choice:
+           progress=None, verbose: bool = False, families=FAMILIES, device: str = "auto", seed: int = 0,
+           codebook_leading: int = 0) -> Choice:
     """The candidate with the lowest `weights`-weighted error within budget_bytes.
 
     `fit(k, rank)` returns a ProjectiveClustering fitted on `table` (the compressor passes
     one configured as the user asked, with `sample_weight`, which also weights the refit
     of V to quantized U, and codebooks' k-means); `progress(text)` reports each step, and `verbose`
     shows a bar over the storages scored. `families`: which of FAMILIES to try (method codebook: only
-    codebooks); `device` and `seed` are the codebooks' k-means'. (A tied head's table is never chosen for:
-    the plan refuses.)
+    codebooks); `device` and `seed` are the codebooks' k-means', `codebook_leading` their leading directions
+    kept as scalars (a tied head's). (A tied head's table is chosen for with codebooks only: the plan
+    refuses the other families.)
     """
     from projclust_onnx.core.clustering import cluster_tail
 
@@ -209,7 +211,7 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
     # ORT's layouts want whole blocks along the row; codebooks are sized to the budget. They are scored
     # before the factors, so that a good one prunes factor candidates that cannot beat it.
     plain = (plain_storages(d) if "quantize" in families else []) + \
-        (sized_storages(n, d, budget_bytes, device=device, seed=seed, verbose=verbose)
+        (sized_storages(n, d, budget_bytes, device=device, seed=seed, verbose=verbose, leading=codebook_leading)
          if "codebook" in families else [])
     tail = spectrum_tail(X)
     with bar(verbose, "plain storages", len(plain), "storage") as tick:

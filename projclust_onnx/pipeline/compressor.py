@@ -276,8 +276,11 @@ class ProjClustCompressor:
 
         n, d = plan.shape
         budget = n * d * plan.itemsize / config.target_ratio if budget is None else budget
+        from projclust_onnx.storage.codebook import TIED_HEAD_LEADING
+
         return choose(table32, budget, metric, fit=fit, sample_weight=weights, table_itemsize=plan.itemsize,
                       progress=say, verbose=phases.verbose, device=config.device, seed=config.seed,
+                      codebook_leading=TIED_HEAD_LEADING if plan.tied else 0,
                       **({"families": families} if families else {}))
 
     def _report(self, plan, config, result, parities, written: int, relative_error: float | None, n_tokens, n_special,
@@ -416,16 +419,16 @@ def dense_of(result) -> np.ndarray:
 
 
 def rewrite_pass(result, config: ProjClustConfig, tied: bool = False, analysis=None):
-    """The pass that writes `result` into the graph: the k-branch factors (and the tied heads with them
-    when `tied`), or plain quantized storage. `analysis`: the file's WordTableAnalysis (the plan's)."""
+    """The pass that writes `result` into the graph: the k-branch factors, or plain quantized storage (codebooks
+    included), and with either the tied heads when `tied`. `analysis`: the file's WordTableAnalysis (the plan's)."""
     from projclust_onnx.core.factorization import EmbeddingFactorization
     from projclust_onnx.passes import FactorizeEmbeddingPass, QuantizeEmbeddingPass
 
-    if tied:
-        return FactorizeEmbeddingPass(result, config.layout, config.ids_input, tied=True, analysis=analysis)
     if isinstance(result, EmbeddingFactorization):
+        if tied:
+            return FactorizeEmbeddingPass(result, config.layout, config.ids_input, tied=True, analysis=analysis)
         return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form, analysis=analysis)
-    return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form, analysis=analysis)
+    return QuantizeEmbeddingPass(result, config.ids_input, config.lookup_form, analysis=analysis, tied=tied)
 
 
 def split_initializers(model, max_bytes: int) -> None:

@@ -270,7 +270,7 @@ class ProjClustConfig:
                                "and the number of sub-vectors is sized to it")
         if self.clustering.method == "codebook" and self.storage.quantize not in (None, "none"):
             raise SettingError("quantize", f"{{}}={self.storage.quantize!r} stores factors' U; {{method}} codebook "
-                               "stores the table as codes and float16 codebooks: leave {} out")
+                               "stores the table as codes and codebooks: leave {} out")
 
     def rank_for(self, n_rows: int, dim: int, param_bytes: int = 4, quantize: str | None = None,
                  stored_bytes: int | None = None, extra_bytes: int = 0) -> int:

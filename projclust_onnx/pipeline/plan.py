@@ -181,17 +181,13 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     if config.n_clusters > n:
         raise SettingError("n_clusters", f"{{}}={config.n_clusters} must be <= the table's {n} rows")
     tied = any(f.heads for f in files)
-    if tied and config.method == "codebook":
-        head = next(h for f in files for h in f.heads)
-        raise SettingError("head", f"{{method}} codebook cannot be used with a tied LM head "
-                           f"({literal(head.describe())}): no head reads codebooks. Use {{method}} projclust or svd "
-                           "(with {quantize}), or set {} to 'keep' to keep the head dense (the model becomes untied)")
-    if tied and config.target_ratio is not None:
+    if tied and config.target_ratio is not None and config.method != "codebook":
         head = next(h for f in files for h in f.heads)
         raise SettingError("head", f"{{target_ratio}} cannot be used with a tied LM head "
                            f"({literal(head.describe())}): the chooser's plain quantization of the table cannot "
-                           "rewrite the head. Give {compression} (and {quantize}) instead, or set {} to 'keep' to "
-                           "keep the head dense (the model becomes untied)")
+                           "rewrite the head. Give {compression} (and {quantize}) instead, or {method} codebook "
+                           "(the head reads the decoded codebooks), or set {} to 'keep' to keep the head dense "
+                           "(the model becomes untied)")
     if factorization is not None and config.method == "codebook":
         raise SettingError("method", "{}='codebook' cannot write a given factorization (fine-tuned factors are U "
                            "and V): use {method} projclust or svd")
@@ -205,7 +201,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
         if factorization is not None:
             f.rank = factorization.rank
         elif config.method == "codebook":
-            _check_codebooks_fit(n, d, f.match.stored_bytes, config, itemsize)
+            _check_codebooks_fit(n, d, f.match.stored_bytes, config, itemsize, tied)
         elif config.target_ratio is None:
             try:
                 f.rank = config.rank_for(n, d, itemsize, f.quantize, f.match.stored_bytes, extra_bytes=extra)
@@ -269,16 +265,17 @@ def _check_target_reachable(n: int, d: int, itemsize: int, target_ratio: float) 
                            f"({n * d * itemsize / smallest:.1f}x smaller); ask for at most that ratio")
 
 
-def _check_codebooks_fit(n: int, d: int, stored_bytes: int, config, itemsize: int) -> None:
+def _check_codebooks_fit(n: int, d: int, stored_bytes: int, config, itemsize: int, tied: bool = False) -> None:
     """At least one codebook storage must fit the budget of compression (of the table as stored) or
     target_ratio (of the float table); a budget far above the largest codebook (m = d/2) is refused too,
-    since the output would be much smaller than asked."""
+    since the output would be much smaller than asked. `tied`: the codebooks a tied head reads (with their
+    leading directions)."""
     from projclust_onnx.core.chooser import SLACK
     from projclust_onnx.pipeline.report import UNDERSIZE
-    from projclust_onnx.storage.codebook import CodebookStorage, codebook_bytes
+    from projclust_onnx.storage.codebook import TIED_HEAD_LEADING, CodebookStorage, codebook_bytes
 
     budget = codebook_budget(n, d, stored_bytes, config, itemsize)
-    found = CodebookStorage.for_budget(n, d, budget * SLACK)
+    found = CodebookStorage.for_budget(n, d, budget * SLACK, leading=TIED_HEAD_LEADING if tied else 0)
     param = "target_ratio" if config.target_ratio is not None else "compression"
     value = config.target_ratio if config.target_ratio is not None else config.compression
     if not found:

@@ -52,7 +52,7 @@ class CompressionReport:
     special_tokens: int = 0
     choice: dict | None = None
     untied_head: str | None = None
-    heads: list[str] = field(default_factory=list)  # tied LM heads rewritten with the factors
+    heads: list[str] = field(default_factory=list)  # tied LM heads rewritten (with the factors, or the decoded table)
     table_copies: int = 1  # dense copies of the table the input files held (lookups' tables, heads' copies)
     files: list[dict] = field(default_factory=list)  # per model file: what was rewritten, bytes, parity
     timings: dict[str, float] = field(default_factory=dict)
@@ -126,7 +126,15 @@ class CompressionReport:
         ]
         if self.choice:
             rows.append(("chosen", self.choice["reason"]))
-        if self.heads:
+        if self.heads and self.method == "quantize":
+            rows.append(("LM head", f"reads the table the {self.storage_after} decode to (still tied: the files store "
+                                    "it once, encoded); ONNX Runtime folds that decode when a session starts, so "
+                                    f"session memory holds the decoded {self.n_rows} x {self.dim} {self.dtype} table "
+                                    f"({self.n_rows * self.dim * _itemsize(self.dtype) / mib:.1f} MiB) beside the "
+                                    "encoded one, and peaks at several times that while folding (a Qwen-size table: "
+                                    "2885 MiB against the original's 1566, benchmarks/bench_decode.py): "
+                                    + "; ".join(self.heads)))
+        elif self.heads:
             rows.append(("LM head", "rewritten with the same factors (still tied): " + "; ".join(self.heads)))
         largest = max(self.files, key=lambda f: f.get("largest_initializer_bytes", 0), default=None)
         if largest and largest.get("largest_initializer"):

@@ -1,17 +1,21 @@
 """Codebook storage (product quantization, Jegou et al. 2011): each row as m one-byte codes into m codebooks.
 
 A row of d values is cut into m sub-vectors (lengths d/m rounded, the longer ones first);
-sub-vector i is stored as the index of its nearest of 2^b float16 centroids in codebook i,
-fitted by weighted k-means (storage/kmeans.py) on the rows the calibration text lands on.
-Bytes: n*m codes + m * 2^b * s float16 centroids (s = ceil(r/m)), plus r int32 column
-positions when sub-vectors differ in length, plus r*d + 2r for a rotation to r dimensions
-(int8, a float16 scale each), plus the lookup's offsets and shape (4m + 16); so m, and with
-it the size, can be any number up to r/2. ONNX Runtime has no codebook operator and needs
-none; the lookup is opset-13 operators only, for every runtime the browser's included::
+sub-vector i is stored as the index of its nearest of 2^b centroids in codebook i, fitted by
+weighted k-means (storage/kmeans.py) on the rows the calibration text lands on. Centroids are
+float16; on a rotation to r dimensions they are int8, each coordinate's scale folded into its
+basis vector's float32 scale, so the int8 centroids cost no operator (at 32x on MiniLM the
+bytes saved buy two more sub-vectors: cosine 0.9447 -> 0.9489).
+Bytes: n*m codes + m * 2^b * s centroids (s = ceil(r/m); 2 bytes each, 1 on a rotation),
+plus r int32 column positions when sub-vectors differ in length, plus r*d + 4r for a
+rotation to r dimensions (int8, a float32 scale each), plus the lookup's offsets and shape
+(4m + 16); so m, and with it the size, can be any number up to r/2. ONNX Runtime has no
+codebook operator and needs none; the lookup is opset-13 operators only, for every runtime
+the browser's included::
 
     Gather(codes (n, m) uint8, ids) -> Cast(int32) + offsets (i * 2^b)
-    -> Gather(codebooks (m * 2^b, s) float16) -> Reshape (T, m * s) [-> Gather(columns, axis=1)]
-    [-> Cast -> MatMul(Cast(rotation) * Cast(scales))] -> rows (T, d)
+    -> Gather(codebooks (m * 2^b, s) float16 | int8) -> Reshape (T, m * s) [-> Gather(columns, axis=1)]
+    [-> Cast -> MatMul(Cast(rotation) * scales)] -> rows (T, d)
 
 No tied head reads this storage (head_op None): a head multiplies a dense or factorized table.
 """
@@ -27,20 +31,27 @@ from projclust_onnx.common.progress import bar
 from projclust_onnx.storage.base import LOOKUP_FORMS, StorageFormat
 
 CODE_BITS = (4, 5, 6, 7, 8)  # 2^b centroids per codebook; codes are one byte each
+# Leading directions a tied head's codebooks keep as float16 scalars: on a tied GPT-2 (30522 x 128) at 8x,
+# greedy agreement with the original 0.49 with none, 0.96 with 1 and 0.99 with 4 (the table's largest
+# direction held 88% of its energy; codes alone put 13% of their error there, where the head's hidden
+# states are large)
+TIED_HEAD_LEADING = 4
+ROTATION_ROUNDS = 6  # OPQ rounds refining a rotation (storage/rotation.py)
 
 
 @dataclass
 class Codebooks:
     """An (n, d) matrix as codes (n, m) into codebooks (m, 2^bits, s); `columns` (d,) places column c of a row at
-    position columns[c] of the (m * s) concatenated centroids, None when m divides d."""
+    position columns[c] of the (m * s) concatenated centroids, None when m divides d. `leading` (n, t): each row's
+    coordinates on the rotation's first t directions, as float16 scalars (the codes cover the other r - t)."""
 
     codes: np.ndarray  # uint8 (n, m)
-    codebooks: np.ndarray  # float16 (m, 2^bits, s), sub-vectors shorter than s padded with zeros
+    codebooks: np.ndarray  # float16, or int8 on a rotation, (m, 2^bits, s); shorter sub-vectors padded with zeros
     columns: np.ndarray | None  # int32 (r,)
     bits: int
     rotation: np.ndarray | None = None  # int8 (r, d): rows are (centroids)[:, columns] @ (rotation * scales)
-    rotation_scales: np.ndarray | None = None  # float16 (r, 1), one per basis vector
-
+    rotation_scales: np.ndarray | None = None  # float32 (or float16) (r, 1), one per basis vector
+    leading: np.ndarray | None = None  # float16 (n, t): coordinates on the first t basis vectors, not coded
 
     @property
     def m(self) -> int:
@@ -56,7 +67,7 @@ class Codebooks:
     @property
     def nbytes(self) -> int:
         return self.codes.nbytes + sum(a.nbytes for a in (self.codebooks, self.columns, self.rotation,
-                                                          self.rotation_scales) if a is not None) \
+                                                          self.rotation_scales, self.leading) if a is not None) \
             + _lookup_constants(self.m)
 
     @property
@@ -66,11 +77,12 @@ class Codebooks:
     @property
     def n_params(self) -> int:
         """Values stored (codes, centroid entries, rotation entries): what the report counts as parameters."""
-        return self.codes.size + self.codebooks.size + (0 if self.rotation is None else self.rotation.size)
+        return self.codes.size + self.codebooks.size + (0 if self.rotation is None else self.rotation.size) \
+            + (0 if self.leading is None else self.leading.size)
 
     def rows(self, index) -> Codebooks:
         return Codebooks(self.codes[index], self.codebooks, self.columns, self.bits, self.rotation,
-                         self.rotation_scales)
+                         self.rotation_scales, None if self.leading is None else self.leading[index])
 
     def basis(self) -> np.ndarray:
         """The (r, d) rotation the runtime multiplies with, as float32."""
@@ -81,6 +93,8 @@ class Codebooks:
         flat = self.codebooks.reshape(-1, s)[self.codes.astype(np.int64) + np.arange(m) * self.codebooks.shape[1]]
         rows = flat.reshape(len(self.codes), m * s).astype(np.float32)
         rows = rows if self.columns is None else rows[:, self.columns]
+        if self.leading is not None:
+            rows = np.concatenate([self.leading.astype(np.float32), rows], axis=1)
         return rows if self.rotation is None else rows @ self.basis()
 
 
@@ -93,6 +107,24 @@ def layout(d: int, m: int) -> tuple[int, np.ndarray | None]:
         return s, None
     columns = np.concatenate([i * s + np.arange(length) for i, length in enumerate(_lengths(d, m))])
     return s, columns.astype(np.int32)
+
+
+def subvectors(X: np.ndarray, m: int, to_coordinates: np.ndarray | None = None) -> np.ndarray:
+    """The rows of X (n, d), or their coordinates X @ to_coordinates (d, r), as m sub-vectors of s values,
+    (m, n, s) float32, padded as layout() places them. Contiguous (each sub-vector's rows are read without
+    strides: 120 s -> 104 s for a 250,000-row fit, one run) and filled a block of rows at a time: the one
+    table-sized array a codebook fit adds."""
+    n = len(X)
+    s, columns = layout(X.shape[1] if to_coordinates is None else to_coordinates.shape[1], m)
+    parts = np.empty((m, n, s), np.float32)
+    padded = np.zeros((min(n, _ROWS), m * s), np.float32)
+    where = columns if columns is not None else slice(None)
+    for start in range(0, n, _ROWS):
+        rows = X[start:start + _ROWS]
+        block = padded[:len(rows)]
+        block[:, where] = rows if to_coordinates is None else rows @ to_coordinates
+        parts[:, start:start + len(rows)] = block.reshape(len(rows), m, s).transpose(1, 0, 2)
+    return parts
 
 
 def _lengths(d: int, m: int) -> np.ndarray:
@@ -129,13 +161,16 @@ def exact_rows(sample_weight: np.ndarray | None, n_centroids: int) -> np.ndarray
     return heavy[np.argsort(-w[heavy], kind="stable")][: n_centroids // 8]
 
 
-def codebook_bytes(n: int, d: int, m: int, bits: int, rank: int | None = None) -> int:
-    """Bytes of an (n, d) table as m one-byte codes a row into float16 codebooks of 2^bits centroids, on a
-    rotation to `rank` dimensions (int8, a float16 scale per basis vector) when rank is not None."""
-    r = d if rank is None else rank
+def codebook_bytes(n: int, d: int, m: int, bits: int, rank: int | None = None, leading: int = 0) -> int:
+    """Bytes of an (n, d) table as m one-byte codes a row into codebooks of 2^bits centroids: float16, or on a
+    rotation to `rank` dimensions (int8, a float32 scale per basis vector) int8; `leading` of those dimensions
+    as float16 scalars a row, the codes covering the rest."""
+    r = (d if rank is None else rank) - leading  # the coded dimensions
     s, columns = layout(r, m)
-    rotation = 0 if rank is None else r * d + 2 * r
-    return n * m + m * (1 << bits) * s * 2 + (0 if columns is None else 4 * r) + rotation + _lookup_constants(m)
+    rotation = 0 if rank is None else rank * d + 4 * rank
+    centroid = 2 if rank is None else 1
+    return n * m + m * (1 << bits) * s * centroid + (0 if columns is None else 4 * r) + rotation \
+        + 2 * n * leading + _lookup_constants(m)
 
 
 def codebook_fit_bytes(n: int, d: int) -> int:
@@ -170,19 +205,26 @@ def eigen_allocation(eigenvalues: np.ndarray, lengths: np.ndarray) -> np.ndarray
 
 
 class CodebookStorage(StorageFormat):
-    """m sub-vectors of 2^bits float16 centroids each, optionally on a learned rotation.
+    """m sub-vectors of 2^bits centroids each, optionally on a learned rotation.
 
     `m` is the instance's size parameter, so one format covers every byte count from about d/2 bytes a row
     down to one; the chooser sizes m to its budget (for_budget). `rank` r: the rows are first rotated onto
     their r leading principal directions (of the weighted second moment; an (r, d) matrix in int8 with a
-    float16 scale per direction; OPQ's eigenvalue allocation spreads the variance evenly over the
-    sub-vectors), which on MiniLM's table raised the fine-food cosine at 14x from 0.985 to 0.990; None:
-    no rotation (tiny tables, where the matrix would cost more than it saves). `weight_power`: the
-    k-means weights are the calibration weights to this power (0.5 measured best on MiniLM: full weights
-    chase the calibration text's frequent tokens at the cost of the rest). Rows carrying 1% of the
-    weight or more (the special tokens) get centroids of their own (exact_rows): exact up to float16,
-    less what a rotation to r < d drops (on MiniLM at 16x: 1e-4 relative error, against 0.02-0.18 by
-    weight alone).
+    float32 scale per direction; OPQ's eigenvalue allocation spreads the variance evenly over the
+    sub-vectors), which on MiniLM's table raised the fine-food cosine at 14x from 0.985 to 0.990; then
+    `rounds` OPQ rounds on a sample of rows (storage/rotation.py) turn that basis towards where the
+    codebooks lose least (MiniLM at 32x, 42 sub-vectors on 256 directions: cosine 0.9478 -> 0.9519, at 16x
+    0.9880 -> 0.9883), the k-means then warm-started from the last round; its centroids are int8, their
+    steps folded into the basis scales.
+    None: no rotation (tiny tables, where the matrix would cost more than it saves) and float16 centroids.
+    `weight_power`: the k-means weights are the calibration weights to this power (0.5 measured best on
+    MiniLM: full weights chase the calibration text's frequent tokens at the cost of the rest). Rows
+    carrying 1% of the weight or more (the special tokens) get centroids of their own (exact_rows): exact
+    up to float16, or on a rotation up to the int8 steps and what a rotation to r < d drops (on MiniLM
+    at 32x: 0.6-3.5% relative error, against 0.02-0.18 by weight alone; restoring them exactly left the
+    fine-food cosine unchanged to four digits). `leading` t: the rows' coordinates on the t largest
+    directions are stored as float16 scalars, the codes covering the rest. A tied head needs them
+    (TIED_HEAD_LEADING): it multiplies every row by hidden states that lie along those directions.
     """
 
     name = "codebook"
@@ -190,100 +232,134 @@ class CodebookStorage(StorageFormat):
     bits: ClassVar[int] = 8
     sized = True  # the chooser picks the instances for its budget (for_budget)
 
-    def __init__(self, m: int, bits: int = 8, rank: int | None = None, *, weight_power: float = 0.5, seed: int = 0,
-                 device: str = "auto", verbose: bool = False) -> None:
+    def __init__(self, m: int, bits: int = 8, rank: int | None = None, *, leading: int = 0, weight_power: float = 0.5,
+                 rounds: int = ROTATION_ROUNDS, seed: int = 0, device: str = "auto", verbose: bool = False) -> None:
         if bits not in CODE_BITS:
             raise ValueError(f"bits={bits} must be one of {CODE_BITS}")
         if m < 1 or (rank is not None and not m <= rank):
             raise ValueError(f"m={m} sub-vectors must lie in 1..rank (rank={rank})")
+        if rounds < 0:
+            raise ValueError(f"rounds={rounds} of the rotation's refinement must be >= 0")
+        if leading and (rank is None or not 0 < leading <= rank - m):
+            raise ValueError(f"leading={leading} directions need a rotation with room for them beside the m={m} "
+                             f"sub-vectors (rank={rank})")
         super().__init__(None)
-        self.m, self.bits, self.rank = int(m), int(bits), rank
-        self.weight_power, self.seed, self.device, self.verbose = weight_power, seed, device, verbose
+        self.m, self.bits, self.rank, self.leading = int(m), int(bits), rank, int(leading)
+        self.weight_power, self.rounds, self.seed, self.device, self.verbose = weight_power, rounds, seed, device, \
+            verbose
 
     def __repr__(self) -> str:
-        return f"CodebookStorage(m={self.m}, bits={self.bits}, rank={self.rank})"
+        leading = f", leading={self.leading}" if self.leading else ""
+        return f"CodebookStorage(m={self.m}, bits={self.bits}, rank={self.rank}{leading})"
+
+    def _key(self) -> tuple:
+        return self.m, self.bits, self.rank, self.leading
 
     def __eq__(self, other) -> bool:
-        return type(self) is type(other) and (self.m, self.bits, self.rank) == (other.m, other.bits, other.rank)
+        return type(self) is type(other) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((type(self), self.m, self.bits, self.rank))
+        return hash((type(self), *self._key()))
 
     @property
     def label(self) -> str:
         rotation = f", rotation to {self.rank}" if self.rank is not None else ""
-        return f"codebook {self.m} x {self.bits}-bit{rotation}"
+        leading = f", {self.leading} leading in float16" if self.leading else ""
+        return f"codebook {self.m} x {self.bits}-bit{rotation}{leading}"
 
     def fits_row(self, m: int) -> bool:
         return self.m <= (m if self.rank is None else min(self.rank, m))
 
     def nbytes(self, n: int, m: int, itemsize: int = 4) -> int:
-        return codebook_bytes(n, m, self.m, self.bits, self.rank)
+        return codebook_bytes(n, m, self.m, self.bits, self.rank, self.leading)
 
     @classmethod
-    def for_budget(cls, n: int, d: int, budget_bytes: float, **options) -> list[CodebookStorage]:
+    def for_budget(cls, n: int, d: int, budget_bytes: float, leading: int = 0, **options) -> list[CodebookStorage]:
         """For each rotation tried, the largest m (up to half the rotated dimensions: a sub-vector of one value is
         what int8 quantization stores, at less cost) that fits budget_bytes at 8 bits. Rotations: onto all d
         directions, and onto 2/3 of them (at 32x on MiniLM, dropping the weakest third cost less than the
         sub-vectors its bytes buy); no rotation only where a full one would take over 1/8 of the budget
-        (below that, rotating won at every size measured)."""
+        (below that, rotating won at every size measured). `leading` directions as float16 scalars (rotations
+        only)."""
         found = []
         for rank in dict.fromkeys((None, d, d * 2 // 3)):
-            if rank is None and (d * d + 2 * d) * 8 <= budget_bytes:
+            if rank is None and ((d * d + 2 * d) * 8 <= budget_bytes or leading):
                 continue
-            if rank is not None and (rank < 1 or rank * d + 2 * rank >= budget_bytes):
+            if rank is not None and (rank < 1 or rank * d + 4 * rank >= budget_bytes):
                 continue
-            top = max(1, (d if rank is None else rank) // 2)  # sub-vectors of one value are plain 8-bit scalars
-            fits = [m for m in range(1, top + 1) if codebook_bytes(n, d, m, 8, rank) <= budget_bytes]
+            if rank is not None and rank - leading < 2:
+                continue
+            top = max(1, ((d if rank is None else rank) - leading) // 2)  # sub-vectors of one value: 8-bit scalars
+            fits = [m for m in range(1, top + 1) if codebook_bytes(n, d, m, 8, rank, leading) <= budget_bytes]
             if fits:
-                found.append(cls(max(fits), 8, rank, **options))
+                found.append(cls(max(fits), 8, rank, leading=leading, **options))
         return found
 
     def encode(self, matrix: np.ndarray, sample_weight: np.ndarray | None = None) -> Codebooks:
         from projclust_onnx.storage.kmeans import KMEANS_ITERATIONS, nearest_codes, subvector_kmeans
+        from projclust_onnx.storage.rotation import LLOYD_STEPS, refine_rotation
 
         X = np.asarray(matrix, dtype=np.float32)
         n, d = X.shape
         if self.rank is not None and self.rank > d or self.m > (d if self.rank is None else self.rank):
             raise ValueError(f"rank={self.rank} and m={self.m} must not exceed the rows' {d} values (m <= rank <= d)")
         w = None if sample_weight is None else np.asarray(sample_weight, np.float64) ** self.weight_power
-        rotation, to_coordinates = None, None
+        rotation, to_coordinates, init = None, None, None
         if self.rank is not None:  # principal directions of the weighted second moment, allocated
             values, vectors = np.linalg.eigh(_weighted_gram(X, w))
             values, vectors = values[::-1][: self.rank], vectors[:, ::-1][:, : self.rank]
-            order = eigen_allocation(values, _lengths(self.rank, self.m))
-            basis = vectors[:, order].T.astype(np.float32)  # (r, d), in sub-vector order
-            scales = (np.abs(basis).max(1, keepdims=True) / 127).astype(np.float16)
+            t = self.leading  # the largest directions first, kept as scalars; the rest allocated
+            order = t + eigen_allocation(values[t:], _lengths(self.rank - t, self.m))
+            basis = vectors[:, np.concatenate([np.arange(t), order])].T.astype(np.float32)  # (r, d)
+            if self.rounds:
+                # the coded directions refined on the rows less their leading part (which stays as it is)
+                coded = X if not t else X - (X @ basis[:t].T) @ basis[:t]
+                with bar(self.verbose, f"rotation of {self.m} sub-vectors", self.rounds) as tick:
+                    refined, init = refine_rotation(coded, w, basis[t:], self.m, 1 << self.bits, self.rounds,
+                                                    seed=self.seed, device=self.device, progress=tick,
+                                                    exact=exact_rows(sample_weight, min(n, 1 << self.bits)))
+                basis = np.concatenate([basis[:t], refined])
+                del coded
+            scales = np.abs(basis).max(1, keepdims=True) / 127
             scales[scales == 0] = 1
-            rotation = np.clip(np.round(basis / scales.astype(np.float32)), -127, 127).astype(np.int8)
-            stored = rotation.astype(np.float32) * scales.astype(np.float32)
+            rotation = np.clip(np.round(basis / scales), -127, 127).astype(np.int8)
+            stored = rotation.astype(np.float32) * scales
             # coordinates on the stored basis: least squares, which its rounding leaves nearly orthonormal
             to_coordinates = np.linalg.pinv(stored.astype(np.float64)).astype(np.float32)
-        r = d if self.rank is None else self.rank
+        r = (d if self.rank is None else self.rank) - self.leading
         s, columns = layout(r, self.m)
-        # The rows' (rotated) values as m sub-vectors of s, (m, n, s), contiguous (each sub-vector's rows are
-        # read without strides: 120 s -> 104 s for a 250,000-row fit, one run) and filled a block of rows at a
-        # time: the one table-sized array the fit adds.
-        parts = np.empty((self.m, n, s), np.float32)
-        padded = np.zeros((min(n, _ROWS), self.m * s), np.float32)
-        where = columns if columns is not None else slice(None)
-        for start in range(0, n, _ROWS):
-            rows = X[start:start + _ROWS]
-            block = padded[:len(rows)]
-            block[:, where] = rows if to_coordinates is None else rows @ to_coordinates
-            parts[:, start:start + len(rows)] = block.reshape(len(rows), self.m, s).transpose(1, 0, 2)
-        with bar(self.verbose, f"k-means of {self.m} sub-vectors (stops when settled)", KMEANS_ITERATIONS) as tick:
+        leading = None
+        if self.leading:  # float16 scalars: the coordinates on the stored basis's first t vectors
+            leading = (X @ to_coordinates[:, :self.leading]).astype(np.float16)
+            to_coordinates = np.ascontiguousarray(to_coordinates[:, self.leading:])
+        parts = subvectors(X, self.m, to_coordinates)
+        # warm-started from the rotation's rounds, whose Lloyd steps count towards the k-means' total
+        steps = KMEANS_ITERATIONS if init is None else max(KMEANS_ITERATIONS - self.rounds * LLOYD_STEPS, 5)
+        with bar(self.verbose, f"k-means of {self.m} sub-vectors (stops when settled)", steps) as tick:
             centroids, _ = subvector_kmeans(parts, 1 << self.bits, w, seed=self.seed, device=self.device,
                                             exact=exact_rows(sample_weight, min(n, 1 << self.bits)),
-                                            max_iter=KMEANS_ITERATIONS, progress=tick, codes=False)
-        books = np.zeros((self.m, 1 << self.bits, s), np.float16)
-        books[:, : centroids.shape[1]] = centroids  # fewer rows than centroids: the rest stay unused
-        if not np.isfinite(books).all():
-            raise ValueError("the table's values exceed float16's range (65504), where codebooks are stored; use "
-                             "int8/int4 or factors for this table")
-        codes = nearest_codes(parts, books[:, : centroids.shape[1]].astype(np.float32))  # to the stored centroids
-        return Codebooks(codes.astype(np.uint8), books, columns, self.bits, rotation,
-                         None if rotation is None else scales)
+                                            max_iter=steps, progress=tick, codes=False, init=init)
+        used = centroids.shape[1]  # fewer rows than centroids: the rest stay unused (zeros)
+        if rotation is None:
+            books = np.zeros((self.m, 1 << self.bits, s), np.float16)
+            books[:, :used] = centroids
+            if not np.isfinite(books).all():
+                raise ValueError("the table's values exceed float16's range (65504), where codebooks are stored; "
+                                 "use int8/int4 or factors for this table")
+            codes = nearest_codes(parts, books[:, :used].astype(np.float32))  # to the stored centroids
+            return Codebooks(codes.astype(np.uint8), books, columns, self.bits)
+        # int8 centroids: each padded coordinate p in steps of its largest |centroid| / 127, a step folded
+        # into the float32 scale of the basis vector that coordinate multiplies
+        step = np.abs(centroids).max(1) / 127  # (m, s)
+        step[step == 0] = 1
+        books = np.zeros((self.m, 1 << self.bits, s), np.int8)
+        books[:, :used] = np.clip(np.round(centroids / step[:, None]), -127, 127)
+        codes = nearest_codes(parts, books[:, :used].astype(np.float32) * step[:, None])  # to the stored centroids
+        position = columns if columns is not None else np.arange(r)
+        folded = scales.astype(np.float32).copy()
+        folded[self.leading:] *= step.reshape(-1)[position][:, None]
+        return Codebooks(codes.astype(np.uint8), books, columns, self.bits, rotation, folded.astype(np.float32),
+                         leading)
 
     @staticmethod
     def decode(stored: Codebooks) -> np.ndarray:
@@ -299,7 +375,8 @@ class CodebookStorage(StorageFormat):
 
     @classmethod
     def of(cls, stored: Codebooks) -> CodebookStorage:
-        return cls(stored.m, stored.bits, stored.rank)
+        return cls(stored.m, stored.bits, stored.rank, leading=0 if stored.leading is None else
+                   stored.leading.shape[1])
 
     def emit_lookup(self, b, stored: Codebooks, ids, form: str, name: str):
         import onnx_ir as ir
@@ -325,6 +402,10 @@ class CodebookStorage(StorageFormat):
         # decoded from constants only, so ONNX Runtime folds it at session start: 4 r d bytes in memory, r d
         # in the file.
         coordinates = b.op("Cast", [rows], f"{name}/coordinates_float", to=ir.DataType.FLOAT)
+        if stored.leading is not None:  # the leading coordinates, gathered as stored, first
+            lead = b.op("Gather", [b.const(f"{name}/leading", stored.leading), ids], f"{name}/row_leading")
+            coordinates = b.op("Concat", [b.op("Cast", [lead], f"{name}/row_leading_float", to=ir.DataType.FLOAT),
+                                          coordinates], f"{name}/all_coordinates", axis=1)
         rotation = b.op("Mul", [b.op("Cast", [b.const(f"{name}/rotation", stored.rotation)],
                                      f"{name}/rotation_float", to=ir.DataType.FLOAT),
                                 b.op("Cast", [b.const(f"{name}/rotation_scales", stored.rotation_scales)],

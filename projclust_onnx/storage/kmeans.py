@@ -27,34 +27,40 @@ KMEANS_ITERATIONS = 25  # Lloyd steps at most, the last _FULL_ITERATIONS of them
 
 def subvector_kmeans(X: torch.Tensor, n_centroids: int, weights: torch.Tensor | None = None, *,
                      max_iter: int = KMEANS_ITERATIONS, tol: float = 1e-4, seed: int = 0, device="auto", exact=(),
-                     progress=None, codes: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+                     progress=None, codes: bool = True, init=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Centroids (m, K, s) float32 and codes (n, m) (uint8 up to 256 centroids) of X (m, n, s): per sub-vector,
     the weighted k-means of the n rows' s values (sum_i w_i ||x_i - c(x_i)||^2, Lloyd from weighted samples).
     Rows `exact` (fewer than K) are centroids of their own in every sub-vector, held fixed: kept exactly.
     `progress(1)` is called after each Lloyd step (the sample's and the full rows' alike). codes=False: None
-    for the codes (a caller that rounds the centroids first assigns its own, one pass over the rows fewer)."""
+    for the codes (a caller that rounds the centroids first assigns its own, one pass over the rows fewer).
+    `init` (m, K, s): centroids to start from (a warm start: no seeding; on a large table only the last
+    iterations, those on every row), the exact rows' put back."""
     dev = resolve_device(device)
     X = torch.as_tensor(X, dtype=torch.float32).to(dev)
     m, n, s = X.shape
     w = torch.ones(n, device=dev) if weights is None else torch.as_tensor(weights, dtype=torch.float32).to(dev)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     K = min(n_centroids, n)
-    # Seeds: K distinct rows per sub-vector, drawn in proportion to sqrt(weight) (frequent rows are
-    # likely, rare ones and rows of weight 0 possible), then Lloyd.
-    p = w.sqrt().cpu().double()
-    p = (p / p.sum() if p.sum() > 0 else torch.full((n,), 1.0 / n, dtype=torch.float64)) + 1e-9 / n
     exact = torch.as_tensor(np.asarray(exact, dtype=np.int64)).to(dev)
     if len(exact) >= K:
         raise ValueError(f"{len(exact)} exact rows leave no free centroid of {K}")
-    p[exact.cpu()] = 0.0  # their centroids are fixed below
-    picks = torch.stack([torch.multinomial(p, K - len(exact), replacement=False, generator=gen)
-                         for _ in range(m)]).to(dev)
-    picks = torch.cat([exact.expand(m, len(exact)), picks], 1)
-    C = torch.gather(X, 1, picks.unsqueeze(-1).expand(m, K, s)).clone()
+    if init is not None:
+        C = torch.as_tensor(init, dtype=torch.float32).to(dev).clone()
+        C[:, :len(exact)] = X[:, exact]
+    else:  # seeds: K distinct rows per sub-vector, drawn in proportion to sqrt(weight) (frequent rows are
+        # likely, rare ones and rows of weight 0 possible), then Lloyd
+        p = w.sqrt().cpu().double()
+        p = (p / p.sum() if p.sum() > 0 else torch.full((n,), 1.0 / n, dtype=torch.float64)) + 1e-9 / n
+        p[exact.cpu()] = 0.0  # their centroids are fixed below
+        picks = torch.stack([torch.multinomial(p, K - len(exact), replacement=False, generator=gen)
+                             for _ in range(m)]).to(dev)
+        picks = torch.cat([exact.expand(m, len(exact)), picks], 1)
+        C = torch.gather(X, 1, picks.unsqueeze(-1).expand(m, K, s)).clone()
     lloyd = functools.partial(_lloyd, tol=tol, fixed=len(exact), progress=progress or (lambda n=1: None))
-    if n > 2 * _SAMPLE_ROWS:  # most iterations on a sample, the last ones on every row
-        sample = torch.randperm(n, generator=gen)[:_SAMPLE_ROWS].to(dev)
-        C = lloyd(X[:, sample], w[sample], C, max_iter - _FULL_ITERATIONS)
+    if n > 2 * _SAMPLE_ROWS:  # most iterations on a sample (a warm start's were its caller's), the last on all
+        if init is None:
+            sample = torch.randperm(n, generator=gen)[:_SAMPLE_ROWS].to(dev)
+            C = lloyd(X[:, sample], w[sample], C, max_iter - _FULL_ITERATIONS)
         C = lloyd(X, w, C, _FULL_ITERATIONS)
     else:
         C = lloyd(X, w, C, max_iter)

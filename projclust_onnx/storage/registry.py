@@ -67,7 +67,7 @@ def plain_storages(dim: int) -> list[StorageFormat]:
 
 def sized_storages(n: int, dim: int, budget_bytes: float, **options) -> list[StorageFormat]:
     """The instances of sized formats (codebooks) the chooser tries on an (n, dim) table within budget_bytes;
-    `options` (device, seed, verbose) go to each instance."""
+    `options` (device, seed, verbose, and leading for codebooks) go to each instance."""
     return [fmt for cls in FORMATS if cls.sized for fmt in cls.for_budget(n, dim, budget_bytes, **options)]
 
 
