@@ -9,8 +9,10 @@ What the chooser produces when plain quantization beats the factors at the asked
 Every lookup of the table is rewritten (both branches of a merged decoder's If); they share
 the quantized initializers. With `tied`, a tied LM head reads the same initializers: the
 whole table decoded from constants alone (Range(0, n) as the ids), which ONNX Runtime folds
-at session start into a dense table, so the head's product runs as fast as the original's
-while the file holds one stored copy (session memory holds the decoded table, n d floats)::
+at session start into a dense table: the head is the original's product on that table, and
+the file holds one stored copy. Session memory holds the decoded table (n d floats) and
+peaks higher while folding; the head ran at 0.90-1.03x the original's speed
+(benchmarks/bench_decode.py)::
 
     Range(0, n) -> (the storage's lookup of those rows) -> table' (n, d) -> the head's own form
                    (MatMul with Transpose(table'), or Gemm(hidden, table', transB=1))
