@@ -106,17 +106,20 @@ def random_int4_factors(n: int, d: int, k: int, rank: int, seed: int = 0) -> Emb
 
 
 def random_codebooks(n: int, d: int, ratio: float, seed: int = 0):
-    """Random codes and int8 centroids on a random int8 rotation, sized as --method codebook sizes them to 1/ratio
-    of the float table (CodebookStorage.for_budget, the full rotation): timing does not depend on the values."""
-    from projclust_onnx.storage.codebook import Codebooks, CodebookStorage, layout
+    """Random codes and int8 centroids on a random int8 rotation, sized as --method codebook sizes them for a tied
+    head to 1/ratio of the float table (CodebookStorage.for_budget with the head's leading directions, the full
+    rotation): timing does not depend on the values."""
+    from projclust_onnx.storage.codebook import TIED_HEAD_LEADING, Codebooks, CodebookStorage, layout
 
-    storage = next(s for s in CodebookStorage.for_budget(n, d, n * d * 4 / ratio) if s.rank == d)
+    t = TIED_HEAD_LEADING
+    storage = next(s for s in CodebookStorage.for_budget(n, d, n * d * 4 / ratio, leading=t) if s.rank == d)
     rng = np.random.default_rng(seed)
-    s, columns = layout(d, storage.m)
+    s, columns = layout(d - t, storage.m)
     return Codebooks(rng.integers(0, 256, (n, storage.m), dtype=np.uint8),
                      rng.integers(-127, 128, (storage.m, 256, s), dtype=np.int8), columns, 8,
                      rng.integers(-127, 128, (d, d), dtype=np.int8),
-                     np.full((d, 1), 1e-4 / np.sqrt(d), np.float32))
+                     np.full((d, 1), 1e-4 / np.sqrt(d), np.float32),
+                     rng.standard_normal((n, t)).astype(np.float16))
 
 
 def with_codebooks(src: Path, directory: Path, stored) -> Path:

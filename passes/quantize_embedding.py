@@ -8,14 +8,15 @@ What the chooser produces when plain quantization beats the factors at the asked
 
 Every lookup of the table is rewritten (both branches of a merged decoder's If); they share
 the quantized initializers. With `tied`, a tied LM head reads the same initializers: the
-whole table decoded from constants alone (Range(0, n) as the ids), which ONNX Runtime folds
-at session start into a dense table: the head is the original's product on that table, and
-the file holds one stored copy. Session memory holds the decoded table (n d floats) and
-peaks higher while folding; the head ran at 0.90-1.03x the original's speed
-(benchmarks/bench_decode.py)::
+whole table decoded from constants alone (Range(0, n) as the ids), once in the main graph
+(every If branch's head reads it), which ONNX Runtime folds at session start into a dense
+table: the head is the original's product on that table, and the file holds one stored copy.
+Session memory holds the decoded table (n d floats), about what the original held, and peaks
+at several times that while folding; the head is the original's product (0.98-1.00x its speed,
+benchmarks/bench_head_forms.py, where a head of per-sub-vector look-up tables ran 8-50x slower)::
 
     Range(0, n) -> (the storage's lookup of those rows) -> table' (n, d) -> the head's own form
-                   (MatMul with Transpose(table'), or Gemm(hidden, table', transB=1))
+                   (MatMul with one Transpose(table') for every such head, or Gemm(hidden, table', transB=1))
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
         analysis = analysis_for(model, self.analysis, self.ids_input)
         try:
             match = analysis.match
-            heads = analysis.tied_heads() if self.tied else ()
-            if not self.tied:
+            if self.tied:
+                heads = analysis.tied_heads()
+            else:
+                heads = ()
                 analysis.check_untied()
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
@@ -74,18 +77,21 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
         before = set(model.graph.initializers)
         for i, occurrence in enumerate(analysis.matches):  # one per If branch in a merged decoder
             self._emit(Builder(model.graph, occurrence.nodes[-1], scope=f"lookup{i}" if i else ""), occurrence)
-        decoded = {}  # one decoded table per graph (a merged decoder's branches each hold a head)
         readers = {id(r): (r, h) for h in heads for r in [h.removed[0] if h.removed else h.node]}
-        for i, (reader, head) in enumerate(readers.values()):
-            graph = reader.graph
-            if id(graph) not in decoded:  # at the graph's start: it reads constants only
-                decoded[id(graph)] = self._decoded_table(Builder(model.graph, next(iter(graph)), scope=f"head{i}"),
-                                                         match.dtype.numpy())
-            table = decoded[id(graph)]
-            if head.rule.reads_copy:  # MatMul(hidden, table^T) read a transposed copy: it reads table'^T
-                b = Builder(model.graph, reader, scope=f"head{i}")
-                reader.replace_input_with(1, b.op("Transpose", [table], "table_transposed", perm=[1, 0]))
-            else:  # the Transpose or the Gemm that read the table reads the decoded one
+        # decoded once, at the main graph's start (it reads constants only): a merged decoder's two If branches
+        # both read it, so ONNX Runtime folds one table, not one per branch
+        b = Builder(model.graph, next(iter(model.graph)), scope="head")
+        table = self._decoded_table(b, match.dtype.numpy()) if readers else None
+        transposed = None  # table'^T, built once where a head multiplies by the transpose
+        for reader, head in readers.values():
+            if head.rule.reads_copy or head.removed:
+                transposed = transposed or b.op("Transpose", [table], "table_transposed", perm=[1, 0])
+            if head.rule.reads_copy:  # MatMul(hidden, copy of table^T) reads table'^T
+                reader.replace_input_with(1, transposed)
+            elif head.removed:  # MatMul(hidden, Transpose(table)): its Transpose goes, table'^T read instead
+                ir.convenience.replace_all_uses_with(reader.outputs[0], transposed)
+                reader.graph.remove(reader, safe=True)
+            else:  # Gemm(hidden, table, transB=1) reads table'
                 reader.replace_input_with(next(j for j, v in enumerate(reader.inputs) if v is match.table), table)
             logger.info("the LM head %s reads the decoded table", head.describe())
         return RewriteResult(model, modified=True, written=written_since(model.graph, before))

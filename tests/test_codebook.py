@@ -234,6 +234,13 @@ def test_the_cli_inspects_and_refuses_codebooks_by_flag(tmp_path):
     assert done.returncode == 0, done.stderr
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith("codebooks"))
     assert "within 76,800 bytes" in line and "codebook 16 x 8-bit, rotation to 32" in line
+    # a tied head: the sizes compress tries keep its leading directions
+    tied_dir = write_model_dir(tmp_path / "tied", embedding_model(3000, 32, position=False, tied=True)[0]).parent
+    done = cli("inspect", "--model", tied_dir, "--method", "codebook", "--compression", "0.8")
+    assert done.returncode == 0, done.stderr
+    assert "(reads the table the codebooks decode to)" in done.stdout
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("codebooks"))
+    assert "4 leading in float16" in line and "codebook 16 x" not in line
     refused = one_line_error(cli("compress", "--model", model_dir, "--output", tmp_path / "out", "--method",
                                  "codebook", "--rank", "8"))
     assert "--rank" in refused and "--method codebook" in refused
@@ -371,17 +378,12 @@ def test_rotation_rounds_keep_an_orthonormal_basis_and_each_procrustes_step_lowe
     X = (rng.normal(size=(n, d)) * np.linspace(2, 0.1, d)).astype(np.float32)
     w = rng.uniform(0.1, 1.0, n)
     start = np.linalg.qr(rng.normal(size=(d, rank)))[0].T.astype(np.float32)
-    basis, centroids = refine_rotation(X, w, start, m, 16, rounds, seed=seed, device="cpu")
-    assert basis.shape == (rank, d) and centroids.shape[0] == m
+    basis, centroids, codes = refine_rotation(X, w, start, m, 16, rounds, seed=seed, device="cpu")
+    assert basis.shape == (rank, d) and centroids.shape[0] == m and codes.shape == (n, m)
     np.testing.assert_allclose(basis @ basis.T, np.eye(rank), atol=1e-4)
-    # the last round's codes against its own centroids, read through the basis before and after the step
-    from projclust_onnx.storage.codebook import subvectors
-    from projclust_onnx.storage.kmeans import nearest_codes
-
-    previous, _ = refine_rotation(X, w, start, m, 16, rounds - 1, seed=seed, device="cpu") if rounds > 1 \
-        else (start, None)
-    parts = subvectors(X, m, previous.T)
-    codes = nearest_codes(parts, centroids)
+    # the last round's codes and centroids, read through the basis before and after the step
+    previous = refine_rotation(X, w, start, m, 16, rounds - 1, seed=seed, device="cpu")[0] if rounds > 1 \
+        else start
     s, columns = layout(rank, m)
     decoded = centroids[np.arange(m), codes].reshape(n, m * s)[:, columns if columns is not None else slice(None)]
 
@@ -440,6 +442,75 @@ def test_a_tied_head_reads_the_decoded_codebooks_from_the_one_stored_copy(tmp_pa
     got = ort.InferenceSession(str(tmp_path / "out" / "model.onnx")).run(None, {"input_ids": ids})
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def _merged_decoder_with_heads(table: np.ndarray, form: str):
+    """decoder_model_merged.onnx's shape with a tied head in both If branches: each branch looks the ids up
+    and multiplies by the table's transpose, as a Transpose of the table ("transpose") or as a transposed copy
+    in the main graph ("copy"); then-branch Relu, else-branch Neg."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, d = table.shape
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", n])
+
+    def branch(name: str, act: str) -> onnx.GraphProto:
+        nodes = [helper.make_node("Gather", ["embed_tokens.weight", "input_ids"], [f"{name}_rows"],
+                                  name=f"/{name}/embed_tokens/Gather")]
+        weight = "lm_head.weight_T"
+        if form == "transpose":
+            weight = f"{name}_table_T"
+            nodes.append(helper.make_node("Transpose", ["embed_tokens.weight"], [weight], perm=[1, 0],
+                                          name=f"/{name}/lm_head/Transpose"))
+        nodes += [helper.make_node("MatMul", [f"{name}_rows", weight], [f"{name}_scores"], name=f"/{name}/lm_head"),
+                  helper.make_node(act, [f"{name}_scores"], ["logits"], name=f"/{name}/act")]
+        return helper.make_graph(nodes, name, [], [out])
+
+    node = helper.make_node("If", ["use_cache_branch"], ["logits"], name="optimum::if",
+                            then_branch=branch("with_past", "Relu"), else_branch=branch("no_past", "Neg"))
+    inits = [numpy_helper.from_array(table, "embed_tokens.weight")]
+    if form == "copy":
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(table.T), "lm_head.weight_T"))
+    graph = helper.make_graph([node], "merged", [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])], [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("form", ["transpose", "copy"])
+def test_the_heads_of_both_branches_of_a_merged_decoder_read_one_decoded_table(form):
+    """A merged decoder holds a tied head in each If branch: both read one table decoded in the main graph
+    (one Range, one Transpose, none left in the branches), so ONNX Runtime folds one table, not two; either
+    branch's logits equal the decoded table's."""
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime as ort
+    from projclust_onnx.passes import QuantizeEmbeddingPass, with_cleanup
+
+    rng = np.random.default_rng(0)
+    n, d = 600, 24
+    table_ = (rng.normal(size=(n, d)) * np.linspace(3, 0.2, d)).astype(np.float32)
+    stored = CodebookStorage(6, rank=d, leading=2).encode(table_)
+    model = ir.serde.deserialize_model(_merged_decoder_with_heads(table_, form))
+    with_cleanup(QuantizeEmbeddingPass(stored, tied=True))(model)
+    proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(proto, full_check=True)
+    main_ops = [node.op_type for node in proto.graph.node]
+    assert main_ops.count("Range") == 1 and main_ops.count("Transpose") == 1
+    branches = [attr.g for node in proto.graph.node if node.op_type == "If" for attr in node.attribute]
+    assert len(branches) == 2
+    for graph in branches:
+        ops = [node.op_type for node in graph.node]
+        assert "Range" not in ops and "Transpose" not in ops and "MatMul" in ops
+    assert {init.name for init in proto.graph.initializer}.isdisjoint({"embed_tokens.weight", "lm_head.weight_T"})
+    decoded = stored.dequantize()
+    ids = rng.integers(0, n, (2, 5))
+    session = ort.InferenceSession(proto.SerializeToString())
+    for flag, act in ((True, lambda x: np.maximum(x, 0)), (False, np.negative)):
+        got = session.run(None, {"input_ids": ids, "use_cache_branch": np.array([flag])})[0]
+        np.testing.assert_allclose(got, act(decoded[ids] @ decoded.T), rtol=1e-4, atol=1e-3)
 
 
 def test_leading_directions_are_stored_as_float16_scalars_and_counted():

@@ -217,6 +217,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             tied = ", ".join(h.describe() for h in heads) or "no"
             if heads:
                 tied += " (kept dense where it is its own copy: untied)" if config.head == "keep" else \
+                    " (reads the table the codebooks decode to)" if config.method == "codebook" else \
                     " (rewritten with the same factors)"
                 tied_any = tied_any or config.head != "keep"
                 held_copies += len(analysis.copies) if config.head != "keep" else 0
@@ -235,13 +236,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         itemsize = match.dtype.numpy().itemsize
         table_bytes = n * d * itemsize
         if config.method == "codebook":
-            from projclust_onnx.pipeline.plan import codebook_budget
-            from projclust_onnx.storage.codebook import CodebookStorage
+            from projclust_onnx.pipeline.plan import codebooks_for
 
-            budget = codebook_budget(n, d, match.stored_bytes, config, itemsize)
-            from projclust_onnx.core.chooser import SLACK
-
-            tried = CodebookStorage.for_budget(n, d, budget * SLACK)
+            budget, tried = codebooks_for(n, d, match.stored_bytes, config, itemsize, tied_any)
             rows.append(("codebooks", f"within {budget:,.0f} bytes: " + ("; ".join(
                 f"{s.label} = {s.nbytes(n, d):,} bytes" for s in tried) or "none fits (ask for less)") +
                 "; the lowest error (the larger of the calibration-weighted and the uniform one) is kept"))

@@ -270,12 +270,10 @@ def _check_codebooks_fit(n: int, d: int, stored_bytes: int, config, itemsize: in
     target_ratio (of the float table); a budget far above the largest codebook (m = d/2) is refused too,
     since the output would be much smaller than asked. `tied`: the codebooks a tied head reads (with their
     leading directions)."""
-    from projclust_onnx.core.chooser import SLACK
     from projclust_onnx.pipeline.report import UNDERSIZE
-    from projclust_onnx.storage.codebook import TIED_HEAD_LEADING, CodebookStorage, codebook_bytes
+    from projclust_onnx.storage.codebook import codebook_bytes
 
-    budget = codebook_budget(n, d, stored_bytes, config, itemsize)
-    found = CodebookStorage.for_budget(n, d, budget * SLACK, leading=TIED_HEAD_LEADING if tied else 0)
+    budget, found = codebooks_for(n, d, stored_bytes, config, itemsize, tied)
     param = "target_ratio" if config.target_ratio is not None else "compression"
     value = config.target_ratio if config.target_ratio is not None else config.compression
     if not found:
@@ -288,6 +286,16 @@ def _check_codebooks_fit(n: int, d: int, stored_bytes: int, config, itemsize: in
                            f"the {n} x {d} table (d/2 one-byte codes a row) takes {largest:,}: ask for a ratio of "
                            f"at least {n * d * itemsize / largest:.1f} ({{compression}} at least "
                            f"{1 - largest / stored_bytes:.2f}), or use {{method}} projclust or int8/int4 quantization")
+
+
+def codebooks_for(n: int, d: int, stored_bytes: int, config, itemsize: int = 4, tied: bool = False) -> tuple:
+    """(budget, storages): the bytes --method codebook may take (codebook_budget) and the codebook storages
+    compress tries within them (with a tied head's leading directions when `tied`); what `inspect` lists."""
+    from projclust_onnx.core.chooser import SLACK
+    from projclust_onnx.storage.codebook import TIED_HEAD_LEADING, CodebookStorage
+
+    budget = codebook_budget(n, d, stored_bytes, config, itemsize)
+    return budget, CodebookStorage.for_budget(n, d, budget * SLACK, leading=TIED_HEAD_LEADING if tied else 0)
 
 
 def codebook_budget(n: int, d: int, stored_bytes: int, config, itemsize: int = 4) -> float:

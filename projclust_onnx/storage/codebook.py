@@ -5,7 +5,7 @@ sub-vector i is stored as the index of its nearest of 2^b centroids in codebook 
 weighted k-means (storage/kmeans.py) on the rows the calibration text lands on. Centroids are
 float16; on a rotation to r dimensions they are int8, each coordinate's scale folded into its
 basis vector's float32 scale, so the int8 centroids cost no operator (at 32x on MiniLM the
-bytes saved buy two more sub-vectors: cosine 0.9447 -> 0.9489).
+bytes saved buy two more sub-vectors: cosine 0.9447 -> 0.9478).
 Bytes: n*m codes + m * 2^b * s centroids (s = ceil(r/m); 2 bytes each, 1 on a rotation),
 plus r int32 column positions when sub-vectors differ in length, plus r*d + 4r for a
 rotation to r dimensions (int8, a float32 scale each), plus the lookup's offsets and shape
@@ -17,7 +17,12 @@ the browser's included::
     -> Gather(codebooks (m * 2^b, s) float16 | int8) -> Reshape (T, m * s) [-> Gather(columns, axis=1)]
     [-> Cast -> MatMul(Cast(rotation) * scales)] -> rows (T, d)
 
-No tied head reads this storage (head_op None): a head multiplies a dense or factorized table.
+A tied head multiplies the table this lookup decodes to (passes/quantize_embedding.py), not the
+codes (head_op None). Measured and not offered, each losing at equal bytes on MiniLM
+(benchmarks/study_codebook_variants.py; fine-food cosine at 16x / 32x against 0.9881 / 0.9528
+here): codes of 4 bits packed two a byte, twice the sub-vectors (0.9854 / 0.9463); a residual
+stage, a second codebook storage of what the first leaves (0.9857 / 0.9461); projective
+clustering as the coarse stage, per-cluster bases (32x: 0.9397-0.9457).
 """
 
 from __future__ import annotations
@@ -315,7 +320,7 @@ class CodebookStorage(StorageFormat):
                 # the coded directions refined on the rows less their leading part (which stays as it is)
                 coded = X if not t else X - (X @ basis[:t].T) @ basis[:t]
                 with bar(self.verbose, f"rotation of {self.m} sub-vectors", self.rounds) as tick:
-                    refined, init = refine_rotation(coded, w, basis[t:], self.m, 1 << self.bits, self.rounds,
+                    refined, init, _ = refine_rotation(coded, w, basis[t:], self.m, 1 << self.bits, self.rounds,
                                                     seed=self.seed, device=self.device, progress=tick,
                                                     exact=exact_rows(sample_weight, min(n, 1 << self.bits)))
                 basis = np.concatenate([basis[:t], refined])

@@ -79,7 +79,15 @@ def _lloyd(X: torch.Tensor, w: torch.Tensor, C: torch.Tensor, iterations: int, t
            fixed: int = 0, progress=lambda n=1: None) -> torch.Tensor:
     """Up to `iterations` Lloyd steps from centroids C, the first `fixed` of each sub-vector held; stops when
     the weighted cost falls by less than tol."""
-    previous = None
+    return lloyd_with_codes(X, w, C, iterations, tol, fixed, progress)[0]
+
+
+def lloyd_with_codes(X: torch.Tensor, w: torch.Tensor, C: torch.Tensor, iterations: int, tol: float,
+                     fixed: int = 0, progress=lambda n=1: None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """_lloyd's centroids and the last codes (m, n) it assigned (None after no step): the returned centroids
+    are those codes' weighted means (or the centroids they were assigned to, when it stopped), so the pair
+    decodes the rows without another pass over them."""
+    previous, codes = None, None
     for _ in range(iterations):
         codes, cost = _assign(X, C)
         total = float((cost * w).sum())
@@ -88,7 +96,7 @@ def _lloyd(X: torch.Tensor, w: torch.Tensor, C: torch.Tensor, iterations: int, t
         C = torch.cat([C[:, :fixed], _update(X, w, codes, C)[:, fixed:]], 1)
         previous = total
         progress(1)
-    return C
+    return C, codes
 
 
 def _assign(X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

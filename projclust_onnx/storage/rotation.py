@@ -25,17 +25,20 @@ LLOYD_STEPS = 2  # k-means steps per round, warm-started from the round before (
 
 def refine_rotation(X: np.ndarray, w: np.ndarray | None, basis: np.ndarray, m: int, n_centroids: int,
                     rounds: int, *, exact=(), seed: int = 0, device="auto", progress=None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The orthonormal (r, d) basis (rows in sub-vector order) after `rounds` OPQ rounds from `basis`, and the
-    last round's centroids (m, K, s), a warm start for the k-means on the final basis; on a
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The orthonormal (r, d) basis (rows in sub-vector order) after `rounds` OPQ rounds from `basis`, the
+    last round's centroids (m, K, s), a warm start for the k-means on the final basis, and the codes (rows, m)
+    of the sampled rows that the last basis was fitted to; on a
     uniform sample of X's rows (weights w kept; the `exact` rows always in it, their centroids held on them).
     Each round: LLOYD_STEPS of weighted k-means of the m sub-vectors of the rows' coordinates, then the basis
     that minimises sum_i w_i ||x_i - decoded_i @ basis||^2 (Procrustes: U V^T of the SVD of sum_i w_i
     decoded_i^T x_i). `progress(1)` after each round."""
     from projclust_onnx.common.device import resolve_device
     from projclust_onnx.storage.codebook import layout, subvectors
-    from projclust_onnx.storage.kmeans import _assign, _lloyd, subvector_kmeans
+    from projclust_onnx.storage.kmeans import lloyd_with_codes, subvector_kmeans
 
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}: refining a rotation takes at least one round")
     X = np.asarray(X, np.float32)
     n = len(X)
     exact = np.asarray(exact, np.int64)
@@ -56,14 +59,14 @@ def refine_rotation(X: np.ndarray, w: np.ndarray | None, basis: np.ndarray, m: i
     centroids = None
     for _ in range(rounds):
         parts = torch.as_tensor(subvectors(Xs, m, basis.T)).to(dev)
-        if centroids is None:
-            found, _ = subvector_kmeans(parts, n_centroids, wt, max_iter=LLOYD_STEPS, seed=seed, device=dev,
-                                        exact=fixed, codes=False)
+        if centroids is None:  # the k-means' seeds (no step: the sample is below its sampling size)
+            found, _ = subvector_kmeans(parts, n_centroids, wt, max_iter=0, seed=seed, device=dev, exact=fixed,
+                                        codes=False)
             centroids = torch.as_tensor(found).to(dev)
-        else:
-            centroids[:, :len(fixed)] = parts[:, fixed]  # the exact rows' centroids follow them
-            centroids = _lloyd(parts, wt, centroids, LLOYD_STEPS, tol=0.0, fixed=len(fixed))
-        codes, _ = _assign(parts, centroids)
+        centroids[:, :len(fixed)] = parts[:, fixed]  # the exact rows' centroids follow them
+        # the codes of the last step, not assigned again: the centroids are their means (one pass fewer a round,
+        # MiniLM's 16x fit 31.1 s -> 28.6 s, a 250,000-row one 69-75 s -> 57 s)
+        centroids, codes = lloyd_with_codes(parts, wt, centroids, LLOYD_STEPS, tol=0.0, fixed=len(fixed))
         decoded = centroids[torch.arange(m, device=dev)[:, None], codes.long()]  # (m, rows, s)
         coordinates = decoded.permute(1, 0, 2).reshape(len(rows), m * s).cpu().numpy()[:, where]  # (rows, r)
         u, _, vt = np.linalg.svd((coordinates * ws[:, None].astype(np.float32)).T.astype(np.float64)
@@ -71,4 +74,4 @@ def refine_rotation(X: np.ndarray, w: np.ndarray | None, basis: np.ndarray, m: i
         basis = (u @ vt).astype(np.float32)
         if progress is not None:
             progress(1)
-    return basis, centroids.cpu().numpy()
+    return basis, centroids.cpu().numpy(), codes.T.cpu().numpy()
