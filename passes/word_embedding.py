@@ -74,8 +74,8 @@ class EmbeddingMatch:
             dtype, bits, shape = nodes[-1].inputs[1].const_value.dtype, 8, (n, width)
         else:
             bits = bits_of(self.lookup)
-            packed = bits == 4 and self.table.const_value.dtype == ir.DataType.UINT8
-            dtype, shape = self.lookup.inputs[2].const_value.dtype, (n, width * 2 if packed else width)
+            packed = bits < 8 and self.table.const_value.dtype == ir.DataType.UINT8  # 8/bits values a byte
+            dtype, shape = self.lookup.inputs[2].const_value.dtype, (n, width * 8 // bits if packed else width)
         for name, value in dict(output=self.output or self.lookup.outputs[0], nodes=nodes,
                                 lookups=tuple(self.lookups) or (self.lookup,), _stored_bytes=stored_bytes,
                                 _dtype=dtype, _bits=bits, _shape=shape).items():

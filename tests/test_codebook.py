@@ -179,6 +179,24 @@ def test_the_chooser_picks_codebooks_where_they_win_and_int4_where_it_wins():
     assert picked["spread"].startswith("plain int4"), picked
 
 
+def test_the_chooser_picks_2_bit_blocks_where_each_block_holds_four_levels():
+    """Every block of 32 values takes four levels on a scale of its own (continuous across rows): 2-bit blocks
+    hold it up to the float16 scales, while codebooks at the same bytes do not; at 12x the chooser hands over
+    int2 block 32 (41 bytes a row of 128)."""
+    from projclust_onnx.core.chooser import choose
+
+    rng = np.random.default_rng(0)
+    n, d = 3000, 128
+    levels = rng.integers(-1, 3, (n, d // 32, 32))
+    X = (levels * rng.uniform(0.5, 2.0, (n, d // 32, 1))).reshape(n, d).astype(np.float32)
+    budget = n * d * 4 / 12
+    choice = choose(X, budget, None, families=("quantize", "codebook"))
+    labels = {c.label for c in choice.candidates}
+    assert any(label.startswith("codebook") for label in labels)
+    assert choice.best.label == "plain int2 block 32" and choice.best.bytes == 41 * n
+    assert choice.best.error < 1e-5
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_method_codebook_compresses_a_model_within_the_budget_and_checks_it(tmp_path, dtype):
     import onnxruntime as ort

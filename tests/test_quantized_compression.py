@@ -73,14 +73,14 @@ def test_chooser_hands_out_plain_quantization_where_it_wins(model_dir, tmp_path)
 
 
 def test_chooser_picks_factors_or_codebooks_where_quantization_cannot_reach(model_dir, tmp_path):
-    """At 12x no ORT quantization fits; factors and codebooks do, the better one is kept, and everything
-    compared fits the budget."""
+    """At 12x no 8- or 4-bit quantization fits; 2-bit blocks, factors and codebooks do, the best one is kept,
+    and everything compared fits the budget."""
     out = tmp_path / "r12"
     report = ProjClustCompressor.from_pretrained(model_dir).compress(out, ProjClustConfig(target_ratio=12, **FAST))
     labels = [c["label"] for c in report.choice["candidates"]]
     assert any(label.startswith("codebook") for label in labels) and any(" k=" in label for label in labels)
-    assert not any(label.startswith("plain") for label in labels)
-    assert report.quantize == "codebook" or (report.method in ("svd", "projclust") and
+    assert {label for label in labels if label.startswith("plain")} <= {f"plain int2 block {b}" for b in (32, 64, 128)}
+    assert report.quantize in ("codebook", "int2") or (report.method in ("svd", "projclust") and
                                              report.quantize in ("int8", "int4"))
     assert report.choice["chosen"]["error"] == min(c["error"] for c in report.choice["candidates"])
     assert all(c["bytes"] <= N * D * 4 / 12 * 1.001 for c in report.choice["candidates"])
@@ -133,3 +133,51 @@ def test_optimum_cli_quantize_both_orders(model_dir, tmp_path):
     report = ProjClustCompressor.from_pretrained(theirs, file_name=next(theirs.glob("*.onnx")).name).compress(
         tmp_path / "after", ProjClustConfig(n_clusters=3, compression=0.5, **FAST))
     assert report.parity_max_abs_diff <= 1e-4
+
+
+def test_a_2_bit_table_is_read_and_factors_need_a_storage_of_u_named(model_dir, tmp_path):
+    """A table stored in 2-bit blocks (ONNX Runtime's GatherBlockQuantized, bits=2) is recognised and decoded;
+    factors cannot keep 2 bits, so without --quantize they are refused naming it, and compress with int4 U
+    or with the chooser."""
+    import onnx_ir as ir
+    from projclust_onnx.passes import QuantizeEmbeddingPass, find_word_embedding, with_cleanup
+
+    from projclust_onnx.common.errors import SettingError
+    from projclust_onnx.storage.blocks import BlockInt2
+
+    model = ir.load(str(model_dir / "model.onnx"))
+    table = find_word_embedding(model.graph).dense()
+    assert table.shape == (N, D)
+    stored = BlockInt2(32).encode(table)
+    with_cleanup(QuantizeEmbeddingPass(stored))(model)
+    proto = ir.to_proto(model)  # named as another tool would name it
+    for value in [*proto.graph.initializer, *proto.graph.node]:
+        value.name = value.name.replace("projclust/", "int2/")
+    for node in proto.graph.node:
+        node.input[:] = [name.replace("projclust/", "int2/") for name in node.input]
+        node.output[:] = [name.replace("projclust/", "int2/") for name in node.output]
+    src = tmp_path / "int2"
+    write_model_dir(src, proto)
+    with pytest.raises(SettingError, match="int2 block 32.*int4 or int8"):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "refused", ProjClustConfig(compression=0.5))
+    assert not (tmp_path / "refused").exists()
+    report = ProjClustCompressor.from_pretrained(src).compress(
+        tmp_path / "int4", ProjClustConfig(n_clusters=3, compression=0.1, quantize="int4", **FAST))
+    assert report.storage_before == "int2 block 32" and report.quantize == "int4"
+    chosen = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "chosen", ProjClustConfig(target_ratio=20))
+    assert chosen.storage_before == "int2 block 32" and chosen.embedding_bytes_after <= N * D * 4 / 20 * 1.001
+
+
+def test_our_own_quantized_output_compresses_again(model_dir, tmp_path):
+    """An output of this tool compressed again: what the first run wrote (named projclust/...) is set aside
+    under earlier1/, so the second run's names neither collide nor reuse the first run's tensors; the report
+    counts the bytes the second run wrote, as the file holds them."""
+    first = ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "q", ProjClustConfig(target_ratio=6))
+    assert first.storage_after == "int4 block 32"
+    again = ProjClustCompressor.from_pretrained(tmp_path / "q").compress(
+        tmp_path / "again", ProjClustConfig(n_clusters=3, compression=0.3, quantize="int4", **FAST))
+    assert again.storage_before == "int4 block 32" and again.parity_max_abs_diff <= 1e-4
+    assert again.embedding_bytes_after == on_file(tmp_path / "again" / "model.onnx")
+    names = {t.name for t in onnx.load(str(tmp_path / "again" / "model.onnx")).graph.initializer}
+    assert any(name.startswith("projclust/U") for name in names)
+    assert not any(name.startswith("earlier1/table") for name in names)  # the first run's table is gone

@@ -22,7 +22,7 @@ from projclust_onnx.passes import (
 from tiny_models import embedding_model, merged_decoder_model
 
 from projclust_onnx import EmbeddingFactorization
-from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized, pack4, unpack4
+from projclust_onnx.storage.quantization import BlockQuantized, PerTensorQuantized, pack, pack4, unpack, unpack4
 
 
 def run(model, feeds):
@@ -45,6 +45,16 @@ def random_ids(n, batch, seq, seed):
 def test_pack4_round_trip(values):
     arr = np.array([values], np.uint8)
     assert np.array_equal(unpack4(pack4(arr), len(values)), arr)
+
+
+@given(bits=st.sampled_from([2, 4, 8]), data=st.data())
+def test_packing_round_trips_and_puts_the_first_value_in_the_lowest_bits(bits, data):
+    values = data.draw(st.lists(st.integers(0, 2**bits - 1), min_size=1, max_size=40))
+    arr = np.array([values], np.uint8)
+    packed = pack(arr, bits)
+    assert packed.shape == (1, -(-len(values) * bits // 8)) and packed.dtype == np.uint8
+    assert np.array_equal(unpack(packed, len(values), bits), arr)
+    assert packed[0, 0] & (2**bits - 1) == values[0]
 
 
 @settings(max_examples=25, deadline=None)

@@ -123,8 +123,10 @@ def test_the_registry_names_what_budget_cli_and_reports_use():
     assert factor_storage("int4", 64).rank_step() == 64 and factor_storage("none", 64).rank_step() == 1
     # the chooser's plain candidates, in the order it tries them, only where whole blocks fit the row
     assert [s.label for s in plain_storages(384)] == ["int8 per-tensor", "int8 block 128", "int8 block 32",
-                                                      "int4 block 128", "int4 block 64", "int4 block 32"]
-    assert [s.label for s in plain_storages(96)] == ["int8 per-tensor", "int8 block 32", "int4 block 32"]
+                                                      "int4 block 128", "int4 block 64", "int4 block 32",
+                                                      "int2 block 128", "int2 block 64", "int2 block 32"]
+    assert [s.label for s in plain_storages(96)] == ["int8 per-tensor", "int8 block 32", "int4 block 32",
+                                                     "int2 block 32"]
     assert [s.label for s in factor_storages((32, 64))] == ["float", "int8 block 32", "int8 block 64",
                                                            "int4 block 32", "int4 block 64"]
     with pytest.raises(ValueError, match="int3"):

@@ -146,7 +146,35 @@ def load_model(path: Path, full_check: bool = False) -> ir.Model:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as err:
         raise ValueError(f"could not read the external data of {path}: {err}") from err
-    return ir.from_proto(proto)
+    model = ir.from_proto(proto)
+    set_aside_earlier_names(model)
+    return model
+
+
+def set_aside_earlier_names(model: ir.Model) -> None:
+    """Rename what an earlier run of this tool wrote (nodes, values and initializers under projclust/, in every
+    graph) to earlierN/: a rewrite names what it writes projclust/..., and on our own output compressed again
+    those names would collide (a node output written twice, or an initializer of the same name and shape
+    taken for the new one). The model's inputs and outputs keep their names: they are its interface."""
+    from projclust_onnx.passes.builder import PREFIX
+
+    mark = PREFIX + "/"
+    graphs = [model.graph, *(g for node in ir.traversal.RecursiveGraphIterator(model.graph)
+                             for attr in node.attributes.values() if attr.type == ir.AttributeType.GRAPH
+                             for g in [attr.as_graph()])]
+    nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
+    interface = {id(v) for v in (*model.graph.inputs, *model.graph.outputs)}
+    values = [v for g in graphs for v in g.initializers.values()] + [v for n in nodes for v in n.outputs]
+    named = [v for v in values if v.name and v.name.startswith(mark) and id(v) not in interface]
+    renamed = [n for n in nodes if n.name and n.name.startswith(mark)]
+    if not named and not renamed:
+        return
+    taken = {v.name for v in values if v.name} | {n.name for n in nodes if n.name}
+    i = 1
+    while any(name.startswith(f"earlier{i}/") for name in taken):
+        i += 1
+    for item in [*named, *renamed]:
+        item.name = f"earlier{i}/" + item.name[len(mark):]
 
 
 def first_line(err: Exception) -> str:

@@ -196,7 +196,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                          f"is {n} x {d}")
     extra = index_map_bytes(n) if tied else 0
     for f in files:
-        f.quantize = config.quantize or name_for_bits(f.match.bits)
+        f.quantize = config.quantize or _kept_storage(f.match, config)
         itemsize = f.match.dtype.numpy().itemsize
         if factorization is not None:
             f.rank = factorization.rank
@@ -252,6 +252,19 @@ def _check_calibration_files(paths: list[str]) -> None:
         if not os.access(path, os.R_OK):
             raise SettingError("calibration_text", f"{{}}: {literal(str(path))} is not readable; check its "
                                "permissions")
+
+
+def _kept_storage(match, config) -> str:
+    """The storage of U that keeps the table's own bits (float, int8, int4) when --quantize is not given; a
+    table in bits no storage of U holds (2-bit blocks) is refused where factors would need one."""
+    try:
+        return name_for_bits(match.bits)
+    except ValueError:
+        if config.method == "codebook" or config.target_ratio is not None:
+            return "none"  # the chooser and the codebooks pick their own storage
+        raise SettingError("quantize", f"the table is stored as {match.storage}, and no storage of the factors' U "
+                           "keeps those bits; give {} int4 or int8, or {target_ratio}, or {method} codebook") \
+            from None
 
 
 def _check_target_reachable(n: int, d: int, itemsize: int, target_ratio: float) -> None:

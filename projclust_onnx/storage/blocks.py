@@ -6,10 +6,11 @@ tensors::
 
     "contrib":  com.microsoft.GatherBlockQuantized(codes, ids, scales, zero points)  -> rows (T, m)
     "standard": Gather(codes, ids), Gather(scales, ids), Gather(zero points, ids)
-                [4-bit: Cast(int32), Mod 16 / Div 16, interleave]  -> codes (T, m), zeros (T, m/B)
+                [4 or 2 bits: Cast(int32), Div / Mod 2^bits, interleave]  -> codes (T, m), zeros (T, m/B)
                 (Cast(codes) - Cast(zeros)) * scales, per block of B                  -> rows (T, m)
 
 A tied head multiplies U in this storage with com.microsoft.MatMulNBits (the same bytes, 3-D).
+2-bit blocks (int2) store whole tables only (the chooser's plain candidates), not U.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from projclust_onnx.storage.base import CONTRIB_DOMAIN, LOOKUP_FORMS, StorageFormat
-from projclust_onnx.storage.quantization import BlockQuantized, block_quantized_bytes, pack4, unpack4
+from projclust_onnx.storage.quantization import BlockQuantized, block_quantized_bytes, pack, unpack
 
 
 class BlockStorage(StorageFormat):
@@ -85,9 +86,9 @@ class BlockStorage(StorageFormat):
         signed = data.const_value.dtype in (ir.DataType.INT4, ir.DataType.INT8)
         if data.const_value.dtype in (ir.DataType.UINT4, ir.DataType.INT4):
             codes = data.const_value.numpy().astype(np.int16)  # unpacked, one value per element
-        elif bits == 4:
+        elif bits < 8:
             packed = data.const_value.numpy()
-            codes = unpack4(packed, packed.shape[1] * 2).astype(np.int16)
+            codes = unpack(packed, packed.shape[1] * 8 // bits, bits).astype(np.int16)
         else:
             codes = data.const_value.numpy().astype(np.int16)
         n, m = codes.shape
@@ -97,14 +98,12 @@ class BlockStorage(StorageFormat):
         elif zero.const_value.dtype in (ir.DataType.UINT4, ir.DataType.INT4) or bits == 8:
             zeros = zero.const_value.numpy().astype(np.int16).reshape(n, -1)[:, :n_blocks]
         else:
-            zeros = unpack4(zero.const_value.numpy(), n_blocks).astype(np.int16)
+            zeros = unpack(zero.const_value.numpy(), n_blocks, bits).astype(np.int16)
         if signed:  # shift to the unsigned codes our layout stores: same values
             half = 2 ** (bits - 1)
             codes, zeros = codes + half, zeros + half
         codes, zeros = codes.astype(np.uint8), zeros.astype(np.uint8)
-        if bits == 4:
-            codes, zeros = pack4(codes), pack4(zeros)
-        return BlockQuantized(codes, scales.const_value.numpy(), zeros, bits, block)
+        return BlockQuantized(pack(codes, bits), scales.const_value.numpy(), pack(zeros, bits), bits, block)
 
     def emit_lookup(self, b, stored: BlockQuantized, ids, form: str, name: str):
         if form not in LOOKUP_FORMS:
@@ -131,6 +130,20 @@ class BlockInt4(BlockStorage):
     plain_blocks = (128, 64, 32)
 
 
+class BlockInt2(BlockStorage):
+    """2-bit blocks (ONNX Runtime 1.31's GatherBlockQuantized runs bits=2 on CPU): a plain candidate of the
+    chooser at about 11x (block 32) to 14x (block 128); on MiniLM they lose to codebooks at every size (the
+    anchors of bench_frontier.py: 10.7x, cosine 0.978, against codebooks' 0.9948 at 12x), but a table whose
+    rows are blocks of few levels may be where they win. Not a storage of U: MatMulNBits' 2-bit kernels are
+    not what a head reads."""
+
+    name = "int2"
+    bits = 2
+    factors = False
+    head_op = None
+    plain_blocks = (128, 64, 32)
+
+
 def bits_of(node) -> int:
     """Bits per value of a GatherBlockQuantized node (its `bits` attribute, 4 when absent)."""
     return node.attributes["bits"].as_int() if "bits" in node.attributes else 4
@@ -149,9 +162,9 @@ def standard_rows(b, q: BlockQuantized, data, scales, zeros, ids, name: str, com
         codes = b.op("Reshape", [codes, b.const(f"{name}/packed_shape", np.array([-1, m * q.bits // 8], np.int64))],
                      f"{name}/row_codes_2d")
     row_zeros = b.op("Gather", [zeros, ids], f"{name}/row_zero_points")
-    if q.bits == 4:
-        codes = _unpack4(b, codes, m, f"{name}/codes")
-        row_zeros = _unpack4(b, row_zeros, n_blocks, f"{name}/zero_points")
+    if q.bits < 8:
+        codes = _unpack(b, codes, m, q.bits, f"{name}/codes")
+        row_zeros = _unpack(b, row_zeros, n_blocks, q.bits, f"{name}/zero_points")
     row_scales = b.op("Gather", [scales, ids], f"{name}/row_scales")
     if compute_dtype is not None:
         row_scales = b.cast(row_scales, compute_dtype, f"{name}/row_scales_cast", q.scales.dtype)
@@ -167,20 +180,26 @@ def standard_rows(b, q: BlockQuantized, data, scales, zeros, ids, name: str, com
     return b.op("Reshape", [scaled, b.const(f"{name}/row_shape", np.array([-1, m], np.int64))], f"{name}/rows")
 
 
-def _unpack4(b, packed, length: int, name: str):
-    """(T, ceil(length/2)) uint8, two 4-bit values a byte, low nibble first -> (T, length) int32."""
+def _unpack(b, packed, length: int, bits: int, name: str):
+    """(T, ceil(length * bits / 8)) uint8, 8/bits values a byte, the first in the lowest bits -> (T, length) int32
+    (opset-13 integer Div and Mod: no bit operators needed)."""
     import onnx_ir as ir
 
+    per, base = 8 // bits, 1 << bits
     wide = b.op("Cast", [packed], f"{name}/int32", to=ir.DataType.INT32)
-    sixteen = b.const(f"{name}/sixteen", np.array(16, np.int32))
-    low = b.op("Mod", [wide, sixteen], f"{name}/low", fmod=0)
-    high = b.op("Div", [wide, sixteen], f"{name}/high")
     last = b.const(f"{name}/last_axis", np.array([-1], np.int64))
-    pairs = b.op("Concat", [b.op("Unsqueeze", [low, last], f"{name}/low_col"),
-                            b.op("Unsqueeze", [high, last], f"{name}/high_col")], f"{name}/pairs", axis=-1)
-    width = 2 * ((length + 1) // 2)  # a static width: a branch may have no rows, and [0, -1] cannot reshape those
-    flat = b.op("Reshape", [pairs, b.const(f"{name}/pairs_shape", np.array([-1, width], np.int64))], f"{name}/values")
-    if length % 2 == 0:
+    parts = []
+    for i in range(per):
+        shifted = wide if i == 0 else b.op("Div", [wide, b.const(f"{name}/step{i}", np.array(base ** i, np.int32))],
+                                           f"{name}/shifted{i}")
+        value = shifted if i == per - 1 else b.op("Mod", [shifted, b.const(f"{name}/base", np.array(base, np.int32))],
+                                                  f"{name}/value{i}", fmod=0)
+        parts.append(b.op("Unsqueeze", [value, last], f"{name}/value{i}_col"))
+    grouped = b.op("Concat", parts, f"{name}/grouped", axis=-1)
+    width = per * (-(-length // per))  # a static width: a branch may have no rows, and [0, -1] cannot reshape those
+    flat = b.op("Reshape", [grouped, b.const(f"{name}/grouped_shape", np.array([-1, width], np.int64))],
+                f"{name}/values")
+    if length == width:
         return flat
     return b.op("Slice", [flat, b.const(f"{name}/start", np.array([0], np.int64)),
                           b.const(f"{name}/end", np.array([length], np.int64)),

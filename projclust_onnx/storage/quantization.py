@@ -4,8 +4,9 @@ BlockQuantized is the layout of com.microsoft.GatherBlockQuantized (what
 MatMulNBitsQuantizer emits for a Gather): each row cut into blocks of `block_size`
 values along the row, each block stored as unsigned `bits`-bit codes with a float16
 scale and an unsigned zero point, `(code - zero_point) * scale`. Codes and zero
-points of 4 bits are packed two a byte, low nibble first, in uint8 tensors (the
-operator's `bits` attribute says how to read them). The same tensors serve the
+points of 4 bits are packed two a byte, of 2 bits four a byte, the first value in the
+lowest bits, in uint8 tensors (the operator's `bits` attribute says how to read them;
+ONNX Runtime 1.31 runs `bits=2` on CPU). The same tensors serve the
 standard-opset form (Gather, unpack, Sub, Mul), so the bytes do not depend on the form.
 
 PerTensorQuantized is what quantize_dynamic emits for a Gather: one uint8 table,
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BITS = (4, 8)
+BITS = (2, 4, 8)
 # Per-block ranges tried, as fractions of the block's [min, max] span: clipping a few
 # outliers buys finer steps for the rest. The lowest squared error wins per block.
 _CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7)
@@ -31,9 +32,9 @@ _ROWS_PER_PIECE = 1 << 15
 class BlockQuantized:
     """A matrix of shape (n, m) in blocks of block_size along each row (m % block_size == 0)."""
 
-    data: np.ndarray  # uint8, (n, m) for 8 bits, (n, m/2) packed for 4
+    data: np.ndarray  # uint8, (n, m * bits / 8): packed below 8 bits
     scales: np.ndarray  # float16 or float32, (n, m/block_size)
-    zero_points: np.ndarray  # uint8, (n, m/block_size) for 8 bits, (n, ceil(m/block_size/2)) packed for 4
+    zero_points: np.ndarray  # uint8, (n, ceil(m/block_size * bits / 8)): packed below 8 bits
     bits: int
     block_size: int
 
@@ -45,6 +46,8 @@ class BlockQuantized:
         n, m = matrix.shape
         if m % block_size:
             raise ValueError(f"the row length {m} must be a multiple of block_size={block_size}")
+        if m * bits % 8:
+            raise ValueError(f"rows of {m} {bits}-bit codes do not fill whole bytes; use a row length that does")
         if n > _ROWS_PER_PIECE:
             parts = [cls.quantize(matrix[start:start + _ROWS_PER_PIECE], bits, block_size, scale_dtype)
                      for start in range(0, n, _ROWS_PER_PIECE)]
@@ -84,9 +87,7 @@ class BlockQuantized:
         work += zeros[..., None]
         codes = np.clip(work, 0, levels, out=work).astype(np.uint8)
         codes = codes.reshape(n, m)
-        if bits == 4:
-            return cls(pack4(codes), scales, pack4(zeros), bits, block_size)
-        return cls(codes, scales, zeros, bits, block_size)
+        return cls(pack(codes, bits), scales, pack(zeros, bits), bits, block_size)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -99,9 +100,7 @@ class BlockQuantized:
 
     def codes(self) -> tuple[np.ndarray, np.ndarray]:
         """Unpacked codes of shape (n, m) and zero points of shape (n, m/block_size), uint8."""
-        if self.bits == 8:
-            return self.data, self.zero_points
-        return unpack4(self.data, self.shape[1]), unpack4(self.zero_points, self.n_blocks)
+        return unpack(self.data, self.shape[1], self.bits), unpack(self.zero_points, self.n_blocks, self.bits)
 
     def dequantize(self, compute_dtype=None) -> np.ndarray:
         """The values the runtime computes: (code - zero point) * scale, rounded to the scales' dtype
@@ -163,24 +162,46 @@ class PerTensorQuantized:
         return self.data.nbytes + self.scale.nbytes + self.zero_point.nbytes
 
 
+def pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack `bits`-bit values (uint8 below 2^bits) 8/bits a byte along the last axis, the first in the lowest
+    bits (the last byte padded with zeros); 8 bits: the values as they are."""
+    values = np.asarray(values, dtype=np.uint8)
+    if bits == 8:
+        return values
+    per = 8 // bits
+    pad = -values.shape[-1] % per
+    if pad:
+        values = np.concatenate([values, np.zeros(values.shape[:-1] + (pad,), np.uint8)], axis=-1)
+    mask = (1 << bits) - 1
+    out = np.zeros(values.shape[:-1] + (values.shape[-1] // per,), np.uint8)
+    for i in range(per):
+        out |= (values[..., i::per] & mask) << (i * bits)
+    return out
+
+
+def unpack(packed: np.ndarray, length: int, bits: int) -> np.ndarray:
+    """Inverse of pack, cut to `length` values along the last axis."""
+    if bits == 8:
+        return packed[..., :length]
+    per = 8 // bits
+    out = np.empty(packed.shape[:-1] + (packed.shape[-1] * per,), dtype=np.uint8)
+    for i in range(per):
+        out[..., i::per] = (packed >> (i * bits)) & ((1 << bits) - 1)
+    return out[..., :length]
+
+
 def pack4(values: np.ndarray) -> np.ndarray:
     """Pack 4-bit values (uint8 in 0..15) two a byte along the last axis, low nibble first."""
-    values = np.asarray(values, dtype=np.uint8)
-    if values.shape[-1] % 2:
-        values = np.concatenate([values, np.zeros(values.shape[:-1] + (1,), np.uint8)], axis=-1)
-    return (values[..., 0::2] & 0xF) | ((values[..., 1::2] & 0xF) << 4)
+    return pack(values, 4)
 
 
 def unpack4(packed: np.ndarray, length: int) -> np.ndarray:
     """Inverse of pack4, cut to `length` values along the last axis."""
-    out = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), dtype=np.uint8)
-    out[..., 0::2] = packed & 0xF
-    out[..., 1::2] = packed >> 4
-    return out[..., :length]
+    return unpack(packed, length, 4)
 
 
 def block_quantized_bytes(n: int, m: int, bits: int, block_size: int, scale_bytes: int = 2) -> int:
     """Bytes of BlockQuantized storage for an (n, m) matrix."""
     blocks = m // block_size
-    zero_bytes = blocks if bits == 8 else (blocks + 1) // 2
+    zero_bytes = -(-blocks * bits // 8)  # packed, the last byte padded
     return n * (m * bits // 8 + blocks * scale_bytes + zero_bytes)

@@ -7,12 +7,13 @@ FORMATS below; the order is the order the chooser tries plain storages and the C
 from __future__ import annotations
 
 from projclust_onnx.storage.base import StorageFormat
-from projclust_onnx.storage.blocks import BlockInt4, BlockInt8
+from projclust_onnx.storage.blocks import BlockInt2, BlockInt4, BlockInt8
 from projclust_onnx.storage.codebook import CodebookStorage
 from projclust_onnx.storage.float import FloatStorage
 from projclust_onnx.storage.per_tensor import PerTensorInt8
 
-FORMATS: tuple[type[StorageFormat], ...] = (FloatStorage, PerTensorInt8, BlockInt8, BlockInt4, CodebookStorage)
+FORMATS: tuple[type[StorageFormat], ...] = (FloatStorage, PerTensorInt8, BlockInt8, BlockInt4, BlockInt2,
+                                            CodebookStorage)
 
 # What U of a factorization may be stored in: the values of --quantize, float first.
 QUANTIZE: tuple[str, ...] = tuple(dict.fromkeys(cls.name for cls in FORMATS if cls.factors))
