@@ -252,7 +252,8 @@ def main() -> None:
               "int4": f"int4 U (blocks of 32), {args.int4_compression:.0%}, j={q_rank}",
               "ort-int4": "none: ONNX Runtime's 4-bit quantization of the dense table and head (blocks of 32)",
               "codebook": f"none: codebooks at 1/{args.codebook_ratio:g} of the table ({stored.m} sub-vectors, "
-                          "rotation), the head reading the table they decode to (folded at session start)"}
+                          f"rotation, {stored.leading.shape[1]} leading directions in float16), the head reading the "
+                          "table they decode to (folded at session start)"}
     for spinning in (False, True):
         for what in ("head", "step"):
             for variant, label in labels.items():

@@ -12,8 +12,9 @@ whole table decoded from constants alone (Range(0, n) as the ids), once in the m
 (every If branch's head reads it), which ONNX Runtime folds at session start into a dense
 table: the head is the original's product on that table, and the file holds one stored copy.
 Session memory holds the decoded table (n d floats), about what the original held, and peaks
-at several times that while folding; the head is the original's product (0.98-1.00x its speed,
-benchmarks/bench_head_forms.py, where a head of per-sub-vector look-up tables ran 8-50x slower)::
+at several times that while folding; the head runs at the original's speed (0.98-1.05x in two
+runs of benchmarks/bench_head_forms.py, where a head of per-sub-vector look-up tables ran
+8-70x slower)::
 
     Range(0, n) -> (the storage's lookup of those rows) -> table' (n, d) -> the head's own form
                    (MatMul with one Transpose(table') for every such head, or Gemm(hidden, table', transB=1))

@@ -321,8 +321,8 @@ class CodebookStorage(StorageFormat):
                 coded = X if not t else X - (X @ basis[:t].T) @ basis[:t]
                 with bar(self.verbose, f"rotation of {self.m} sub-vectors", self.rounds) as tick:
                     refined, init, _ = refine_rotation(coded, w, basis[t:], self.m, 1 << self.bits, self.rounds,
-                                                    seed=self.seed, device=self.device, progress=tick,
-                                                    exact=exact_rows(sample_weight, min(n, 1 << self.bits)))
+                                                       seed=self.seed, device=self.device, progress=tick,
+                                                       exact=exact_rows(sample_weight, min(n, 1 << self.bits)))
                 basis = np.concatenate([basis[:t], refined])
                 del coded
             scales = np.abs(basis).max(1, keepdims=True) / 127
