@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from common import append_results, markdown_table
+from common import append_results, markdown_table, session_memory_mb
 from onnx import TensorProto, helper, numpy_helper
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
@@ -153,31 +153,6 @@ def decode_feeds(session, past: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-_RSS_CODE = r"""
-import json, sys, numpy as np, onnxruntime as ort
-def peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-base = peak()
-options = ort.SessionOptions()
-options.add_session_config_entry("session.disable_prepacking", sys.argv[2])
-session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
-session.run(None, {"input_ids": np.array([[42]], np.int64)})
-print(json.dumps(peak() - base))
-"""
-
-
-def session_peak_mb(path: Path, prepacking: bool) -> float:
-    """Growth of peak RSS for creating a session on `path` and one run, in a process of its own."""
-    import json
-    import subprocess
-
-    done = subprocess.run([sys.executable, "-c", _RSS_CODE, str(path), "0" if prepacking else "1"],
-                          capture_output=True, text=True, timeout=600, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def interleaved_p50(sessions: dict, feeds: dict, repeats: int) -> dict[str, float]:
     """Median milliseconds per run, the models taking turns so drift hits all alike."""
     times = {name: [] for name in sessions}
@@ -243,7 +218,8 @@ def main() -> None:
                             else decode_feeds(s, args.past)) for name, s in sessions.items()}
             p50[spinning] = interleaved_p50(sessions, feeds, args.repeats)
             del sessions
-        memory = {(name, prepacking): session_peak_mb(p, prepacking) for name, p in paths.items()
+        memory = {(name, prepacking): session_memory_mb(p, {"input_ids": ([1, 1], "int64", 42)}, prepacking)[0]
+                  for name, p in paths.items()
                   if name.startswith("head") for prepacking in (True, False)}
         sizes = {name: sum(f.stat().st_size for f in dirs[name].glob("*.onnx*")) for name in dirs}
 

@@ -22,9 +22,7 @@ RSS held after creating the session and one run, each form in a process of its o
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from bench_decode import HIDDEN, VOCAB, random_codebooks
-from common import append_results, markdown_table
+from common import append_results, markdown_table, session_memory_mb
 from onnx import TensorProto, helper, numpy_helper
 
 from projclust_onnx.common.threads import session_options
@@ -54,11 +52,10 @@ def dense_head(table: np.ndarray) -> onnx.ModelProto:
 
 
 def decoded_head(stored) -> onnx.ModelProto:
-    """MatMul(hidden, Transpose(table')), table' decoded from the codebooks as the pass decodes it."""
+    """MatMul(hidden, Transpose(table')), table' decoded from the codebooks by the pass's own decode."""
     import onnx_ir as ir
     from projclust_onnx.passes.builder import Builder
-
-    from projclust_onnx.storage.registry import format_of
+    from projclust_onnx.passes.quantize_embedding import decoded_table
 
     n, d = stored.shape
     hidden = ir.Value(name="hidden", shape=ir.Shape(["M", d]), type=ir.TensorType(ir.DataType.FLOAT))
@@ -66,9 +63,7 @@ def decoded_head(stored) -> onnx.ModelProto:
     head.outputs[0].name = "logits"
     graph = ir.Graph([hidden], head.outputs, nodes=[head], opset_imports={"": 17}, name="head")
     b = Builder(graph, head)
-    ids = b.op("Range", [b.const("zero", np.array(0, np.int64)), b.const("rows", np.array(n, np.int64)),
-                         b.const("one", np.array(1, np.int64))], "all_ids")
-    table = format_of(stored).emit_lookup(b, stored, ids, "standard", "table")
+    table = decoded_table(b, stored, np.float32)
     head.replace_input_with(1, b.op("Transpose", [table], "table_transposed", perm=[1, 0]))
     head.outputs[0].type, head.outputs[0].shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(["M", n])
     return ir.serde.serialize_model(ir.Model(graph, ir_version=10))
@@ -119,25 +114,6 @@ def lut_head(stored) -> onnx.ModelProto:
     return _model(nodes, initializers, n, d)
 
 
-_MEMORY = r"""
-import json, sys, numpy as np, onnxruntime as ort
-def status(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-base, held = status("VmHWM:"), status("VmRSS:")
-session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-session.run(None, {"hidden": np.ones((1, int(sys.argv[2])), np.float32)})
-print(json.dumps([status("VmHWM:") - base, status("VmRSS:") - held]))
-"""
-
-
-def memory_mb(path: Path, d: int) -> tuple[float, float]:
-    done = subprocess.run([sys.executable, "-c", _MEMORY, str(path), str(d)], capture_output=True, text=True,
-                          timeout=600, check=True)
-    return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
 def main() -> None:
     import onnxruntime as ort
 
@@ -180,7 +156,7 @@ def main() -> None:
             p50[M] = {name: statistics.median(v) for name, v in times.items()}
             print(M, {k: round(v, 2) for k, v in p50[M].items()}, file=sys.stderr)
         del sessions
-        memory = {name: memory_mb(p, HIDDEN) for name, p in paths.items()}
+        memory = {name: session_memory_mb(p, {"hidden": ([1, HIDDEN], "float32", 1.0)}) for name, p in paths.items()}
 
     rows = []
     for name in forms:

@@ -57,3 +57,31 @@ def append_results(title: str, body: str) -> None:
         RESULTS.write_text("# Benchmark results\n\nEach section is appended by a script in benchmarks/.\n")
     with RESULTS.open("a") as f:
         f.write(section)
+
+
+_SESSION_MEMORY = r"""
+import json, sys, numpy as np, onnxruntime as ort
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+base, held = status("VmHWM:"), status("VmRSS:")
+options = ort.SessionOptions()
+options.add_session_config_entry("session.disable_prepacking", sys.argv[2])
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+session.run(None, {name: np.full(shape, fill, dtype) for name, (shape, dtype, fill) in json.loads(sys.argv[3]).items()})
+print(json.dumps([status("VmHWM:") - base, status("VmRSS:") - held]))
+"""
+
+
+def session_memory_mb(path: Path, feeds: dict, prepacking: bool = True) -> tuple[float, float]:
+    """Growth of peak RSS, and of the RSS held after it, for creating a session on `path` and one run, in a process
+    of its own (ONNX Runtime's constant folding at session start can peak above what the session then holds).
+    `feeds`: {input name: (shape, dtype name, fill value)}; `prepacking`: ONNX Runtime's weight prepacking."""
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _SESSION_MEMORY, str(path), "0" if prepacking else "1",
+                           json.dumps(feeds)], capture_output=True, text=True, timeout=600, check=True)
+    peak, held = json.loads(done.stdout.strip().splitlines()[-1])
+    return peak, held

@@ -23,7 +23,6 @@ the first --count texts. Bytes: as each storage counts them (codebook_bytes), no
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ def main() -> None:
     texts = [(t,) for t in column(load_records(args.texts), "text")[:args.count]]
     source = ProjClustCompressor.from_pretrained(bundled_model_path(), task="feature-extraction")
     study = Model(source.onnx_path, texts)
-    config = dataclasses.replace(ProjClustConfig(), calibration_text=[args.calibration])
+    config = ProjClustConfig(calibration_text=[args.calibration])
     weights = sample_weights(config, study.table.shape[0], study.tokenizer)[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="codebook-variants-") as tmp:
@@ -97,7 +96,7 @@ def main() -> None:
             budget = study.table_bytes / ratio
             for i, (label, nbytes, decoded, seconds) in enumerate(variants(study.table, weights, ratio)):
                 path = with_table(study, decoded, Path(tmp) / f"{ratio}-{i}" / "model.onnx")
-                fidelity = _mean_cosine(study, path)
+                fidelity = study.score(path)["fidelity"]
                 error = float(((decoded - study.table) ** 2).sum() / (study.table.astype(np.float64) ** 2).sum())
                 rows.append([f"{ratio}x", label, f"{nbytes:,}", "yes" if nbytes <= budget * 1.001 else "no",
                              round(fidelity, 4), round(error, 4), round(seconds, 1)])
@@ -107,12 +106,6 @@ def main() -> None:
                    "bytes as counted (a variant's table written as float32 to be scored).\n\n"
                    + markdown_table(["ratio", "variant", "bytes", "within the budget", "mean cosine",
                                      "relative error", "fit s"], rows))
-
-
-def _mean_cosine(study: Model, path: Path) -> float:
-    from projclust_onnx.benchmark.runner import _mean_cosine as mean_cosine
-
-    return mean_cosine(study.reference, study.outputs(path))
 
 
 if __name__ == "__main__":

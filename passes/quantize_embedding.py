@@ -12,7 +12,7 @@ whole table decoded from constants alone (Range(0, n) as the ids), once in the m
 (every If branch's head reads it), which ONNX Runtime folds at session start into a dense
 table: the head is the original's product on that table, and the file holds one stored copy.
 Session memory holds the decoded table (n d floats), about what the original held, and peaks
-at several times that while folding; the head runs at the original's speed (0.98-1.05x in two
+at several times that while folding; the head runs at the original's speed (0.98-1.05x in three
 runs of benchmarks/bench_head_forms.py, where a head of per-sub-vector look-up tables ran
 8-70x slower)::
 
@@ -82,7 +82,7 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
         # decoded once, at the main graph's start (it reads constants only): a merged decoder's two If branches
         # both read it, so ONNX Runtime folds one table, not one per branch
         b = Builder(model.graph, next(iter(model.graph)), scope="head")
-        table = self._decoded_table(b, match.dtype.numpy()) if readers else None
+        table = decoded_table(b, self.quantized, match.dtype.numpy()) if readers else None
         transposed = None  # table'^T, built once where a head multiplies by the transpose
         for reader, head in readers.values():
             if head.rule.reads_copy or head.removed:
@@ -96,15 +96,6 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
                 reader.replace_input_with(next(j for j, v in enumerate(reader.inputs) if v is match.table), table)
             logger.info("the LM head %s reads the decoded table", head.describe())
         return RewriteResult(model, modified=True, written=written_since(model.graph, before))
-
-    def _decoded_table(self, b: Builder, np_dtype) -> ir.Value:
-        """Every row of the stored table, (n, d) in the model's dtype, from constants only."""
-        storage = format_of(self.quantized)
-        n = self.quantized.shape[0]
-        ids = b.op("Range", [b.const("head/zero", np.array(0, np.int64)), b.const("head/rows", np.array(n, np.int64)),
-                             b.const("head/one", np.array(1, np.int64))], "all_ids")
-        rows = storage.emit_lookup(b, self.quantized, ids, "standard", "table")
-        return b.cast(rows, np_dtype, "table/decoded", storage.decoded_dtype(self.quantized))
 
     def _emit(self, b: Builder, match: EmbeddingMatch) -> None:
         """Replace one lookup of the table with a lookup of the quantized table."""
@@ -124,3 +115,14 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
             rows = storage.emit_lookup(b, self.quantized, ids, self.lookup_form, "table")
             out = b.cast(rows, np_dtype, "embeddings", decoded)
         replace_lookup(b.graph, match, out)
+
+
+def decoded_table(b: Builder, quantized, np_dtype) -> ir.Value:
+    """Every row of the stored table `quantized`, (n, d) in `np_dtype`, from constants only: Range(0, n) read
+    through the storage's own lookup (what ONNX Runtime folds at session start)."""
+    storage = format_of(quantized)
+    n = quantized.shape[0]
+    ids = b.op("Range", [b.const("head/zero", np.array(0, np.int64)), b.const("head/rows", np.array(n, np.int64)),
+                         b.const("head/one", np.array(1, np.int64))], "all_ids")
+    rows = storage.emit_lookup(b, quantized, ids, "standard", "table")
+    return b.cast(rows, np_dtype, "table/decoded", storage.decoded_dtype(quantized))

@@ -159,10 +159,9 @@ def set_aside_earlier_names(model: ir.Model) -> None:
     from projclust_onnx.passes.builder import PREFIX
 
     mark = PREFIX + "/"
-    graphs = [model.graph, *(g for node in ir.traversal.RecursiveGraphIterator(model.graph)
-                             for attr in node.attributes.values() if attr.type == ir.AttributeType.GRAPH
-                             for g in [attr.as_graph()])]
     nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
+    graphs = [model.graph, *(attr.as_graph() for node in nodes for attr in node.attributes.values()
+                             if attr.type == ir.AttributeType.GRAPH)]
     interface = {id(v) for v in (*model.graph.inputs, *model.graph.outputs)}
     values = [v for g in graphs for v in g.initializers.values()] + [v for n in nodes for v in n.outputs]
     named = [v for v in values if v.name and v.name.startswith(mark) and id(v) not in interface]
