@@ -105,12 +105,19 @@ def dead_pid() -> int:
     return int(done.stdout)
 
 
+def dead_box(out):
+    """A stage box as a run killed mid-way leaves it: marked for `out`, its lock released."""
+    box = output_dir._sibling_box(out).create()
+    box.release()
+    return box.path
+
+
 def test_previous_output_set_aside_by_a_crash_is_restored(model_dir, tmp_path):
-    """F5 fallback: killed between the two renames, the old output sits in a .old- sibling: put back."""
+    """F5 fallback: killed between the two renames, the old output sits in the dead run's box: put back."""
     out = tmp_path / "out"
     ProjClustCompressor.from_pretrained(model_dir).compress(out, ProjClustConfig(**SMALL))
-    aside = tmp_path / f".out.old-{dead_pid()}-0badcafe"
-    os.rename(out, aside)
+    aside = dead_box(out)
+    os.rename(out, aside / "previous")
     done = recover_stale(out)
     assert done and "restored" in done[0]
     assert (out / "model.onnx").is_file() and not aside.exists()
@@ -207,9 +214,73 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(slow_model_dir, tmp_path)
 
 def test_stages_of_live_runs_are_left_alone(tmp_path):
     out = tmp_path / "out"
-    live = tmp_path / f".out.tmp-{os.getppid()}-12345678"
-    live.mkdir()
-    assert recover_stale(out) == [] and live.exists()
+    box = output_dir._sibling_box(out).create()  # this process holds its lock
+    try:
+        assert recover_stale(out) == [] and box.path.exists()
+    finally:
+        box.remove()
+
+
+def test_a_live_stage_is_kept_from_another_pid_namespace(tmp_path):
+    """Issue 26, case 3: a run in another pid namespace (a container sharing the volume) saw the live run's
+    pid as dead and removed its stage. The lock on the marker is what counts, and it crosses namespaces."""
+    if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare --pid (util-linux, and the rights to make a pid namespace)")
+    out = tmp_path / "out"
+    box = output_dir._sibling_box(out).create()
+    try:
+        code = ("import pathlib, sys; from projclust_onnx.pipeline.output_dir import recover_stale; "
+                "print(recover_stale(pathlib.Path(sys.argv[1])))")
+        done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code, str(out)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+        assert box.path.is_dir() and (box.path / output_dir.MARKER_NAME).is_file()
+    finally:
+        box.remove()
+
+
+def test_folders_named_like_stages_are_never_removed_or_renamed(model_dir, tmp_path):
+    """Issue 26, case 1: `.out.tmp-2019-12` and `.model.old-2019-12` were deleted (or renamed onto the
+    output) by their names alone. Without a run's marker they are the user's: named and left."""
+    t = tmp_path / "t"
+    (t / ".out.tmp-2019-12").mkdir(parents=True)
+    (t / ".out.tmp-2019-12" / "f").write_text("x")
+    (t / ".model.old-2019-12-ab").mkdir()
+    (t / ".model.old-2019-12-ab" / "NOTES.md").write_text("y")
+    fake = t / f".out.tmp-{output_dir.owner_tag()}-0badcafe"  # a stage's name, and even a marker of another tool
+    fake.mkdir()
+    (fake / output_dir.MARKER_NAME).write_text('{"tool": "other", "destination": "out"}')
+    before = {p.relative_to(t).as_posix(): p.read_bytes() for p in t.rglob("*") if p.is_file()}
+    for out in ("out", "model"):
+        done = subprocess.run([*CLI, "compress", "--model", str(model_dir), "--output", str(t / out),
+                               "--compression", "5"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "--compression" in done.stderr and "removed" not in done.stderr
+    assert "left" in done.stderr and "no marker" in done.stderr
+    assert not (t / "model").exists()
+    assert {p.relative_to(t).as_posix(): p.read_bytes() for p in t.rglob("*") if p.is_file()} == before
+
+
+def test_destination_replaced_by_a_symlink_during_the_fit_is_refused_without_leftovers(model_dir, tmp_path,
+                                                                                      monkeypatch):
+    """Issue 26, case 5: the exchange moved the symlink into the stage's place, where it stayed forever."""
+    out, other = tmp_path / "out", tmp_path / "other"
+    compressor = ProjClustCompressor.from_pretrained(model_dir)
+    compressor.compress(out, ProjClustConfig(**SMALL))
+    compressor.compress(other, ProjClustConfig(**SMALL, seed=3))
+    real = output_dir._commit
+
+    def swap_in_a_symlink(stage, save_dir, *args):
+        import shutil
+
+        shutil.rmtree(save_dir)
+        save_dir.symlink_to(other)
+        return real(stage, save_dir, *args)
+
+    monkeypatch.setattr(output_dir, "_commit", swap_in_a_symlink)
+    with pytest.raises(ValueError, match="replaced by a symbolic link"):
+        compressor.compress(out, ProjClustConfig(**SMALL, seed=5), overwrite=True)
+    assert out.is_symlink() and ProjClustConfig.from_pretrained(other).seed == 3
+    assert stages_of(out) == [] and stages_of(other) == []
 
 
 def test_written_model_is_readable_by_others(model_dir, tmp_path):

@@ -211,7 +211,7 @@ def test_cli_signal_during_a_delayed_renameat2_says_what_is_in_place(model_dir, 
     # The manifest is the stage's last file, written just before the (delayed) exchange.
     deadline, ready = time.monotonic() + 120, []
     while time.monotonic() < deadline and not ready:
-        ready = [p for p in out.parent.glob(".out.tmp-*") if (p / "projclust_manifest.json").exists()]
+        ready = [p for p in out.parent.glob(".out.tmp-*") if (p / "output" / "projclust_manifest.json").exists()]
         if proc.poll() is not None:
             pytest.skip(f"strace may not trace here, or the run ended first: {proc.communicate()}")
         time.sleep(0.02)
@@ -226,44 +226,58 @@ def test_cli_signal_during_a_delayed_renameat2_says_what_is_in_place(model_dir, 
 
 
 # ---------------------------------------------------------------------- leftovers of dead runs
-def test_dead_stage_is_removed_even_when_the_run_is_refused(model_dir, tmp_path):
+def dead_box(out: Path) -> Path:
+    """A stage box as a run killed mid-way leaves it: marked for `out`, its lock released."""
+    box = output_dir._sibling_box(out).create()
+    box.release()
+    (box.path / "output").mkdir()
+    (box.path / "output" / "model.onnx").write_text("partial")
+    return box.path
+
+
+@pytest.mark.parametrize("refusal", [["--n-init", "0"], ["--compression", "abc"], ["--method", "bogus"],
+                                     ["--bogus-flag"]], ids=["setting", "type", "choice", "unknown"])
+def test_dead_stage_is_removed_even_when_the_run_is_refused(model_dir, tmp_path, refusal):
+    """Issue 26, case 6: argparse's own refusals (a bad type, choice or flag) clean up too."""
     out = tmp_path / "out"
-    stage = tmp_path / f".out.tmp-{dead_tag()}-0badcafe"
-    stage.mkdir()
-    (stage / "model.onnx").write_text("partial")
-    done = cli("compress", "-m", model_dir, "-o", out, "--n-init", "0")
-    assert done.returncode == 2 and "removed .out.tmp-" in done.stderr
+    dead_box(out)
+    done = cli("compress", "-m", model_dir, "-o", out, *refusal)
+    assert done.returncode == 2 and "removed .out.tmp-" in done.stderr, done.stderr
     errors = [ln for ln in done.stderr.splitlines() if "error:" in ln]
-    assert errors == ["projclust-onnx: error: --n-init=0 must be >= 1"]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
     assert leftovers(out) == []
 
 
-def test_stage_of_a_reused_pid_is_removed_and_a_live_one_kept(tmp_path):
-    """A container's next run often gets the same pid: the start time tells the runs apart."""
-    pid, start, boot = owner_tag().split("-")
+def test_stage_whose_run_ended_is_removed_and_a_live_one_kept(tmp_path):
+    """The lock decides, not the pid: a container's next run often gets the same pid."""
     out = tmp_path / "out"
-    reused = tmp_path / f".out.tmp-{pid}-{int(start) + 1}-{boot}-00000001"
-    rebooted = tmp_path / f".out.tmp-{pid}-{start}-{'0' * 8 if boot != '0' * 8 else '1' * 8}-00000002"
-    live = tmp_path / f".out.tmp-{owner_tag()}-00000003"
-    for path in (reused, rebooted, live):
-        path.mkdir()
-    recover_stale(out)
-    assert leftovers(out) == [live.name]
+    dead = dead_box(out)
+    live = output_dir._sibling_box(out).create()
+    try:
+        done = recover_stale(out)
+        assert done == [f"removed {dead.name}, left by an interrupted run"]
+        assert leftovers(out) == [live.path.name]
+    finally:
+        live.remove()
 
 
 def test_dead_export_folders_in_tmpdir_are_removed_first(model_dir, tmp_path):
-    """A SIGKILL during an export left the whole exported model in TMPDIR forever."""
+    """A SIGKILL during an export left the whole exported model in TMPDIR forever; a folder merely named
+    like ours is left."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    dead = tmpdir / f"projclust-export-{dead_tag()}-abc123"
-    live = tmpdir / f"projclust-export-{owner_tag()}-def456"
-    other = tmpdir / "projclust-export-unrelated"
-    for path in (dead, live, other):
-        path.mkdir()
-        (path / "model.onnx").write_text("x")
-    done = cli("compress", "-m", model_dir, "-o", tmp_path / "out", *SMALL_FLAGS, env={"TMPDIR": str(tmpdir)})
-    assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in tmpdir.glob("projclust-*")) == sorted([live.name, other.name])
+    dead = output_dir.Box(tmpdir / f"projclust-export-{dead_tag()}-abc123", "export", "export").create()
+    dead.release()
+    live = output_dir.Box(tmpdir / f"projclust-export-{owner_tag()}-def456", "export", "export").create()
+    other = tmpdir / f"projclust-export-{dead_tag()}-unrelated"
+    other.mkdir()
+    (other / "model.onnx").write_text("x")
+    try:
+        done = cli("compress", "-m", model_dir, "-o", tmp_path / "out", *SMALL_FLAGS, env={"TMPDIR": str(tmpdir)})
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in tmpdir.glob("projclust-*")) == sorted([live.path.name, other.name])
+    finally:
+        live.remove()
 
 
 def test_export_folder_is_named_for_cleanup(tmp_path, monkeypatch):
@@ -272,8 +286,38 @@ def test_export_folder_is_named_for_cleanup(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tempfile, "tempdir", None)
     with output_dir.temp_dir("export") as made:
-        assert Path(made).name.startswith(f"projclust-export-{owner_tag()}-") and Path(made).parent == tmp_path
+        box = Path(made).parent
+        assert box.name.startswith(f"projclust-export-{owner_tag()}-") and box.parent == tmp_path
         assert output_dir.remove_dead_temp_dirs() == [] and Path(made).exists()
+    assert not box.exists()
+
+
+def test_benchmark_overwrite_never_replaces_a_compressed_model(model_dir, tmp_path):
+    """Issue 26, case 2: `benchmark ... --output c2 --overwrite` replaced the compressed model in c2 with
+    its report. A report replaces only an earlier report, and compress only an earlier model."""
+    c1, c2 = tmp_path / "c1", tmp_path / "c2"
+    ProjClustCompressor.from_pretrained(model_dir).compress(c1, ProjClustConfig(**SMALL))
+    ProjClustCompressor.from_pretrained(model_dir).compress(c2, ProjClustConfig(**SMALL, seed=2))
+    before = snapshot(c2)
+    line = one_line_error(cli("benchmark", model_dir, c1, "--output", c2, "--overwrite", "--repeats", "1",
+                              "--warmup", "0", "--no-memory", "--no-plots", "-q"))
+    assert "refusing to replace" in line and "earlier model output" in line and "not a benchmark output" in line
+    assert snapshot(c2) == before and leftovers(c2) == []
+
+
+def test_output_inside_a_hugging_face_input_is_refused_before_the_export(tmp_path):
+    """Issue 26, case 4: `--model hfdir --output hfdir/out` wrote into the input; `--output hfdir
+    --overwrite` was refused only after a 9 s export."""
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "bert"}')
+    before = snapshot(hf)
+    for out, extra in ((hf / "out", []), (hf, ["--overwrite"])):
+        done = cli("compress", "-m", hf, "-o", out, *extra, *SMALL_FLAGS)
+        line = one_line_error(done)
+        assert "input" in line and str(hf) in line, line
+        assert "export" not in done.stderr.lower()
+    assert snapshot(hf) == before
 
 
 def test_restored_previous_output_stops_before_fitting(model_dir, tmp_path, monkeypatch):
@@ -282,8 +326,9 @@ def test_restored_previous_output_stops_before_fitting(model_dir, tmp_path, monk
     out = tmp_path / "out"
     ProjClustCompressor.from_pretrained(model_dir).compress(out, ProjClustConfig(**SMALL))
     before = snapshot(out)
-    aside = tmp_path / f".out.old-{dead_tag()}-0badcafe"
-    os.rename(out, aside)
+    aside = output_dir._sibling_box(out).create()
+    aside.release()
+    os.rename(out, aside.path / "previous")
 
     def clustered(self, *args, **kwargs):
         raise AssertionError("clustering ran before the refusal")

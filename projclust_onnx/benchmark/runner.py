@@ -249,7 +249,7 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
     from projclust_onnx.pipeline.output_dir import check_output_dir, clean_leftovers, staged_directory
 
     clean_leftovers(Path(output_dir))
-    output_dir = check_output_dir(Path(output_dir), overwrite, [Path(d) for _, d in models])
+    output_dir = check_output_dir(Path(output_dir), overwrite, [Path(d) for _, d in models], kind="benchmark")
     threads = threads or available_cpus()
     if len(models) < 1:
         raise ValueError("give at least one model directory")

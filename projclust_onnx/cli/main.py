@@ -9,6 +9,7 @@ functions so that `--help` and optimum-cli start fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import NoReturn
 
@@ -179,12 +180,14 @@ def _config(args: argparse.Namespace):
 def run_compress(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from projclust_onnx.pipeline.output_dir import clean_leftovers
+    from projclust_onnx.pipeline.output_dir import check_output_dir, clean_leftovers
 
     clean_leftovers(Path(args.output))  # first: a run refused below still removes a dead run's stage
     from projclust_onnx.pipeline.compressor import ProjClustCompressor
 
     config = _config(args)
+    if args.model:  # before an export of a Hugging Face folder: the output must not overlap it
+        check_output_dir(Path(args.output), args.overwrite, [Path(args.model).expanduser()])
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
                                                      verbose=not args.quiet)
     report = compressor.compress(args.output, config, overwrite=args.overwrite, verbose=not args.quiet)
@@ -446,13 +449,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Where each subcommand writes when --output is not given: a refused command line still cleans up there.
+DEFAULT_OUTPUTS = {"compress": DEFAULT_OUTPUT, "finetune": DEFAULT_OUTPUT, "benchmark": "benchmark-output"}
+
+
+def output_named(argv: list[str]) -> str | None:
+    """The output directory a command line names (--output/-o, or its subcommand's default), read without
+    parsing it: for a line argparse refuses."""
+    command = next((word for word in argv if not word.startswith("-")), None)
+    found = DEFAULT_OUTPUTS.get(command)
+    for i, word in enumerate(argv):
+        if word in ("--output", "-o") and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif word.startswith("--output="):
+            found = word.split("=", 1)[1]
+        elif word.startswith("-o") and len(word) > 2 and not word.startswith("--"):
+            found = word[2:]
+    return found
+
+
+def clean_after_refusal(argv: list[str]) -> None:
+    """A command line refused by argparse still removes a dead run's leftovers beside its output (as every
+    run does first); nothing else."""
+    output = output_named(argv)
+    if output:
+        from pathlib import Path
+
+        from projclust_onnx.pipeline.output_dir import clean_leftovers
+
+        with contextlib.suppress(Exception):
+            clean_leftovers(Path(output))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser()
-        args, unknown = parser.parse_known_args(argv)
-        if unknown:  # named against the subcommand's --help, where the flags it takes are listed
-            usage_error(PROG, f"{PROG} {args.command}" if getattr(args, "command", None) else PROG,
-                        f"unrecognized arguments: {' '.join(unknown)}")
+        try:
+            args, unknown = parser.parse_known_args(argv)
+            if unknown:  # named against the subcommand's --help, where the flags it takes are listed
+                usage_error(PROG, f"{PROG} {args.command}" if getattr(args, "command", None) else PROG,
+                            f"unrecognized arguments: {' '.join(unknown)}")
+        except SystemExit as done:
+            if done.code == 2:
+                clean_after_refusal(argv)
+            raise
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

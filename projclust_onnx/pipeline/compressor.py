@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -94,6 +95,12 @@ class ProjClustCompressor:
         return cls(resolve_onnx_files(Path(export_dir.name)), str(model_name_or_path), export_dir)
 
     @property
+    def input_paths(self) -> tuple[Path, ...]:
+        """What the user gave, where it is a local path (a Hugging Face folder exported into a temporary one)."""
+        path = Path(self.source).expanduser()
+        return (path,) if os.path.lexists(path) else ()
+
+    @property
     def source_dir(self) -> Path:
         """The model directory the output repeats: the model files' folder, or the top of a layout folder."""
         return self._root or self.onnx_path.parent
@@ -124,7 +131,7 @@ class ProjClustCompressor:
         names = ", ".join(self.relative(p) for p in self.onnx_paths)
         with phases("load", f"reading and checking {self.source_dir / names if len(self.onnx_paths) == 1 else names}"):
             plan = plan_compression(self.onnx_paths, self.source_dir, Path(save_dir), config, overwrite=overwrite,
-                                    factorization=factorization)
+                                    factorization=factorization, inputs=self.input_paths)
             measure_quantized_steps(plan, config)
         # Read before any rewrite: a rewrite detaches the lookups' inputs.
         tables = {key: files[0].match.dense().astype(np.float32) for key, files in plan.groups().items()}

@@ -15,10 +15,15 @@ there: a file the user added, a dotfile, a `.git`, a directory of another tool i
 deleted. The current directory (and its ancestors) and home directories are never
 outputs at all.
 
-Leftovers: staging directories and temporary export folders carry the writer's process
-id, start time and boot id; every run first removes those of dead processes (a SIGKILL,
-a power cut) and puts back a previous output that an interrupted two-step replacement
-had set aside.
+Leftovers: every directory this tool creates outside the output (the stage beside it, a
+temporary export folder in TMPDIR) is a box holding a marker file, `.projclust-run`, that
+names the tool, the kind of box and the destination, and the running process holds an
+exclusive lock (flock) on that marker until it ends. A later run removes a box only when its
+marker is there, names that destination, and its lock can be taken: the run that made it is
+gone (a SIGKILL, a power cut), whatever pid namespace or container it ran in. A directory
+whose name merely looks like a stage is never touched: it is named and left alone. A
+previous output that an interrupted two-step replacement had set aside inside a box is put
+back.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -34,6 +40,7 @@ import secrets
 import shutil
 import signal
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,7 +70,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 # ---------------------------------------------------------------------- which directories may be written
-def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path]) -> Path:
+def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path], kind: str = "model") -> Path:
     """Refuse outputs that overlap an input, the current or a home directory, a mount point, an
     occupied directory without overwrite, and (even with overwrite) a directory holding anything
     this tool did not write. Returns the resolved path."""
@@ -85,7 +92,7 @@ def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path]) -> Pat
             raise OutputError(f"output {save_dir} is a mount point, which the finished output cannot be moved onto "
                               f"in one step; give a directory inside it, e.g. {save_dir / 'model'}")
         if any(save_dir.iterdir()):
-            check_replaceable(save_dir)  # with or without overwrite: advising it would not help
+            check_replaceable(save_dir, kind)  # with or without overwrite: advising it would not help
             if not overwrite:
                 raise SettingError("overwrite", f"output directory {save_dir} holds an earlier output; pass {{}} "
                                    "to replace it, or choose another directory")
@@ -116,21 +123,25 @@ def _home_directories(save_dir: Path) -> set[Path]:
     return homes
 
 
-def check_replaceable(directory: Path) -> None:
-    """OutputError unless everything in `directory` is listed in its manifest (an earlier output)."""
-    foreign, reason = foreign_entries(directory)
+def check_replaceable(directory: Path, kind: str = "model") -> None:
+    """OutputError unless `directory` is an earlier output of the same kind (a model, a benchmark report)
+    and everything in it is listed in its manifest."""
+    foreign, reason = foreign_entries(directory, kind)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise OutputError(f"refusing to replace {directory}: {reason} ({shown}); nothing was changed. Choose a new "
                           "output directory, or move those files out of it first")
 
 
-def foreign_entries(directory: Path) -> tuple[list[str], str]:
-    """The entries of `directory` (relative paths) that this tool did not write, and why."""
-    listed = _manifest_files(directory)
+def foreign_entries(directory: Path, kind: str = "model") -> tuple[list[str], str]:
+    """The entries of `directory` (relative paths) that this tool did not write as an output of `kind`, and why."""
+    listed, found_kind = _manifest_files(directory)
     if listed is None:
         return sorted(p.name for p in directory.iterdir()), (f"it holds no {MANIFEST_NAME} of {TOOL}, so it is not "
                                                                "an earlier output of this tool")
+    if found_kind != kind:
+        return sorted(p.name for p in directory.iterdir()), (f"it holds an earlier {found_kind} output of {TOOL}, "
+                                                               f"not a {kind} output")
     allowed_dirs = {parent for name in listed for parent in Path(name).parents if parent != Path(".")}
     foreign = []
     for root, dirs, files in os.walk(directory):
@@ -147,16 +158,19 @@ def foreign_entries(directory: Path) -> tuple[list[str], str]:
     return sorted(foreign), "it holds files this tool did not write"
 
 
-def _manifest_files(directory: Path) -> set[str] | None:
-    """The files the manifest in `directory` lists, or None when there is no valid manifest of this tool."""
+def _manifest_files(directory: Path) -> tuple[set[str] | None, str]:
+    """The files the manifest in `directory` lists and the output's kind; (None, "") when there is no valid
+    manifest of this tool."""
     try:
         data = json.loads((directory / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
-        return None
+        return None, ""
     files = data.get("files") if isinstance(data, dict) and data.get("tool") == TOOL else None
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        return None
-    return {f for f in files if not f.startswith(("/", "../")) and not any(p.startswith(".") for p in f.split("/"))}
+        return None, ""
+    kind = data.get("kind", "model")
+    return {f for f in files if not f.startswith(("/", "../")) and
+            not any(p.startswith(".") for p in f.split("/"))}, kind if isinstance(kind, str) else ""
 
 
 def write_manifest(directory: Path, kind: str) -> Path:
@@ -199,9 +213,10 @@ def oserrors_name(path: Path) -> Iterator[None]:
 def staged_directory(save_dir: Path, overwrite: bool = False, kind: str = "model") -> Iterator[Path]:
     """Yield an empty staging directory beside save_dir; on success it becomes save_dir, with a manifest.
 
-    On any error, or a SIGINT/SIGTERM, the stage is removed and save_dir is left as it was.
-    A signal that arrives while the output is being placed is held until the move is done,
-    then raised as Interrupted saying which output is in place.
+    The stage lives in a Box (a marked, locked directory) so that only this run, or a later one
+    once this run is gone, ever removes it. On any error, or a SIGINT/SIGTERM, the box is removed
+    and save_dir is left as it was. A signal that arrives while the output is being placed is
+    held until the move is done, then raised as Interrupted saying which output is in place.
     """
     save_dir = Path(save_dir).expanduser().resolve()
     try:
@@ -209,29 +224,35 @@ def staged_directory(save_dir: Path, overwrite: bool = False, kind: str = "model
     except OSError as err:
         raise OutputError(f"cannot create the output's parent {save_dir.parent}: {err.strerror}") from err
     clean_leftovers(save_dir)
-    stage = None
+    box = None
     try:
-        with signals_held():  # a signal between mkdir and the assignment would leak the stage
-            stage = _unique_sibling(save_dir, "tmp")
+        with signals_held():  # a signal between mkdir and the assignment would leak the box
+            candidate = _sibling_box(save_dir)
             try:
-                stage.mkdir()
+                box = candidate.create()
             except OSError as err:
-                stage = None
+                if candidate.path.is_dir() and not candidate.path.is_symlink():
+                    shutil.rmtree(candidate.path, ignore_errors=True)  # ours: made by create() just now
                 raise OutputError(f"cannot write in {save_dir.parent}: {err.strerror}; "
                                   "choose a writable output directory") from err
+        stage = box.path / _PAYLOAD
         umask = os.umask(0)
         os.umask(umask)
+        stage.mkdir(mode=0o777 & ~umask)
         os.chmod(stage, 0o777 & ~umask)  # a server's user must be able to read the model
         yield stage
         write_manifest(stage, kind)
         with signals_held(f"{save_dir} holds the new output"):
-            _commit(stage, save_dir, overwrite)
+            _commit(stage, save_dir, overwrite, box, kind)
     finally:
-        if stage is not None and stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+        if box is not None:
+            box.remove()
 
 
-def _commit(stage: Path, save_dir: Path, overwrite: bool) -> None:
+def _commit(stage: Path, save_dir: Path, overwrite: bool, box: Box, kind: str) -> None:
+    if save_dir.is_symlink():
+        raise OutputError(f"{save_dir} was replaced by a symbolic link while compressing; it was left as it is and "
+                          "nothing was written: choose another output directory")
     if not overwrite or not save_dir.exists():
         try:
             os.rename(stage, save_dir)  # replaces nothing but an empty directory
@@ -242,29 +263,27 @@ def _commit(stage: Path, save_dir: Path, overwrite: bool) -> None:
             raise OSError(err.errno, f"cannot move the finished output into place ({err.strerror})",
                           str(save_dir)) from err
         return
-    check_replaceable(save_dir)  # files may have been added while the fit ran
+    check_replaceable(save_dir, kind)  # files may have been added while the fit ran
     if _exchange(stage, save_dir):
         # `stage` now holds the previous output. Anything added to it between the check and the
         # exchange is not ours to delete: swap back and refuse.
-        if foreign_entries(stage)[0]:
+        if foreign_entries(stage, kind)[0]:
             _exchange(stage, save_dir)
-            check_replaceable(save_dir)
-        shutil.rmtree(stage, ignore_errors=True)
-        return
-    # No atomic exchange here: set the old output aside, then move the new one in. A crash
-    # in between leaves the old one in a .old- sibling, which recover_stale puts back.
-    old = _unique_sibling(save_dir, "old")
-    os.rename(save_dir, old)
+            check_replaceable(save_dir, kind)
+        return  # the box, and the previous output in it, go with the box
+    # No atomic exchange here: set the old output aside inside the box, then move the new one in. A
+    # crash in between leaves the old one in the box, which recover_stale puts back.
+    previous = box.path / _PREVIOUS
+    os.rename(save_dir, previous)
     try:
         os.rename(stage, save_dir)
     except OSError:
-        os.rename(old, save_dir)
+        os.rename(previous, save_dir)
         raise
-    if foreign_entries(old)[0]:  # filled between the check and the first rename: put it back
+    if foreign_entries(previous, kind)[0]:  # filled between the check and the first rename: put it back
         os.rename(save_dir, stage)
-        os.rename(old, save_dir)
-        check_replaceable(save_dir)
-    shutil.rmtree(old, ignore_errors=True)
+        os.rename(previous, save_dir)
+        check_replaceable(save_dir, kind)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -282,7 +301,12 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-# ---------------------------------------------------------------------- leftovers of dead runs
+# ---------------------------------------------------------------------- boxes: what a run creates beside the output
+MARKER_NAME = ".projclust-run"
+_PAYLOAD = "output"  # a stage's box: the output being written
+_PREVIOUS = "previous"  # a stage's box: a previous output set aside by the two-step replacement
+
+
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:8]
@@ -300,62 +324,141 @@ def _start_time(pid: int) -> int | None:
 
 
 def owner_tag() -> str:
-    """`PID-START-BOOT`: names this process so that a later run can tell whether it still runs."""
+    """`PID-START-BOOT`: names this process in a box's name, for a person reading the directory listing
+    (liveness is the marker's lock, never this tag)."""
     return f"{os.getpid()}-{_start_time(os.getpid()) or 0}-{_boot_id()}"
 
 
-def _unique_sibling(save_dir: Path, kind: str) -> Path:
-    return save_dir.parent / f".{save_dir.name}.{kind}-{owner_tag()}-{secrets.token_hex(4)}"
+class Box:
+    """A directory this run created, with a marker naming it and an exclusive lock on the marker held
+    for as long as the run lives (or until release()). Other runs see the lock across pid namespaces."""
+
+    def __init__(self, path: Path, kind: str, destination: str) -> None:
+        self.path, self.kind, self.destination = Path(path), kind, destination
+        self._fd: int | None = None
+
+    def create(self) -> Box:
+        self.path.mkdir()
+        marker = self.path / MARKER_NAME
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, json.dumps({"tool": TOOL, "kind": self.kind, "destination": self.destination,
+                                     "owner": owner_tag()}).encode())
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give up the lock (the box then counts as a dead run's)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self) -> None:
+        """Remove the box and all it holds, then release the lock."""
+        try:
+            if self.path.is_dir() and not self.path.is_symlink():
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            self.release()
 
 
-def temp_dir(kind: str) -> tempfile.TemporaryDirectory:
-    """A TemporaryDirectory in TMPDIR named by owner_tag(), so clean_leftovers can remove it after a SIGKILL."""
+def _sibling_box(save_dir: Path) -> Box:
+    # The destination's name is cut to keep the box's name within NAME_MAX; the marker holds it whole.
+    name = f".{save_dir.name[:100]}.tmp-{owner_tag()}-{secrets.token_hex(4)}"
+    return Box(save_dir.parent / name, "stage", save_dir.name)
+
+
+class TempBox:
+    """A working folder in TMPDIR inside a box (`name` is the folder, like TemporaryDirectory's), removed
+    on cleanup(), at interpreter exit, or by a later run once this process is gone."""
+
+    def __init__(self, kind: str) -> None:
+        root = Path(tempfile.gettempdir())
+        self._box = Box(root / f"projclust-{kind}-{owner_tag()}-{secrets.token_hex(4)}", kind, kind).create()
+        work = self._box.path / "work"
+        work.mkdir()
+        self.name = str(work)
+        self._finalizer = weakref.finalize(self, self._box.remove)
+
+    def cleanup(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> str:
+        return self.name
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+def temp_dir(kind: str) -> TempBox:
+    """A working folder in TMPDIR that a later run removes after a SIGKILL (see TempBox)."""
     assert kind in _TEMP_KINDS
-    return tempfile.TemporaryDirectory(prefix=f"projclust-{kind}-{owner_tag()}-")
+    return TempBox(kind)
 
 
-_TAG = r"(\d+)(?:-(\d+)-([0-9a-f]{8}))?"  # older runs named stages by the pid alone
-
-
-def _dead(pid: str, start: str | None, boot: str | None) -> bool:
-    """Whether the process a tag names has ended (a reused pid is told apart by its start time)."""
-    pid = int(pid)
-    if boot is not None and boot != _boot_id():
-        return True  # from before a reboot: whatever has this pid now is another process
-    actual = _start_time(pid)
-    if actual is not None:
-        return start is not None and int(start) not in (0, actual)
-    if pid == os.getpid():
-        return False
+def _box_state(entry: Path, destination: str) -> tuple[str, int | None]:
+    """('dead', fd holding the lock) for a box of this tool for `destination` whose run has ended,
+    ('live', None) for one whose run holds its lock, ('foreign', None) for anything else."""
+    if entry.is_symlink() or not entry.is_dir():
+        return "foreign", None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+        fd = os.open(entry / MARKER_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return "foreign", None
+    try:
+        data = json.loads(os.read(fd, 65536) or b"null")
+        if not isinstance(data, dict) or data.get("tool") != TOOL or data.get("destination") != destination:
+            os.close(fd)
+            return "foreign", None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return "live", None
+    except (OSError, ValueError):
+        os.close(fd)
+        return "foreign", None
+    return "dead", fd
+
+
+def _dead_boxes(parent: Path, pattern: re.Pattern, destination: str) -> Iterator[tuple[Path, int]]:
+    """The boxes under `parent` whose names match `pattern` and whose runs have ended, each with its lock
+    held; entries that match the name but are not this tool's boxes are named in a warning and left."""
+    with contextlib.suppress(OSError):
+        for entry in sorted(parent.iterdir()):
+            if not pattern.match(entry.name):
+                continue
+            state, fd = _box_state(entry, destination)
+            if state == "foreign":
+                logger.warning("left %s as it is: its name looks like a stage of %s, but it holds no marker of a "
+                               "run of this tool", entry, TOOL)
+            elif state == "dead":
+                yield entry, fd
 
 
 def recover_stale(save_dir: Path) -> list[str]:
     """Clean up after runs that died while writing save_dir; returns what was done.
 
-    A staging directory of a dead process is a partial output: removed. A set-aside
-    previous output is put back when save_dir is missing, else removed.
+    A dead run's box is removed; a previous output it had set aside is put back first when save_dir is
+    missing.
     """
     if not save_dir.parent.is_dir():
         return []
-    pattern = re.compile(rf"\.{re.escape(save_dir.name)}\.(tmp|old)-{_TAG}-[0-9a-f]+$")
+    pattern = re.compile(rf"\.{re.escape(save_dir.name[:100])}\.(tmp|old)-")
     done = []
-    for entry in sorted(save_dir.parent.iterdir()):
-        found = pattern.match(entry.name)
-        if not found or not _dead(*found.group(2, 3, 4)):
-            continue
-        if found.group(1) == "old" and not save_dir.exists():
-            os.rename(entry, save_dir)
-            done.append(f"restored {save_dir} from {entry.name}, set aside by an interrupted overwrite")
-        else:
+    for entry, fd in _dead_boxes(save_dir.parent, pattern, save_dir.name):
+        try:
+            previous = entry / _PREVIOUS
+            if previous.is_dir() and not previous.is_symlink() and not os.path.lexists(save_dir):
+                os.rename(previous, save_dir)
+                done.append(f"restored {save_dir} from {entry.name}, set aside by an interrupted overwrite")
             shutil.rmtree(entry, ignore_errors=True)
             done.append(f"removed {entry.name}, left by an interrupted run")
+        finally:
+            os.close(fd)
     for line in done:
         logger.warning(line)
     return done
@@ -363,15 +466,15 @@ def recover_stale(save_dir: Path) -> list[str]:
 
 def remove_dead_temp_dirs() -> list[str]:
     """Remove this tool's folders in TMPDIR whose process is gone (an export killed mid-way)."""
-    pattern = re.compile(rf"projclust-({'|'.join(_TEMP_KINDS)})-{_TAG}-")
     root = Path(tempfile.gettempdir())
     done = []
-    with contextlib.suppress(OSError):
-        for entry in sorted(root.iterdir()):
-            found = pattern.match(entry.name)
-            if found and found.group(4) is not None and entry.is_dir() and _dead(*found.group(2, 3, 4)):
+    for kind in _TEMP_KINDS:
+        for entry, fd in _dead_boxes(root, re.compile(rf"projclust-{kind}-\d+-"), kind):
+            try:
                 shutil.rmtree(entry, ignore_errors=True)
-                done.append(f"removed {entry}, left by an interrupted run")
+            finally:
+                os.close(fd)
+            done.append(f"removed {entry}, left by an interrupted run")
     for line in done:
         logger.info(line)
     return done
@@ -383,7 +486,11 @@ def clean_leftovers(save_dir: Path | None) -> None:
     remove_dead_temp_dirs()
     if save_dir is None:
         return
-    restored = [line for line in recover_stale(Path(save_dir).expanduser().resolve()) if line.startswith("restored")]
+    try:
+        resolved = Path(save_dir).expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: the output check names it
+        return
+    restored = [line for line in recover_stale(resolved) if line.startswith("restored")]
     if restored:
         raise OutputError(f"{restored[0]}; nothing else was done: run the command again to write a new output")
 

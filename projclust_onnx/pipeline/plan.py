@@ -143,11 +143,12 @@ class CompressionPlan:
 
 
 def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: Path, config: ProjClustConfig, *,
-                     overwrite: bool = False, factorization=None) -> CompressionPlan:
+                     overwrite: bool = False, factorization=None, inputs: tuple[Path, ...] = ()) -> CompressionPlan:
     """Check the output, every model file, its lookups and heads, and the budget; raise ValueError naming the
-    first problem (and the file, when there are several)."""
+    first problem (and the file, when there are several). `inputs`: further paths the output must not
+    overlap (the Hugging Face folder an export was made from)."""
     paths = [onnx_paths] if isinstance(onnx_paths, Path) else list(onnx_paths)
-    save_dir = check_output_dir(save_dir, overwrite, [*paths, source_dir])
+    save_dir = check_output_dir(save_dir, overwrite, [*paths, source_dir, *inputs])
     if factorization is None:
         _check_device(config.device)
         _check_calibration_files(config.calibration_text)
