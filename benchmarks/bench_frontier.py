@@ -18,6 +18,14 @@ of that model's table are scored by test accuracy too (int4 U, calibrated, and O
         --calibration ../shared/data/austen.txt [--classifier runs/finefoods-classifier/onnx]
     python benchmarks/bench_frontier.py --texts ../shared/data/finefoods/test.csv \
         --calibration ../shared/data/austen.txt --anchors
+
+Each run writes its rows to frontier_minilm*.json and draws them (frontier_plot.py: one series per
+storage family). --plot-only redraws a picture from such files, fitting nothing; several files merge
+family by family, a later file's family replacing an earlier one's (README's picture: the factor grid
+of the full run, then the newest run with anchors and codebooks):
+
+    python benchmarks/bench_frontier.py --plot-only benchmarks/frontier_minilm.json \
+        benchmarks/frontier_minilm_anchors.json --png benchmarks/frontier_minilm.png
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from common import RESULTS, append_results, markdown_table
+from frontier_plot import merge_runs, plot_frontier
 from projclust_onnx.passes import find_word_embedding, with_cleanup
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
@@ -203,9 +212,9 @@ def factor_rows(study: Model, weightings: dict, clusters, budgets, storages, wor
 def main() -> None:
     logging.disable(logging.INFO)  # ONNX Runtime's quantizers log every node they skip
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--texts", required=True, help="CSV/JSON with a text column (and a label column)")
+    parser.add_argument("--texts", help="CSV/JSON with a text column (and a label column); required to fit")
     parser.add_argument("--count", type=int, default=300, help="texts for fidelity (default: 300)")
-    parser.add_argument("--calibration", required=True, help="a text file for calibration")
+    parser.add_argument("--calibration", help="a text file for calibration; required to fit")
     parser.add_argument("--smoothing", type=float, default=1.0, help="calibration smoothing (default: 1)")
     parser.add_argument("--classifier", default=None, help="ONNX text-classification export to score accuracy on")
     parser.add_argument("--clusters", type=int, nargs="+", default=[3, 5, 8])
@@ -215,7 +224,20 @@ def main() -> None:
                         help="only the originals, ONNX Runtime's quantizers and the chooser (no budget grid)")
     parser.add_argument("--anchors", action="store_true",
                         help="the chooser at 4x..32x against FAISS PQ/OPQ and ORT 2-bit (implies --chooser-only)")
+    parser.add_argument("--plot-only", nargs="+", type=Path, metavar="JSON",
+                        help="redraw the picture from frontier JSON files (oldest first), fitting nothing")
+    parser.add_argument("--png", type=Path, default=RESULTS.parent / "frontier_minilm.png",
+                        help="where --plot-only writes (default: benchmarks/frontier_minilm.png)")
+    parser.add_argument("--note", default=None,
+                        help="--plot-only: the picture's second title line (default: the last file's note)")
     args = parser.parse_args()
+    if args.plot_only:
+        notes = [json.loads(path.read_text()).get("note") for path in args.plot_only]
+        note = args.note if args.note is not None else next((n for n in reversed(notes) if n), "")
+        print(plot_frontier(merge_runs(args.plot_only), args.png, note))
+        return
+    if not args.texts or not args.calibration:
+        parser.error("--texts and --calibration are required, except with --plot-only")
     if args.anchors:
         args.chooser_only = True
         if args.ratios == list(RATIOS):
@@ -264,8 +286,6 @@ def main() -> None:
 
 
 def write_results(rows: list[dict], accuracy_rows: list[dict], args, tokens: int) -> None:
-    from projclust_onnx.benchmark.plots import plot_frontier
-
     def fmt_budget(b):
         return "-" if b is None else f"{b:.2%}".rstrip("0").rstrip(".")
 
@@ -290,9 +310,11 @@ def write_results(rows: list[dict], accuracy_rows: list[dict], args, tokens: int
     stem = "frontier_minilm_anchors" if args.anchors else \
         "frontier_minilm_chooser" if args.chooser_only else "frontier_minilm"
     plot = RESULTS.parent / f"{stem}.png"
-    plot_frontier(rows, plot)
-    (RESULTS.parent / f"{stem}.json").write_text(json.dumps({"fidelity": rows, "accuracy": accuracy_rows},
-                                                                    indent=1, default=str) + "\n")
+    note = (f"first {args.count} texts of {Path(args.texts).name}; ours calibrated on {Path(args.calibration).name}"
+            + (", the anchors uncalibrated" if args.anchors else ""))
+    (RESULTS.parent / f"{stem}.json").write_text(json.dumps({"note": note, "fidelity": rows,
+                                                             "accuracy": accuracy_rows}, indent=1, default=str) + "\n")
+    plot_frontier(rows, plot, note)
     body += f"\n\n![bytes against fidelity]({plot.name})"
     title = "Size frontier: MiniLM word embedding, bytes against sentence-embedding fidelity"
     append_results(title + (" (chooser against FAISS and ONNX Runtime anchors)" if args.anchors else

@@ -15,7 +15,7 @@ from projclust_onnx.passes.head_forms import HEAD_FORMS, GemmHead, Head, HeadFor
 from projclust_onnx.passes.pipeline import factorize_embedding_pipeline, with_cleanup
 from projclust_onnx.passes.quantize_embedding import QuantizeEmbeddingPass
 from projclust_onnx.passes.result import RewriteResult
-from projclust_onnx.passes.split_initializers import SplitInitializersPass
+from projclust_onnx.passes.split_initializers import SplitInitializersPass, unsplittable_readers
 from projclust_onnx.passes.word_embedding import (
     EmbeddingMatch,
     EmbeddingSearch,
@@ -32,6 +32,7 @@ __all__ = [
     "DensifyEmbeddingPass",
     "QuantizeEmbeddingPass",
     "SplitInitializersPass",
+    "unsplittable_readers",
     "with_cleanup",
     "EmbeddingMatch",
     "EmbeddingSearch",

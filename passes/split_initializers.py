@@ -26,7 +26,19 @@ import numpy as np
 import onnx_ir as ir
 from projclust_onnx.passes.builder import Builder
 
-__all__ = ["SplitInitializersPass"]
+__all__ = ["SplitInitializersPass", "unsplittable_readers"]
+
+
+def unsplittable_readers(value: ir.Value) -> str | None:
+    """Why the initializer `value` cannot be read in blocks (its readers, or its rank), None where it can."""
+    tensor = value.const_value
+    readers = [node for node, _ in value.uses()]
+    forms = [_form(node, value) for node in readers]
+    if len(tensor.shape) == 2 and None not in forms and not ("matmul" in forms and len(set(forms)) > 1):
+        return None
+    others = ", ".join(f"{n.op_type} {n.name!r}" for n, f in zip(readers, forms) if f is None)
+    return others or ("readers of different kinds" if len(tensor.shape) == 2 else
+                      f"{', '.join(n.op_type for n in readers)} (blocks are rows of a 2-D initializer)")
 
 
 class SplitInitializersPass(ir.passes.InPlacePass):
@@ -42,15 +54,14 @@ class SplitInitializersPass(ir.passes.InPlacePass):
             tensor = value.const_value
             if tensor is None or tensor.nbytes <= self.max_bytes:
                 continue
-            readers = [node for node, _ in value.uses()]
-            forms = [_form(node, value) for node in readers]
-            if len(tensor.shape) != 2 or None in forms or ("matmul" in forms and len(set(forms)) > 1):
-                others = ", ".join(f"{n.op_type} {n.name!r}" for n, f in zip(readers, forms) if f is None)
+            why = unsplittable_readers(value)
+            if why is not None:
                 raise ir.passes.PreconditionError(
                     f"initializer {name!r} ({tensor.nbytes:,} bytes, shape {list(tensor.shape)}) exceeds "
-                    f"max_initializer_bytes={self.max_bytes:,} but is read by "
-                    f"{others or 'readers of different kinds'}, which cannot read it in blocks; raise the limit")
-            axis = 1 if forms[0] == "matmul" else 0
+                    f"max_initializer_bytes={self.max_bytes:,} but is read by {why}, which cannot read it in "
+                    "blocks; raise the limit")
+            readers = [node for node, _ in value.uses()]
+            axis = 1 if _form(readers[0], value) == "matmul" else 0
             array = tensor.numpy()
             n_blocks = math.ceil(tensor.nbytes / self.max_bytes)
             size = math.ceil(array.shape[axis] / n_blocks)

@@ -95,6 +95,20 @@ class EmbeddingMatch:
         return self._dtype
 
     @property
+    def table_dtype(self) -> ir.DataType:
+        """The float type the model uses the embeddings in, what budgets and ratios count a float table in: the
+        type a Cast right after the lookup gives them (a quantized table decoded in float16, then cast to
+        float32, was a float32 table), else the lookup's own type."""
+        readers = [node for node, _ in self.output.uses()]
+        targets = {ir.DataType(node.attributes["to"].as_int()) for node in readers
+                   if node.op_type == "Cast" and node.domain in ("", "ai.onnx") and "to" in node.attributes}
+        if readers and len(targets) == 1 and all(node.op_type == "Cast" for node in readers):
+            target = targets.pop()
+            if target.is_floating_point():
+                return target
+        return self.dtype
+
+    @property
     def stored_bytes(self) -> int:
         """Bytes of the initializers the lookup reads: the table, or its codes, scales and zero points."""
         return self._stored_bytes

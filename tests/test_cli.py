@@ -146,9 +146,13 @@ def test_compress_announces_each_phase(model_dir, tmp_path):
     done = run(*CLI, "compress", "--model", str(model_dir), "--output", str(tmp_path / "out"), "--rank", "3",
                "--clusters", "2")
     assert done.returncode == 0, done.stderr
-    phases = [line.split(": ", 1)[1] for line in done.stderr.splitlines() if line.startswith("projclust-onnx: ")]
-    assert [p.split(" ")[0] for p in phases] == ["reading", "weighting", "clustering", "rewriting", "checking",
+    lines = [line.split(": ", 1)[1] for line in done.stderr.splitlines() if line.startswith("projclust-onnx: ")]
+    starts = [line for line in lines if line.endswith(" ...")]
+    assert [p.split(" ")[0] for p in starts] == ["reading", "weighting", "clustering", "rewriting", "checking",
                                                  "writing"]
+    # stderr is a pipe here: each phase also says when it ended, and the clustering's steps are counted there
+    ends = [line for line in lines if ": done (" in line]
+    assert len(ends) == len(starts) and "\r" not in done.stderr
     assert "seeding" in done.stderr and "annealing" in done.stderr and "Lloyd" in done.stderr
 
 

@@ -65,36 +65,3 @@ def plot_accuracy(rows: list[dict], baseline: float, path: Path, metric: str = "
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def plot_frontier(rows: list[dict], path: Path, metric: str = "fidelity", zoom: float = 0.95) -> Path:
-    """Embedding bytes (log x) against `metric`, one line per family over its budgets; ONNX Runtime's
-    quantizers and the chooser as single points; uncalibrated variants dashed. Left: everything;
-    right: the same above `zoom`, where the options compete."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
-    lines: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for r in rows:
-        lines.setdefault((r["family"], r.get("weighting", "-")), []).append((r["embedding_bytes"], r[metric]))
-    families = sorted({family for family, _ in lines})
-    for ax in axes:
-        for (family, weighting), points in sorted(lines.items()):
-            points.sort()
-            single = len(points) == 1 or family.startswith("chooser")
-            style = dict(marker="*" if family.startswith("chooser") else ("s" if len(points) == 1 else "o"),
-                         linestyle="none" if single else ("--" if weighting == "special tokens" else "-"),
-                         markersize=11 if family.startswith(("chooser", "ORT", "fp32")) else 5)
-            label = family if weighting in ("-", "calibrated") else f"{family} ({weighting})"
-            ax.plot([b / 2**20 for b, _ in points], [v for _, v in points],
-                    color=plt.cm.tab20(families.index(family) % 20), label=label, **style)
-        ax.set_xscale("log")
-        ax.set_xlabel("embedding bytes in the file (MiB, log)")
-        ax.set_ylabel("mean cosine to the fp32 model" if metric == "fidelity" else metric)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[1].set_ylim(zoom, 1.0005)
-    axes[1].set_title(f"above {zoom}")
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path

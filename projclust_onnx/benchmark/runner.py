@@ -22,6 +22,7 @@ so that drift on a shared machine hits all models alike.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from projclust_onnx.benchmark.stats import latency_stats
+from projclust_onnx.common.errors import SettingError
 
 SCHEMA_VERSION = 2
 
@@ -122,9 +124,9 @@ def measure_latency(sessions: dict, grid: list[tuple[int, int]], n_rows: int, wa
     results: dict[str, dict[str, dict]] = {name: {} for name in names}
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from projclust_onnx.common.progress import new_bar
 
-        bar = tqdm(total=len(grid) * repeats * len(names), desc="latency", unit="run")
+        bar = new_bar(total=len(grid) * repeats * len(names), desc="latency", unit="run")
     from projclust_onnx.benchmark.decoder import is_decoder, step_feeds
 
     for batch, seq in grid:
@@ -203,9 +205,9 @@ def _outputs(session, tokenizer, texts, max_length: int, progress: bool, name: s
     out, is_logits = [], True
     starts = range(0, len(texts), 32)
     if progress:
-        from tqdm.auto import tqdm
+        from projclust_onnx.common.progress import new_bar
 
-        starts = tqdm(starts, desc=f"evaluate {name}", unit="batch")
+        starts = new_bar(starts, desc=f"evaluate {name}", unit="batch")
     wanted = {i.name for i in session.get_inputs()}
     for start in starts:
         columns = list(zip(*texts[start:start + 32]))
@@ -258,6 +260,7 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
         raise ValueError(f"model names must be distinct: {names}")
     providers = resolve_providers(provider)
     paths = {name: resolve_onnx_file(Path(directory)) for name, directory in models}
+    check_comparable(models, sequence_lengths)
     sessions = {name: open_session(path, providers, threads) for name, path in paths.items()}
     n_rows, dim = _table_shape(paths[names[0]])
     grid = [(b, s) for b in batch_sizes for s in sequence_lengths]
@@ -309,6 +312,33 @@ def run_benchmark(models: list[tuple[str, Path]], output_dir: Path, *, provider:
 
             plot_latency(report, stage / "latency.png")
     return report
+
+
+def _config_of(directory: Path) -> dict:
+    """The model's config.json (from its folder or the folder above an onnx/ layout), {} where there is none."""
+    for folder in (directory, directory.parent):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads((folder / "config.json").read_text())
+            if isinstance(data, dict):
+                return data
+    return {}
+
+
+def check_comparable(models: list[tuple[str, Path]], sequence_lengths) -> None:
+    """Before any session: the models share one vocabulary (the same token ids feed them all), and every
+    sequence length fits the positions the original declares (config.json)."""
+    configs = {name: _config_of(Path(directory)) for name, directory in models}
+    vocabularies = {name: c["vocab_size"] for name, c in configs.items() if isinstance(c.get("vocab_size"), int)}
+    if len(set(vocabularies.values())) > 1:
+        shown = ", ".join(f"{name} {size:,}" for name, size in vocabularies.items())
+        raise ValueError(f"the models have different vocabularies ({shown} tokens); benchmark an original against "
+                         "compressed versions of the same model")
+    first = configs[models[0][0]]
+    positions = first.get("max_position_embeddings") or first.get("n_positions")
+    if isinstance(positions, int) and max(sequence_lengths) > positions:
+        raise SettingError("sequence_lengths", f"{{}} {max(sequence_lengths)} exceeds the {positions} positions the "
+                           f"model declares (max_position_embeddings in its config.json); give lengths up to "
+                           f"{positions}")
 
 
 def _table_shape(onnx_path: Path) -> tuple[int, int]:
@@ -436,6 +466,7 @@ def run_from_args(args) -> int:
                            fidelity_source=", ".join(args.fidelity_text or []), max_length=args.max_length,
                            memory=not args.no_memory, plots=not args.no_plots, progress=not args.quiet,
                            overwrite=args.overwrite, perplexity_texts=_perplexity_texts(args))
-    print(markdown_report(report))
-    print(f"wrote {Path(args.output) / 'report.json'}")
+    from projclust_onnx.common.progress import show
+
+    show(f"{markdown_report(report)}\nwrote {Path(args.output) / 'report.json'}")
     return 0

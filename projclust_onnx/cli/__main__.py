@@ -2,6 +2,6 @@
 
 import sys
 
-from projclust_onnx.cli.main import main
+from projclust_onnx.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

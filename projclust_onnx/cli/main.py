@@ -13,6 +13,8 @@ import contextlib
 import sys
 from typing import NoReturn
 
+from projclust_onnx.common.progress import show
+
 PROG = "projclust-onnx"
 DEFAULT_OUTPUT = "projclust-output"
 
@@ -191,7 +193,7 @@ def run_compress(args: argparse.Namespace) -> int:
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
                                                      verbose=not args.quiet)
     report = compressor.compress(args.output, config, overwrite=args.overwrite, verbose=not args.quiet)
-    print(format_table(args.title, report.summary_rows()))
+    show(format_table(args.title, report.summary_rows()))
     return 0
 
 
@@ -199,7 +201,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     from projclust_onnx.core.budget import factorized_bytes, id_dtype, index_map_bytes, rank_for
     from projclust_onnx.pipeline.compressor import ProjClustCompressor
     from projclust_onnx.pipeline.plan import analyse_file
-    from projclust_onnx.storage.registry import factor_storage, name_for_bits
+    from projclust_onnx.storage.registry import factor_storage, name_for_bits, u_label
 
     config = _config(args)
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
@@ -268,7 +270,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         budget = f"{(1 - config.compression) * match.stored_bytes:,.0f}" if config.compression else \
             "n/a (rank given)"
         rows += [
-            ("settings", f"method={config.method}, k={k}, j={j}, U {quantize}" +
+            ("settings", f"method={config.method}, k={k}, j={j}, U {u_label(quantize, b, match.dtype.name)}" +
              (f", compression={config.compression:.0%}" if config.compression else "")),
             ("U bytes", f"{u_text} = {u_bytes:,}"),
             ("V bytes", f"{v_text} = {k}*{j}*{d}*{v_bytes // max(k * j * d, 1)} = {v_bytes:,}"),
@@ -290,7 +292,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             svd = rank_for(n, d, 1, compression=config.compression, param_bytes=itemsize, quantize=quantize,
                            block_size=b, stored_bytes=match.stored_bytes, extra_bytes=extra)
             rows.append(("svd at same budget", f"j={svd}"))
-    print(format_table(args.title, rows))
+    show(format_table(args.title, rows))
     return 0
 
 
@@ -323,11 +325,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from projclust_onnx.common.data import labeled_texts, load_records
+    from projclust_onnx.common.data import class_ids, labeled_texts, load_records
     from projclust_onnx.common.metrics import glue_task
-    from projclust_onnx.nn.finetune import finetune, num_labels_of, training_settings
+    from projclust_onnx.nn.finetune import check_finetune_config, finetune, num_labels_of, training_settings
 
     training_settings(args.epochs, args.batch_size, args.learning_rate, args.max_length)  # before loading data
+    check_finetune_config(_config(args))
     metrics: tuple[str, ...] = ("accuracy",)
     if args.glue_task:
         columns, metrics, n_labels = glue_task(args.glue_task)
@@ -346,6 +349,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         texts, labels = texts[:args.max_samples], labels[:args.max_samples]
     eval_texts, eval_labels = labeled_texts(evaluation, list(columns), args.label_column) if evaluation else (None,
                                                                                                             None)
+    labels, eval_labels, names = class_ids(labels, eval_labels)
+    if names is not None:
+        print(f"{PROG}: text labels taken as classes in sorted order: " +
+              ", ".join(f"{i} = {name}" for i, name in enumerate(names[:10])) + (" ..." if len(names) > 10 else ""),
+              file=sys.stderr)
     report = finetune(_model_source(args), args.output, texts, labels, _config(args),
                       num_labels=n_labels or num_labels_of(labels), epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, max_length=args.max_length, eval_texts=eval_texts,
@@ -358,7 +366,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     rows += [("compression", f"{c['method']}, k={c['n_clusters']}, j={c['rank']}: "
                              f"{c['embedding_compression']:.1%} fewer embedding parameters"),
              ("parity (max abs diff)", f"{c['parity_max_abs_diff']:.2e} <= {c['parity_tolerance']:g}")]
-    print(format_table(args.title, rows))
+    show(format_table(args.title, rows))
     return 0
 
 
@@ -380,6 +388,25 @@ COMMANDS = {
 }
 
 
+# Every subcommand's numeric flags, checked in one place before any work: dest -> smallest value allowed.
+# (Settings of ProjClustConfig are checked by the config itself, naming their flags the same way.)
+FLAG_MINIMUMS = {"batch_sizes": 1, "sequence_lengths": 1, "warmup": 0, "repeats": 1, "threads": 0,
+                 "max_length": 1, "max_samples": 1, "batch_size": 1}
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """SettingError (naming the flag) for a flag value out of range, whichever subcommand has it."""
+    from projclust_onnx.common import arguments as arg
+
+    for dest, minimum in FLAG_MINIMUMS.items():
+        value = getattr(args, dest, None)
+        for item in value if isinstance(value, list) else [] if value is None else [value]:
+            arg.whole(dest, item, minimum)
+    if getattr(args, "split", None) is not None and not getattr(args, "glue_task", None):
+        raise CLIError("--split picks a split of --glue-task's dataset; give --glue-task, or leave --split out "
+                       "(--data-files are read whole)")
+
+
 def run_guarded(func, args: argparse.Namespace, prog: str = PROG, title: str | None = None) -> int:
     """Run a subcommand; a user error becomes one line on stderr and exit code 2.
 
@@ -388,38 +415,50 @@ def run_guarded(func, args: argparse.Namespace, prog: str = PROG, title: str | N
     on disk (a signal held during the final move reports the new output in place).
     """
     try:
-        import onnx_ir as ir
-
         from projclust_onnx.pipeline.output_dir import sigterm_as_interrupt
 
         args.title = title or prog
+        check_flags(args)
         with sigterm_as_interrupt():
             return func(args)
     except KeyboardInterrupt as err:
         return interrupted(prog, err)
-    except (ValueError, CLIError, ir.passes.PreconditionError) as err:
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a read-only or full disk, a missing file: name the path, not a traceback
-        where = f": {err.filename}" if err.filename else ""
-        print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        print(f"{prog}: error: out of memory; free memory, raise the process's memory limit (ulimit -v), or give "
-              "fewer clusters or a smaller rank", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # torch reports an allocation it cannot make as a RuntimeError
-        if "alloc" not in str(err).lower() and "out of memory" not in str(err).lower():
+    except Exception as err:
+        line = error_line(err)
+        if line is None:
             raise
-        print(f"{prog}: error: out of memory ({_one_line(err)[:200]}); free memory, raise the process's memory "
-              "limit (ulimit -v), or give fewer clusters or a smaller rank", file=sys.stderr)
+        print(f"{prog}: error: {line}", file=sys.stderr)
         return 2
-    except ir.passes.PassError as err:
+
+
+_OUT_OF_MEMORY = ("free memory, raise the process's memory limit (ulimit -v), or give fewer clusters or a smaller "
+                  "rank")
+
+
+def error_line(err: Exception) -> str | None:
+    """The one line a user error gets (None for a bug, which keeps its traceback)."""
+    if isinstance(err, MemoryError):
+        return f"out of memory; {_OUT_OF_MEMORY}"
+    if isinstance(err, ImportError) and not isinstance(err, ModuleNotFoundError):  # a library that cannot map
+        what = f" {err.name}" if err.name else " a library"
+        return (f"cannot load{what} ({_one_line(err)[:160]}); under a memory limit (ulimit -v) torch and ONNX Runtime "
+                "alone take about 1 GiB of address space: raise the limit, or reinstall the package if none is set")
+    if isinstance(err, (ValueError, CLIError)):
+        return _one_line(err)
+    if isinstance(err, OSError):  # a read-only or full disk, a missing file: name the path, not a traceback
+        return f"{err.strerror or err}{f': {err.filename}' if err.filename else ''}"
+    if isinstance(err, RuntimeError) and ("alloc" in str(err).lower() or "out of memory" in str(err).lower()):
+        return f"out of memory ({_one_line(err)[:200]}); {_OUT_OF_MEMORY}"  # torch's failed allocation
+    import onnx_ir as ir
+
+    if isinstance(err, ir.passes.PreconditionError):
+        return _one_line(err)
+    if isinstance(err, ir.passes.PassError):
         cause = err.__cause__ or err
         while isinstance(cause, ir.passes.PassError) and cause.__cause__ is not None:
             cause = cause.__cause__
-        print(f"{prog}: error: {_one_line(cause)}", file=sys.stderr)
-        return 2
+        return _one_line(cause)
+    return None
 
 
 def interrupted(prog: str, err: KeyboardInterrupt) -> int:
@@ -483,6 +522,8 @@ def clean_after_refusal(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    with contextlib.suppress(AttributeError, ValueError):  # a path in any script prints, whatever the locale
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         parser = build_parser()
         try:
@@ -500,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_guarded(args.func, args, PROG, f"{PROG} {args.command}")
     except KeyboardInterrupt as err:  # imports and argument parsing included
         return interrupted(PROG, err)
+    except Exception as err:  # an import under a memory limit, while the parser is built
+        line = error_line(err)
+        if line is None:
+            raise
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,12 +19,24 @@ def _subcommand(name: str) -> type[BaseOptimumCLICommand]:
     class Subcommand(BaseOptimumCLICommand):
         @staticmethod
         def parse_args(parser) -> None:
+            parser.description = help_text
             add_arguments(parser)
             # One line for a usage error in this subcommand's arguments, as projclust-onnx prints it.
             parser.error = functools.partial(cli.usage_error, f"optimum-cli projclust {name}", parser.prog)
+            # Unknown flags would reach optimum-cli's root parser, whose error is two lines: keep them here.
+            parse_known = parser.parse_known_args
+
+            def parse_known_args(args=None, namespace=None):
+                namespace, unknown = parse_known(args, namespace)
+                namespace.projclust_unknown = unknown
+                return namespace, []
+
+            parser.parse_known_args = parse_known_args
 
         def run(self) -> None:
             prog = f"optimum-cli projclust {name}"
+            if getattr(self.args, "projclust_unknown", None):
+                cli.usage_error(prog, prog, f"unrecognized arguments: {' '.join(self.args.projclust_unknown)}")
             code = cli.run_guarded(run, self.args, prog=prog, title=prog)
             if code:
                 raise SystemExit(code)
@@ -35,6 +47,10 @@ def _subcommand(name: str) -> type[BaseOptimumCLICommand]:
 
 class ProjClustCommand(BaseOptimumCLICommand):
     COMMAND = CommandInfo(name="projclust", help="compress word embeddings by projective clustering")
+
+    @staticmethod
+    def parse_args(parser) -> None:
+        parser.description = cli.__doc__.splitlines()[0]
     SUBCOMMANDS = tuple(
         CommandInfo(name=name, help=help_text, subcommand_class=_subcommand(name))
         for name, (help_text, _, _) in cli.COMMANDS.items()

@@ -185,11 +185,11 @@ def _bar(config, progress: bool):
     if not progress:
         yield None
         return
-    from tqdm.auto import tqdm
+    from projclust_onnx.common.progress import new_bar
 
     files = [Path(p) for p in config.calibration_text]
     total = None if config.calibration_dataset else sum(p.stat().st_size for p in files if p.is_file()) or None
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="  tokenizing calibration text")
+    bar = new_bar(total=total, unit="B", unit_scale=True, desc="  tokenizing calibration text")
     try:
         yield bar
     finally:

@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -441,16 +442,43 @@ def fit_memory_bytes(n: int, d: int, n_clusters: int, rank: int, itemsize: int =
     return n * d * work + n * per_row + blocks + moments + n * rank * work
 
 
-def available_memory() -> int | None:
-    """Bytes the kernel says can be allocated without swapping (MemAvailable), None where unknown."""
-    try:
+def memory_headrooms() -> dict[str, int]:
+    """Bytes this process may still allocate, by what limits it: the machine's MemAvailable, the address-space
+    limit (ulimit -v) less what is mapped now, and the cgroup's memory.max less its memory.current (a
+    container's limit). Unknown limits are left out."""
+    found = {}
+    with contextlib.suppress(OSError, ValueError, IndexError):
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+                    found["available memory"] = int(line.split()[1]) * 1024
+    with contextlib.suppress(ImportError, OSError, ValueError, IndexError):
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            mapped = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                          if line.startswith("VmSize:"))
+            found["the address-space limit (ulimit -v)"] = max(0, limit - mapped)
+    with contextlib.suppress(OSError, ValueError, IndexError, StopIteration):
+        entry = Path("/proc/self/cgroup").read_text().splitlines()[0].split(":", 2)[2]  # cgroup v2: "0::/path"
+        group = Path("/sys/fs/cgroup") / entry.lstrip("/")
+        maximum = (group / "memory.max").read_text().strip()
+        if maximum != "max":
+            found["the cgroup's memory limit"] = max(0, int(maximum) - int((group / "memory.current").read_text()))
+    return found
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the tightest of memory_headrooms(), None where none is known."""
+    found = memory_headrooms()
+    return min(found.values()) if found else None
+
+
+def memory_limit() -> str:
+    """What limits available_memory() (for a message)."""
+    found = memory_headrooms()
+    return min(found, key=found.get) if found else "unknown"
 
 
 def check_fit_memory(n: int, d: int, n_clusters: int, rank: int, itemsize: int = 4,
@@ -460,8 +488,8 @@ def check_fit_memory(n: int, d: int, n_clusters: int, rank: int, itemsize: int =
     need = fit_memory_bytes(n, d, n_clusters, rank, itemsize)
     if available is not None and need > available:
         raise ValueError(f"fitting the {n} x {d} table at n_clusters={n_clusters}, rank={rank} needs about "
-                         f"{need / 2**30:.1f} GiB but {available / 2**30:.1f} GiB is available; free memory, "
-                         "lower rank or n_clusters, or run on a larger machine")
+                         f"{need / 2**30:.1f} GiB but {available / 2**30:.1f} GiB is left ({memory_limit()}); free "
+                         "memory, raise the limit, lower rank or n_clusters, or run on a larger machine")
 
 
 # ---------------------------------------------------------------------- validation

@@ -43,6 +43,18 @@ def training_settings(epochs, batch_size, learning_rate, max_length) -> tuple[fl
             arg.number("learning_rate", learning_rate, minimum=0.0), arg.whole("max_length", max_length, 1))
 
 
+def check_finetune_config(config: ProjClustConfig) -> None:
+    """Refuse what fine-tuning cannot train, before any data or model is loaded: it trains the factors
+    (U and V) of projective clustering or SVD, sized by --compression or --rank."""
+    if config.target_ratio is not None:
+        raise SettingError("target_ratio", "finetune trains factors sized by --compression or --rank; {} chooses "
+                           "among storages it cannot train: give --compression or --rank, or compress without "
+                           "fine-tuning")
+    if config.method not in ("projclust", "svd"):
+        raise SettingError("method", f"finetune trains projective-clustering or SVD factors, not {{}} "
+                           f"{config.method}: give --method projclust or svd, or compress without fine-tuning")
+
+
 def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tuple[str, ...]], train_labels: list,
              config: ProjClustConfig | None = None, *, num_labels: int = 2, epochs: float = 1.0,
              batch_size: int = 32, learning_rate: float = 5e-5, max_length: int = 128,
@@ -66,6 +78,7 @@ def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tu
     )
 
     config = ProjClustConfig.coerce(config)
+    check_finetune_config(config)
     overwrite = arg.flag("overwrite", overwrite)
     epochs, batch_size, learning_rate, max_length = training_settings(epochs, batch_size, learning_rate, max_length)
     clean_leftovers(Path(save_dir))

@@ -53,9 +53,9 @@ def train_classifier(model, tokenizer, texts: list[tuple[str, ...]], labels: lis
     regression = getattr(model.config, "num_labels", 2) == 1
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from projclust_onnx.common.progress import new_bar
 
-        bar = tqdm(total=total, desc="fine-tuning", unit="step")
+        bar = new_bar(total=total, desc="fine-tuning", unit="step")
     start, step, loss_value = time.perf_counter(), 0, float("nan")
     while step < total:
         for idx in batches(len(texts), batch_size, generator):

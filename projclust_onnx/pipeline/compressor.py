@@ -29,6 +29,7 @@ from projclust_onnx.passes.pipeline import cleanup
 from projclust_onnx.pipeline.config import ProjClustConfig
 from projclust_onnx.pipeline.model_files import (
     MODEL_SUBDIR,
+    companion_files,
     copy_companions,
     copy_hf_companions,
     copy_model_file,
@@ -43,7 +44,7 @@ from projclust_onnx.pipeline.parity import QUANTIZED_COSINE
 from projclust_onnx.pipeline.plan import codebook_budget, plan_compression
 from projclust_onnx.pipeline.report import REPORT_NAME, CompressionReport
 from projclust_onnx.pipeline.tasks import EXPORT_TASKS
-from projclust_onnx.storage.registry import bits_of, format_of
+from projclust_onnx.storage.registry import bits_of, format_of, u_label
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ class ProjClustCompressor:
         with phases("load", f"reading and checking {self.source_dir / names if len(self.onnx_paths) == 1 else names}"):
             plan = plan_compression(self.onnx_paths, self.source_dir, Path(save_dir), config, overwrite=overwrite,
                                     factorization=factorization, inputs=self.input_paths)
+            companions = companion_files(self.source_dir, skip={REPORT_NAME, MANIFEST_NAME},
+                                         model_dirs=(MODEL_SUBDIR,) if self._root else ())
             measure_quantized_steps(plan, config)
         # Read before any rewrite: a rewrite detaches the lookups' inputs.
         tables = {key: files[0].match.dense().astype(np.float32) for key, files in plan.groups().items()}
@@ -150,8 +153,7 @@ class ProjClustCompressor:
                 dataclasses.replace(config, quantize=plan.quantize if len({f.quantize for f in plan.files}) == 1
                                     else config.quantize)
             with phases("save", f"writing {plan.save_dir}", announce=False):  # announced with the first file
-                copy_companions(self.source_dir, stage, skip={REPORT_NAME, MANIFEST_NAME},
-                                model_dirs=(MODEL_SUBDIR,) if self._root else ())
+                copy_companions(companions, stage)
                 saved_config.save_pretrained(stage)
                 report.file_bytes_after = sum(model_bytes(stage / f["file"]) for f in files_report)
             report.save(stage)
@@ -181,7 +183,8 @@ class ProjClustCompressor:
                 results[key] = choice.result
             else:
                 with phases("clustering", f"clustering {n} x {d} rows: {config.method}, "
-                                          f"k={config.n_clusters}, j={group.rank}, U {group.quantize}"
+                                          f"k={config.n_clusters}, j={group.rank}, "
+                                          f"U {u_label(group.quantize, config.block_size, group.match.dtype.name)}"
                                           f"{self._where(plan, group)}"):
                     results[key] = fit_factorization(table32, config, group.rank, weights, phases.verbose,
                                                      dtype=group.match.dtype.numpy(), quantize=group.quantize,
@@ -310,7 +313,7 @@ class ProjClustCompressor:
         return CompressionReport(
             source=self.source, output=str(plan.save_dir), method=method, n_clusters=k, rank=rank,
             layout="grouped (tied head)" if plan.tied and factored else config.layout, table=str(plan.match.table.name),
-            n_rows=n, dim=d, dtype=str(plan.match.dtype.numpy()), embedding_params_before=n * d,
+            n_rows=n, dim=d, dtype=str(plan.match.table_dtype.numpy()), embedding_params_before=n * d,
             embedding_params_after=params, cluster_id_bytes=ids, embedding_bytes_before=plan.stored_bytes,
             embedding_bytes_after=written, file_bytes_before=plan.input_bytes, file_bytes_after=0,
             relative_error=relative_error,

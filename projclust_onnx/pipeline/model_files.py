@@ -211,20 +211,44 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def copy_companions(source_dir: Path, dest_dir: Path, skip: set[str], model_dirs: tuple[str, ...] = ()) -> list[str]:
-    """Copy config, tokenizer and other non-model files so the output is a complete model directory;
-    in `model_dirs` (the `onnx/` of a layout folder) only the files that are not models, one level deep."""
-    copied = []
-    for item in sorted(source_dir.iterdir()):
-        if item.name in skip or item.suffix == ".onnx" or item.name.endswith(".onnx_data") or item.name.startswith("."):
-            continue
-        if item.is_dir() and item.name in model_dirs:
-            (dest_dir / item.name).mkdir(exist_ok=True)
-            copied += [f"{item.name}/{name}" for name in copy_companions(item, dest_dir / item.name, skip)]
-        elif item.is_file():
-            shutil.copy2(item, dest_dir / item.name)
-            copied.append(item.name)
-        elif item.is_dir():
-            shutil.copytree(item, dest_dir / item.name)
-            copied.append(item.name + "/")
-    return copied
+def companion_files(source_dir: Path, skip: set[str], model_dirs: tuple[str, ...] = ()) -> list[tuple[Path, str]]:
+    """The config, tokenizer and other non-model files the output repeats, as (source file, path in the output);
+    in `model_dirs` (the `onnx/` of a layout folder) only the files that are not models, one level deep.
+
+    Listed before any work, so that what cannot be copied is refused first, by name: a file that cannot be
+    read, a broken link, a link that loops back into the folder it sits in."""
+    def listing(folder: Path, prefix: str, seen: frozenset, filtered: bool) -> list[tuple[Path, str]]:
+        found = []
+        for item in sorted(folder.iterdir()):
+            rel = f"{prefix}{item.name}"
+            if filtered and (item.name in skip or item.suffix == ".onnx" or item.name.endswith(".onnx_data") or
+                             item.name.startswith(".")):
+                continue
+            if item.is_symlink() and not item.exists():
+                raise ValueError(f"{item} is a broken symbolic link; remove it or point it at a file, then run again")
+            if item.is_dir():
+                real = item.resolve()
+                if real in seen:
+                    raise ValueError(f"{item} is a symbolic link back into a folder that holds it (a loop); the "
+                                     "output cannot copy it: remove the link or move it out of the model folder")
+                found += listing(item, f"{rel}/", seen | {real}, folder == source_dir and item.name in model_dirs)
+            elif item.is_file():
+                try:
+                    with open(item, "rb") as handle:
+                        handle.read(1)
+                except OSError as err:
+                    raise ValueError(f"{item} cannot be read ({err.strerror}); the output repeats the model "
+                                     "folder's files: make it readable, or move it out of the folder") from None
+                found.append((item, rel))
+        return found
+
+    source_dir = Path(source_dir)
+    return listing(source_dir, "", frozenset({source_dir.resolve()}), True)
+
+
+def copy_companions(files: list[tuple[Path, str]], dest_dir: Path) -> list[str]:
+    """Copy what companion_files listed into dest_dir; returns the paths written."""
+    for source, rel in files:
+        (dest_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest_dir / rel)
+    return [rel for _, rel in files]

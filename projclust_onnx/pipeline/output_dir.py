@@ -70,13 +70,22 @@ class Interrupted(KeyboardInterrupt):
 
 
 # ---------------------------------------------------------------------- which directories may be written
+def resolved(save_dir: Path) -> Path:
+    """The absolute, symlink-free output path; OutputError for a symbolic link that loops."""
+    try:
+        return Path(save_dir).expanduser().resolve()
+    except (RuntimeError, OSError) as err:  # RuntimeError: Python < 3.13's "Symlink loop"
+        raise OutputError(f"output {save_dir} is a symbolic link that loops (or passes through one); remove the "
+                          "link or choose another output directory") from err
+
+
 def check_output_dir(save_dir: Path, overwrite: bool, inputs: list[Path], kind: str = "model") -> Path:
     """Refuse outputs that overlap an input, the current or a home directory, a mount point, an
     occupied directory without overwrite, and (even with overwrite) a directory holding anything
     this tool did not write. Returns the resolved path."""
     if not isinstance(overwrite, bool):
         raise ValueError(f"overwrite={overwrite!r} must be True or False")
-    save_dir = Path(save_dir).expanduser().resolve()
+    save_dir = resolved(save_dir)
     for source in inputs:
         source = Path(source).resolve()
         if save_dir == source or save_dir in source.parents:
@@ -218,7 +227,7 @@ def staged_directory(save_dir: Path, overwrite: bool = False, kind: str = "model
     and save_dir is left as it was. A signal that arrives while the output is being placed is
     held until the move is done, then raised as Interrupted saying which output is in place.
     """
-    save_dir = Path(save_dir).expanduser().resolve()
+    save_dir = resolved(save_dir)
     try:
         save_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -487,10 +496,10 @@ def clean_leftovers(save_dir: Path | None) -> None:
     if save_dir is None:
         return
     try:
-        resolved = Path(save_dir).expanduser().resolve()
-    except (OSError, RuntimeError):  # a symlink loop: the output check names it
+        where = resolved(save_dir)
+    except OutputError:  # a symlink loop: the output check names it
         return
-    restored = [line for line in recover_stale(resolved) if line.startswith("restored")]
+    restored = [line for line in recover_stale(where) if line.startswith("restored")]
     if restored:
         raise OutputError(f"{restored[0]}; nothing else was done: run the command again to write a new output")
 

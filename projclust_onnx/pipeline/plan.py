@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from projclust_onnx.common.errors import SettingError, literal
-from projclust_onnx.core.budget import index_map_bytes
+from projclust_onnx.core.budget import id_dtype, index_map_bytes
 from projclust_onnx.pipeline.config import ProjClustConfig
 from projclust_onnx.pipeline.model_files import load_model, model_bytes
 from projclust_onnx.pipeline.output_dir import check_output_dir, check_room
@@ -112,7 +112,8 @@ class CompressionPlan:
 
     @property
     def itemsize(self) -> int:
-        return self.match.dtype.numpy().itemsize
+        """Bytes of one value of the float table (what ratios count against)."""
+        return self.match.table_dtype.numpy().itemsize
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -152,6 +153,13 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     if factorization is None:
         _check_device(config.device)
         _check_calibration_files(config.calibration_text)
+        if config.calibration_dataset:
+            from projclust_onnx.common.data import check_source
+
+            try:
+                check_source(config.calibration_dataset)
+            except ValueError as err:
+                raise SettingError("calibration_dataset", f"{{}}: {literal(str(err))}") from None
     files, skipped = [], []
     for path in paths:
         try:
@@ -198,7 +206,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     extra = index_map_bytes(n) if tied else 0
     for f in files:
         f.quantize = config.quantize or _kept_storage(f.match, config)
-        itemsize = f.match.dtype.numpy().itemsize
+        itemsize = f.match.table_dtype.numpy().itemsize
         if factorization is not None:
             f.rank = factorization.rank
         elif config.method == "codebook":
@@ -212,18 +220,20 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
                 raise SettingError(err.param, f"{literal(f.onnx_path.name)}: {err.message}") from err
         else:
             _check_target_reachable(n, d, itemsize, config.target_ratio)
+    _check_initializer_limit(files, config, factorization)
     share = sum(f.stored_bytes for f in files) / max(1, sum(f.input_bytes for f in files))
     if share < SMALL_SHARE:
         logger.warning("projclust-onnx: warning: the word table is %.2f%% of the model's bytes (%s x %s); compressing "
                        "it saves little", 100 * share, n, d)
     if factorization is None and config.method == "codebook":  # a fit that cannot fit in memory is refused
-        from projclust_onnx.core.clustering import available_memory
+        from projclust_onnx.core.clustering import available_memory, memory_limit
         from projclust_onnx.storage.codebook import codebook_fit_bytes
 
         need, available = codebook_fit_bytes(n, d), available_memory()
         if available is not None and need > available:
             raise ValueError(f"fitting codebooks of the {n} x {d} table needs about {need / 2**30:.1f} GiB but "
-                             f"{available / 2**30:.1f} GiB is available; free memory or run on a larger machine")
+                             f"{available / 2**30:.1f} GiB is left ({memory_limit()}); free memory, raise the "
+                             "limit, or run on a larger machine")
     elif factorization is None:  # before any work (the chooser's estimate covers its codebooks too)
         from projclust_onnx.core.clustering import check_fit_memory
 
@@ -243,12 +253,68 @@ def _check_device(device: str) -> None:
     resolve_device(device)
 
 
+def _check_initializer_limit(files: list[FilePlan], config: ProjClustConfig, factorization) -> None:
+    """--max-initializer-bytes, before the fit: refused when an initializer the rewrite keeps, or one the
+    factors will certainly write, is over the limit and read by what cannot read it in row blocks."""
+    limit = config.max_initializer_bytes
+    if limit is None:
+        return
+    from projclust_onnx.passes import head_copies, unsplittable_readers
+
+    for f in files:
+        replaced = {v for node in f.match.nodes for v in node.inputs if v is not None and v.is_initializer()}
+        replaced |= set(head_copies(f.heads)) if config.head != "keep" else set()
+        for name, value in f.model.graph.initializers.items():
+            if value in replaced or value.const_value is None or value.const_value.nbytes <= limit:
+                continue
+            why = unsplittable_readers(value)
+            if why is not None:
+                raise SettingError("max_initializer_bytes", f"{{}}={limit:,}: the model's initializer "
+                                   f"{literal(repr(name))} ({value.const_value.nbytes:,} bytes) is read by "
+                                   f"{literal(why)}, which cannot read it in row blocks; raise the limit to at least "
+                                   f"{value.const_value.nbytes:,}")
+    if config.method == "codebook" or (config.target_ratio is not None and factorization is None):
+        return  # the storage is chosen by the fit: the rewrite checks what it writes
+    n, d = files[0].match.shape
+    for f in files:
+        for what, nbytes, sized_by_rank in _factor_parts_read_whole(n, d, config, f, factorization, bool(f.heads)):
+            if nbytes > limit:
+                also = ", or lower {rank} (a smaller --compression)" if sized_by_rank else ""
+                raise SettingError("max_initializer_bytes", f"{{}}={limit:,}: the factors' {what} take "
+                                   f"{nbytes:,} bytes in one initializer that no reader can take in row blocks; "
+                                   f"raise the limit to at least {nbytes:,}{also}")
+
+
+def _factor_parts_read_whole(n: int, d: int, config: ProjClustConfig, f: FilePlan, factorization,
+                             tied: bool) -> list[tuple[str, int, bool]]:
+    """(what, bytes, whether the rank sizes it) of the initializers FactorizeEmbeddingPass writes whole (1-D,
+    or read by operators that need them whole), for this file's planned k, j and U storage; a tied head's
+    per-cluster U is at least n/k rows."""
+    from projclust_onnx.storage.registry import bits_of
+
+    k = factorization.n_clusters if factorization is not None else config.n_clusters
+    j, bits = f.rank, bits_of(f.quantize)
+    parts = [("cluster ids", n * id_dtype(k).itemsize, False)]
+    if bits is not None or tied:  # V read by a Cast (float16 V), or by a head's Gemm and the lookup's MatMul
+        parts.append(("V of one cluster", j * d * (2 if bits is not None else f.match.dtype.numpy().itemsize), True))
+    if tied:
+        parts.append(("index maps", 4 * n, False))
+        if bits is not None:
+            parts.append(("U of the largest cluster", -(-n // k) * j * bits // 8, True))
+    elif bits is not None and config.lookup_form == "contrib":
+        parts.append(("U codes (read by GatherBlockQuantized)", n * j * bits // 8, True))
+    return parts
+
+
 def _check_calibration_files(paths: list[str]) -> None:
     """Calibration files are read after the output is staged and can take minutes: a missing one is refused first."""
     for name in paths:
         path = Path(name).expanduser()
         if not path.is_file():
-            what = "is a directory, not a text file" if path.is_dir() else "does not exist"
+            what = ("is a directory, not a text file" if path.is_dir() else
+                    "is a named pipe (FIFO), not a text file" if path.is_fifo() else
+                    "is a device, not a text file" if path.is_char_device() or path.is_block_device() else
+                    "is a socket, not a text file" if path.is_socket() else "does not exist")
             raise SettingError("calibration_text", f"{{}}: {literal(str(path))} {what}; give text files")
         if not os.access(path, os.R_OK):
             raise SettingError("calibration_text", f"{{}}: {literal(str(path))} is not readable; check its "

@@ -115,8 +115,11 @@ class CompressionReport:
                 (f"'s {self.table_copies} copies)" if self.table_copies > 1 else ")"))),
             *([("compression", f"asked {self.compression_asked:.0%}, realised {self.compression_realised:.0%} of the "
                                "stored table's bytes")] if self.compression_asked is not None else []),
-            ("embedding parameters", f"{self.embedding_params_before:,} -> {self.embedding_params_after:,} "
-                                     f"({self.embedding_compression:.1%} fewer; ids {self.cluster_id_bytes:,} B)"),
+            # Parameters mean something for factors (n*j + k*j*d against n*d), not for codes into codebooks.
+            *([("embedding parameters", f"{self.embedding_params_before:,} -> {self.embedding_params_after:,} "
+                                        f"({self.embedding_compression:.1%} fewer" +
+                                        (f"; cluster ids {self.cluster_id_bytes:,} bytes)" if self.cluster_id_bytes
+                                         else ")"))] if self.method != "quantize" else []),
             ("model file", f"{self.file_bytes_before / mib:.1f} MiB -> {self.file_bytes_after / mib:.1f} MiB"),
             ("relative error", f"{self.relative_error:.4f}  (||E - E'||^2 / ||E||^2)" if self.relative_error is not None
              else f"undefined: {self.relative_error_reason}"),
@@ -164,13 +167,9 @@ class CompressionReport:
 
     @property
     def storage_after(self) -> str:
-        if self.quantize == "none":
-            return self.dtype
-        if self.storage:
-            return self.storage
-        from projclust_onnx.storage.registry import get
+        from projclust_onnx.storage.registry import u_label
 
-        return get(self.quantize, self.block_size).label
+        return self.storage or u_label(self.quantize, self.block_size, self.dtype)
 
 
 def strict_json(value):

@@ -44,6 +44,13 @@ def bits_of(name: str) -> int | None:
     return factor_storage(name, 1).bits
 
 
+def u_label(name: str, block_size: int | None, dtype_name: str) -> str:
+    """How every message names the storage of U called `name` (a --quantize value): the table's dtype for
+    float, else the format's label ("int4 blocks of 32", ...)."""
+    storage = factor_storage(name, block_size)
+    return dtype_name if storage.bits is None else storage.label
+
+
 def name_for_bits(bits: int | None) -> str:
     """The --quantize value storing `bits` per value (None: float), e.g. to keep an input table's bits."""
     for cls in FORMATS:
