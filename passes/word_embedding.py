@@ -43,6 +43,17 @@ _INT_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT3
                         ir.DataType.INT32, ir.DataType.INT64})
 
 
+def _cast_after(output: ir.Value) -> ir.DataType | None:
+    """The float type every reader of `output` casts it to, where each is a Cast to the same float type."""
+    readers = [node for node, _ in output.uses()]
+    targets = {ir.DataType(node.attributes["to"].as_int()) if "to" in node.attributes else None for node in readers
+               if node.op_type == "Cast" and node.domain in ("", "ai.onnx")}
+    if readers and len(targets) == 1 and all(node.op_type == "Cast" for node in readers):
+        target = targets.pop()
+        return target if target is not None and target.is_floating_point() else None
+    return None
+
+
 @dataclass(frozen=True)
 class EmbeddingMatch:
     """One word-embedding lookup, as found; never changed afterwards.
@@ -76,9 +87,10 @@ class EmbeddingMatch:
             bits = bits_of(self.lookup)
             packed = bits < 8 and self.table.const_value.dtype == ir.DataType.UINT8  # 8/bits values a byte
             dtype, shape = self.lookup.inputs[2].const_value.dtype, (n, width * 8 // bits if packed else width)
-        for name, value in dict(output=self.output or self.lookup.outputs[0], nodes=nodes,
-                                lookups=tuple(self.lookups) or (self.lookup,), _stored_bytes=stored_bytes,
-                                _dtype=dtype, _bits=bits, _shape=shape).items():
+        output = self.output or self.lookup.outputs[0]
+        for name, value in dict(output=output, nodes=nodes, lookups=tuple(self.lookups) or (self.lookup,),
+                                _stored_bytes=stored_bytes, _dtype=dtype, _bits=bits, _shape=shape,
+                                _table_dtype=_cast_after(output) or dtype).items():
             object.__setattr__(self, name, value)
 
     @property
@@ -99,14 +111,7 @@ class EmbeddingMatch:
         """The float type the model uses the embeddings in, what budgets and ratios count a float table in: the
         type a Cast right after the lookup gives them (a quantized table decoded in float16, then cast to
         float32, was a float32 table), else the lookup's own type."""
-        readers = [node for node, _ in self.output.uses()]
-        targets = {ir.DataType(node.attributes["to"].as_int()) for node in readers
-                   if node.op_type == "Cast" and node.domain in ("", "ai.onnx") and "to" in node.attributes}
-        if readers and len(targets) == 1 and all(node.op_type == "Cast" for node in readers):
-            target = targets.pop()
-            if target.is_floating_point():
-                return target
-        return self.dtype
+        return self._table_dtype
 
     @property
     def stored_bytes(self) -> int:

@@ -129,6 +129,9 @@ def no_room(n_rows: int, dim: int, n_clusters: int, budget_bytes: float, table_i
             block_size: int) -> str:
     """Why no rank fits, and the advice that matches the cause, as a SettingError message about compression."""
     step = rank_step(quantize, block_size)
+    if dim <= 1:  # no rank lies below d at all
+        return (f"the table's dim={dim} leaves no rank below it to factorize into; give {{target_ratio}} to store "
+                "it in fewer bits instead")
     if step >= dim:  # no multiple of the block lies below d, whatever the budget
         smaller = f"a {{block_size}} below {dim}, or " if dim > 16 else ""
         return (f"{quantize} factors take ranks in multiples of {{block_size}}={block_size}, and the table's dim={dim} "

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from projclust_onnx.common import arguments as arg
-from projclust_onnx.common.errors import SettingError
+from projclust_onnx.common.errors import SettingError, SettingTypeError, literal
 from projclust_onnx.common.progress import Phases
 from projclust_onnx.core.chooser import weighted_error
 from projclust_onnx.passes import DensifyEmbeddingPass, SplitInitializersPass, with_cleanup
@@ -127,6 +127,12 @@ class ProjClustCompressor:
         config = ProjClustConfig.coerce(config)
         overwrite = arg.flag("overwrite", overwrite)
         verbose = arg.flag("verbose", verbose, optional=True)
+        if factorization is not None:
+            from projclust_onnx.core.factorization import EmbeddingFactorization
+
+            if not isinstance(factorization, EmbeddingFactorization):
+                raise SettingTypeError("factorization", f"{{}}={literal(repr(factorization))[:80]} must be an "
+                                       "EmbeddingFactorization (EmbeddingFactorization.load(path)), or None to fit")
         clean_leftovers(Path(save_dir))  # first, whatever is refused later: dead runs' stages and exports
         phases = Phases(verbose)
         names = ", ".join(self.relative(p) for p in self.onnx_paths)

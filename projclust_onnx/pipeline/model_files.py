@@ -110,6 +110,63 @@ def copy_model_file(path: Path, dest_dir: Path) -> None:
         shutil.copy2(path.parent / name, dest_dir / name)
 
 
+def _check_without_external_data(proto, path: Path, full_check: bool = False) -> None:
+    """onnx.checker on the graph with its external tensors stood in for by graph inputs of the same type and
+    shape, and each external tensor's bytes found in its file: everything the checker would say but the
+    hard-link rule."""
+    import onnx
+
+    graph = onnx.GraphProto()
+    graph.CopyFrom(proto.graph)
+    external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    for tensor in external:
+        info = {e.key: e.value for e in tensor.external_data}
+        where = path.parent / info.get("location", "")
+        offset, length = int(info.get("offset", 0)), int(info.get("length", 0))
+        if not where.is_file() or where.stat().st_size < offset + length:
+            raise ValueError(f"{path} keeps tensor {tensor.name!r} in {where.name}, which is not a regular file "
+                             "holding its bytes: re-export it")
+    kept = [t for t in graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in external)
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    model.graph.CopyFrom(graph)
+    onnx.checker.check_model(model, full_check=full_check)
+
+
+def _check(proto, path: Path, full_check: bool) -> bool:
+    """onnx.checker by path (external data and models over 2 GB included); True where the external data has
+    several hard links, which the checker refuses and ONNX Runtime reads (a file shared between two exports,
+    as `cp -l` or a deduplicating store leaves it): then everything else is checked without that rule."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=full_check)
+        return False
+    except Exception as err:
+        if "hard link" not in str(err):
+            raise
+    _check_without_external_data(proto, path, full_check)
+    return True
+
+
+def _read_external_data(proto, folder: Path) -> None:
+    """Move each external tensor's bytes into the proto, as onnx.load_external_data_for_model does."""
+    import onnx
+
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        with open(folder / info["location"], "rb") as handle:
+            handle.seek(int(info.get("offset", 0)))
+            tensor.raw_data = handle.read(int(info["length"])) if "length" in info else handle.read()
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+
+
 def load_model(path: Path, full_check: bool = False) -> ir.Model:
     """Load an ONNX model with its external data, or raise ValueError saying what is wrong.
 
@@ -131,19 +188,22 @@ def load_model(path: Path, full_check: bool = False) -> ir.Model:
             if location is None or not (path.parent / location).is_file():
                 raise ValueError(f"{path} keeps tensor {tensor.name!r} in external file {location!r}, which is "
                                  f"missing from {path.parent}; copy it beside the model")
-    try:  # by path, so external data and models over 2 GB are checked too
-        onnx.checker.check_model(str(path))
+    try:
+        hard_linked = _check(proto, path, full_check=False)
     except Exception as err:
         raise ValueError(f"{path} fails onnx.checker ({first_line(err)}); the file may be truncated or damaged: "
                          "re-export it") from err
     if full_check:
         try:
-            onnx.checker.check_model(str(path), full_check=True)
+            _check(proto, path, full_check=True)
         except Exception as err:
             raise ValueError(f"{path} fails onnx.checker's full check ({first_line(err)}): its declared types or "
                              "shapes contradict its nodes; fix the export (or the graph's declared outputs)") from err
     try:
-        onnx.load_external_data_for_model(proto, str(path.parent))
+        if hard_linked:  # onnx's loader refuses those links too; the bytes were found above
+            _read_external_data(proto, path.parent)
+        else:
+            onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as err:
         raise ValueError(f"could not read the external data of {path}: {err}") from err
     model = ir.from_proto(proto)
