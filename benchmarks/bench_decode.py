@@ -109,7 +109,8 @@ def random_codebooks(n: int, d: int, ratio: float, seed: int = 0):
     """Random codes and int8 centroids on a random int8 rotation, sized as --method codebook sizes them for a tied
     head to 1/ratio of the float table (CodebookStorage.for_budget with the head's leading directions, the full
     rotation): timing does not depend on the values."""
-    from projclust_onnx.storage.codebook import TIED_HEAD_LEADING, Codebooks, CodebookStorage, layout
+    from projclust_onnx.storage.codebook import TIED_HEAD_LEADING, Codebooks, CodebookStorage
+    from projclust_onnx.storage.subvectors import layout
 
     t = TIED_HEAD_LEADING
     storage = next(s for s in CodebookStorage.for_budget(n, d, n * d * 4 / ratio, leading=t) if s.rank == d)

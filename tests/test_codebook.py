@@ -358,7 +358,7 @@ def test_a_codebook_fit_the_memory_cannot_hold_is_refused_before_any_work(tmp_pa
     model, _ = embedding_model(3000, 32)
     src = write_model_dir(tmp_path / "src", model).parent
     monkeypatch.setattr(clustering, "available_memory", lambda: 1 << 16)
-    with pytest.raises(ValueError, match=r"fitting codebooks of the 3000 x 32 table needs about .* GiB is available"):
+    with pytest.raises(ValueError, match=r"fitting codebooks of the 3000 x 32 table needs about .* GiB is left"):
         ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(method="codebook",
                                                                                            compression=0.8))
     assert not (tmp_path / "out").exists()

@@ -42,3 +42,44 @@ def test_imports_only_go_down(layer, path):
 def test_every_subpackage_is_a_layer():
     found = {p.name for p in (ROOT / "projclust_onnx").iterdir() if (p / "__init__.py").is_file()}
     assert found - {"optimum_register"} <= set(LAYERS), found
+
+
+def module_name(path: Path) -> str:
+    if path.is_relative_to(ROOT / "passes"):
+        return "projclust_onnx.passes." + ".".join(path.relative_to(ROOT / "passes").with_suffix("").parts)
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def test_no_import_circle_even_through_function_local_imports():
+    """Issue 28: an import made inside a function (to keep --help from loading torch) must not hide a circle."""
+    paths = [*(ROOT / "projclust_onnx").rglob("*.py"), *(ROOT / "passes").rglob("*.py")]
+    names = {module_name(p).removesuffix(".__init__"): p for p in paths}
+    edges = {name: set() for name in names}
+    for name, path in names.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            for target in targets:
+                # `from package import module` names the module; `from module import name` the module
+                found = [t for t in (f"{target}.{a.name}" for a in getattr(node, "names", [])) if t in names] \
+                    if isinstance(node, ast.ImportFrom) else []
+                found += [target] if target in names and not found else []
+                edges[name] |= {t for t in found if t != name and not t.startswith(name + ".")}
+    # a package's __init__ re-exporting its modules is not a circle with them
+    circles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for other in sorted(edges[node]):
+            if other.startswith(node + ".") or node.startswith(other + "."):
+                continue
+            if state.get(other) == "open":
+                circles.append(stack[stack.index(other):] + [other])
+            elif other not in state:
+                visit(other, [*stack, other])
+        state[node] = "done"
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+    assert not circles, circles

@@ -134,9 +134,8 @@ class CompressionReport:
                                     "it once, encoded); ONNX Runtime folds that decode when a session starts, so "
                                     f"session memory holds the decoded {self.n_rows} x {self.dim} {self.dtype} table "
                                     f"({self.n_rows * self.dim * _itemsize(self.dtype) / mib:.1f} MiB) beside the "
-                                    "encoded one (the head alone on a Qwen-size table at 1/16: 548-607 MiB held "
-                                    "against the original's 529, at 0.98-1.05x its speed), and peaks at several times "
-                                    "that while folding (3383 MiB against 1047, benchmarks/bench_head_forms.py): "
+                                    "encoded one, and peaks at several times that while folding: the file is "
+                                    "smaller, the session is not (factors keep a head small in the session): "
                                     + "; ".join(self.heads)))
         elif self.heads:
             rows.append(("LM head", "rewritten with the same factors (still tied): " + "; ".join(self.heads)))

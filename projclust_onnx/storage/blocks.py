@@ -132,10 +132,9 @@ class BlockInt4(BlockStorage):
 
 class BlockInt2(BlockStorage):
     """2-bit blocks (ONNX Runtime 1.31's GatherBlockQuantized runs bits=2 on CPU): a plain candidate of the
-    chooser at about 11x (block 32) to 14x (block 128); on MiniLM they lose to codebooks at every size (the
-    anchors of bench_frontier.py: 10.7x, cosine 0.978, against codebooks' 0.9948 at 12x), but a table whose
-    rows are blocks of few levels may be where they win. Not a storage of U: MatMulNBits' 2-bit kernels are
-    not what a head reads."""
+    chooser at about 11x (block 32) to 14x (block 128); on embedding tables codebooks usually beat them at
+    those sizes (benchmarks/RESULTS.md), but a table whose rows are blocks of few levels may be where they
+    win. Not a storage of U: MatMulNBits' 2-bit kernels are not what a head reads."""
 
     name = "int2"
     bits = 2

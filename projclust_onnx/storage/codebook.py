@@ -4,8 +4,8 @@ A row of d values is cut into m sub-vectors (lengths d/m rounded, the longer one
 sub-vector i is stored as the index of its nearest of 2^b centroids in codebook i, fitted by
 weighted k-means (storage/kmeans.py) on the rows the calibration text lands on. Centroids are
 float16; on a rotation to r dimensions they are int8, each coordinate's scale folded into its
-basis vector's float32 scale, so the int8 centroids cost no operator (at 32x on MiniLM the
-bytes saved buy two more sub-vectors: cosine 0.9447 -> 0.9478).
+basis vector's float32 scale, so the int8 centroids cost no operator and the bytes they save
+buy more sub-vectors.
 Bytes: n*m codes + m * 2^b * s centroids (s = ceil(r/m); 2 bytes each, 1 on a rotation),
 plus r int32 column positions when sub-vectors differ in length, plus r*d + 4r for a
 rotation to r dimensions (int8, a float32 scale each), plus the lookup's offsets and shape
@@ -18,11 +18,9 @@ the browser's included::
     [-> Cast -> MatMul(Cast(rotation) * scales)] -> rows (T, d)
 
 A tied head multiplies the table this lookup decodes to (passes/quantize_embedding.py), not the
-codes (head_op None). Measured and not offered, each losing at equal bytes on MiniLM
-(benchmarks/study_codebook_variants.py; fine-food cosine at 16x / 32x against 0.9881 / 0.9528
-here): codes of 4 bits packed two a byte, twice the sub-vectors (0.9854 / 0.9463); a residual
-stage, a second codebook storage of what the first leaves (0.9857 / 0.9461); projective
-clustering as the coarse stage, per-cluster bases (32x: 0.9397-0.9457).
+codes (head_op None). Variants measured and not offered because they lose at equal bytes (4-bit
+codes packed two a byte, a residual stage, projective clustering as the coarse stage): see
+benchmarks/study_codebook_variants.py and its figures in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -34,6 +32,8 @@ import numpy as np
 
 from projclust_onnx.common.progress import bar
 from projclust_onnx.storage.base import LOOKUP_FORMS, StorageFormat
+from projclust_onnx.storage.subvectors import ROWS as _ROWS
+from projclust_onnx.storage.subvectors import layout, lengths, subvectors
 
 CODE_BITS = (4, 5, 6, 7, 8)  # 2^b centroids per codebook; codes are one byte each
 # Leading directions a tied head's codebooks keep as float16 scalars: on a tied GPT-2 (30522 x 128) at 8x,
@@ -103,43 +103,7 @@ class Codebooks:
         return rows if self.rotation is None else rows @ self.basis()
 
 
-def layout(d: int, m: int) -> tuple[int, np.ndarray | None]:
-    """(s, columns) of d values in m sub-vectors: the first d % m hold s = ceil(d/m) values, the rest s - 1."""
-    if not 1 <= m <= d:
-        raise ValueError(f"{m} sub-vectors must lie in 1..{d} for rows of {d} values")
-    s = -(-d // m)
-    if d % m == 0:
-        return s, None
-    columns = np.concatenate([i * s + np.arange(length) for i, length in enumerate(_lengths(d, m))])
-    return s, columns.astype(np.int32)
-
-
-def subvectors(X: np.ndarray, m: int, to_coordinates: np.ndarray | None = None) -> np.ndarray:
-    """The rows of X (n, d), or their coordinates X @ to_coordinates (d, r), as m sub-vectors of s values,
-    (m, n, s) float32, padded as layout() places them. Contiguous (each sub-vector's rows are read without
-    strides: 120 s -> 104 s for a 250,000-row fit, one run) and filled a block of rows at a time: the one
-    table-sized array a codebook fit adds."""
-    n = len(X)
-    s, columns = layout(X.shape[1] if to_coordinates is None else to_coordinates.shape[1], m)
-    parts = np.empty((m, n, s), np.float32)
-    padded = np.zeros((min(n, _ROWS), m * s), np.float32)
-    where = columns if columns is not None else slice(None)
-    for start in range(0, n, _ROWS):
-        rows = X[start:start + _ROWS]
-        block = padded[:len(rows)]
-        block[:, where] = rows if to_coordinates is None else rows @ to_coordinates
-        parts[:, start:start + len(rows)] = block.reshape(len(rows), m, s).transpose(1, 0, 2)
-    return parts
-
-
-def _lengths(d: int, m: int) -> np.ndarray:
-    lengths = np.full(m, d // m)
-    lengths[: d % m] += 1
-    return lengths
-
-
 EXACT_SHARE = 0.01  # a row with this share of the total weight gets centroids of its own
-_ROWS = 1 << 14  # rows per block where the fit reads the whole table (second moment, rotation)
 
 
 def _weighted_gram(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
@@ -216,14 +180,12 @@ class CodebookStorage(StorageFormat):
     down to one; the chooser sizes m to its budget (for_budget). `rank` r: the rows are first rotated onto
     their r leading principal directions (of the weighted second moment; an (r, d) matrix in int8 with a
     float32 scale per direction; OPQ's eigenvalue allocation spreads the variance evenly over the
-    sub-vectors), which on MiniLM's table raised the fine-food cosine at 14x from 0.985 to 0.990; then
-    `rounds` OPQ rounds on a sample of rows (storage/rotation.py) turn that basis towards where the
-    codebooks lose least (MiniLM at 32x, 42 sub-vectors on 256 directions: cosine 0.9478 -> 0.9519, at 16x
-    0.9880 -> 0.9883), the k-means then warm-started from the last round; its centroids are int8, their
-    steps folded into the basis scales.
+    sub-vectors); then `rounds` OPQ rounds on a sample of rows (storage/rotation.py) turn that basis
+    towards where the codebooks lose least, the k-means then warm-started from the last round; its
+    centroids are int8, their steps folded into the basis scales.
     None: no rotation (tiny tables, where the matrix would cost more than it saves) and float16 centroids.
-    `weight_power`: the k-means weights are the calibration weights to this power (0.5 measured best on
-    MiniLM: full weights chase the calibration text's frequent tokens at the cost of the rest). Rows
+    `weight_power`: the k-means weights are the calibration weights to this power (below 1: full weights
+    chase the calibration text's frequent tokens at the cost of the rest). Rows
     carrying 1% of the weight or more (the special tokens) get centroids of their own (exact_rows): exact
     up to float16, or on a rotation up to the int8 steps and what a rotation to r < d drops (on MiniLM
     at 32x: 0.6-3.5% relative error, against 0.02-0.18 by weight alone; restoring them exactly left the
@@ -282,10 +244,9 @@ class CodebookStorage(StorageFormat):
     def for_budget(cls, n: int, d: int, budget_bytes: float, leading: int = 0, **options) -> list[CodebookStorage]:
         """For each rotation tried, the largest m (up to half the rotated dimensions: a sub-vector of one value is
         what int8 quantization stores, at less cost) that fits budget_bytes at 8 bits. Rotations: onto all d
-        directions, and onto 2/3 of them (at 32x on MiniLM, dropping the weakest third cost less than the
-        sub-vectors its bytes buy); no rotation only where a full one would take over 1/8 of the budget
-        (below that, rotating won at every size measured). `leading` directions as float16 scalars (rotations
-        only)."""
+        directions, and onto 2/3 of them (at high ratios dropping the weakest third can cost less than the
+        sub-vectors its bytes buy); no rotation only where a full one would take over 1/8 of the budget.
+        `leading` directions as float16 scalars (rotations only)."""
         found = []
         for rank in dict.fromkeys((None, d, d * 2 // 3)):
             if rank is None and ((d * d + 2 * d) * 8 <= budget_bytes or leading):
@@ -301,6 +262,7 @@ class CodebookStorage(StorageFormat):
         return found
 
     def encode(self, matrix: np.ndarray, sample_weight: np.ndarray | None = None) -> Codebooks:
+        # torch comes with the fit, not with the registry: the CLI's --help imports this module
         from projclust_onnx.storage.kmeans import KMEANS_ITERATIONS, nearest_codes, subvector_kmeans
         from projclust_onnx.storage.rotation import LLOYD_STEPS, refine_rotation
 
@@ -314,7 +276,7 @@ class CodebookStorage(StorageFormat):
             values, vectors = np.linalg.eigh(_weighted_gram(X, w))
             values, vectors = values[::-1][: self.rank], vectors[:, ::-1][:, : self.rank]
             t = self.leading  # the largest directions first, kept as scalars; the rest allocated
-            order = t + eigen_allocation(values[t:], _lengths(self.rank - t, self.m))
+            order = t + eigen_allocation(values[t:], lengths(self.rank - t, self.m))
             basis = vectors[:, np.concatenate([np.arange(t), order])].T.astype(np.float32)  # (r, d)
             if self.rounds:
                 # the coded directions refined on the rows less their leading part (which stays as it is)

@@ -5,8 +5,7 @@ back onto the rows.
 The codebook storage starts from the weighted principal directions with OPQ's eigenvalue
 allocation; that basis balances the variance over the sub-vectors but ignores how each
 sub-vector's values cluster. A few rounds on a sample of rows turn the basis towards
-where the codebooks lose least: on MiniLM at 32x (42 sub-vectors on 256 directions) six
-rounds took the weighted error 0.159 -> 0.142 and the fine-food cosine 0.9478 -> 0.9519.
+where the codebooks lose least (figures: benchmarks/RESULTS.md).
 The rounds' Lloyd steps count towards the k-means' total (the final k-means starts from
 the last round's centroids), so the fit costs little more; a table larger than the
 k-means' own sample (65,536 rows) is refined on that sample.
@@ -17,10 +16,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SAMPLE_ROWS = 1 << 16  # rows the refinement sees, as the k-means' sample (on 8,192 MiniLM rows, 32 a centroid,
-# the centroids fitted the sample and the rotation followed them: the full table's error rose)
-LLOYD_STEPS = 2  # k-means steps per round, warm-started from the round before (4 a round: the same error at
-# 16x and 32x on MiniLM, the fit 1.6x slower)
+from projclust_onnx.common.device import resolve_device
+from projclust_onnx.storage.kmeans import lloyd_with_codes, subvector_kmeans
+from projclust_onnx.storage.subvectors import layout, subvectors
+
+SAMPLE_ROWS = 1 << 16  # rows the refinement sees, as the k-means' sample (a small sample lets the centroids fit
+# it, the rotation follow them, and the full table's error rise)
+LLOYD_STEPS = 2  # k-means steps per round, warm-started from the round before (more cost time, not error)
 
 
 def refine_rotation(X: np.ndarray, w: np.ndarray | None, basis: np.ndarray, m: int, n_centroids: int,
@@ -33,9 +35,6 @@ def refine_rotation(X: np.ndarray, w: np.ndarray | None, basis: np.ndarray, m: i
     Each round: LLOYD_STEPS of weighted k-means of the m sub-vectors of the rows' coordinates, then the basis
     that minimises sum_i w_i ||x_i - decoded_i @ basis||^2 (Procrustes: U V^T of the SVD of sum_i w_i
     decoded_i^T x_i). `progress(1)` after each round."""
-    from projclust_onnx.common.device import resolve_device
-    from projclust_onnx.storage.codebook import layout, subvectors
-    from projclust_onnx.storage.kmeans import lloyd_with_codes, subvector_kmeans
 
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: refining a rotation takes at least one round")
@@ -64,8 +63,7 @@ def refine_rotation(X: np.ndarray, w: np.ndarray | None, basis: np.ndarray, m: i
                                         codes=False)
             centroids = torch.as_tensor(found).to(dev)
         centroids[:, :len(fixed)] = parts[:, fixed]  # the exact rows' centroids follow them
-        # the codes of the last step, not assigned again: the centroids are their means (one pass fewer a round,
-        # MiniLM's 16x fit 31.1 s -> 28.6 s, a 250,000-row one 69-75 s -> 57 s)
+        # the codes of the last step, not assigned again: the centroids are their means (one pass fewer a round)
         centroids, codes = lloyd_with_codes(parts, wt, centroids, LLOYD_STEPS, tol=0.0, fixed=len(fixed))
         decoded = centroids[torch.arange(m, device=dev)[:, None], codes.long()]  # (m, rows, s)
         coordinates = decoded.permute(1, 0, 2).reshape(len(rows), m * s).cpu().numpy()[:, where]  # (rows, r)
