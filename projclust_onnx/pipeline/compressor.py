@@ -27,6 +27,7 @@ from projclust_onnx.core.chooser import weighted_error
 from projclust_onnx.passes import DensifyEmbeddingPass, SplitInitializersPass, with_cleanup
 from projclust_onnx.passes.pipeline import cleanup
 from projclust_onnx.pipeline.config import ProjClustConfig
+from projclust_onnx.pipeline.inspection import Inspection, inspect_files
 from projclust_onnx.pipeline.model_files import (
     MODEL_SUBDIR,
     companion_files,
@@ -110,6 +111,11 @@ class ProjClustCompressor:
         """Where a model file goes in the output, relative to its top ('onnx/model.onnx' in a layout folder)."""
         return Path(path).relative_to(self.source_dir).as_posix()
 
+    def inspect(self, config: ProjClustConfig | None = None) -> Inspection:
+        """What compress(config) would find and spend in each file (the word table, its heads, the budget
+        arithmetic), without fitting or writing anything; `projclust-onnx inspect` prints its rows."""
+        return inspect_files(self.onnx_paths, ProjClustConfig.coerce(config))
+
     def compress(self, save_dir: str | Path, config: ProjClustConfig | None = None, overwrite: bool = False,
                  verbose: bool | None = None, factorization=None) -> CompressionReport:
         """Fit (or choose) the table's new storage, rewrite every file that reads it (lookups, and tied
@@ -188,9 +194,9 @@ class ProjClustCompressor:
                     choice = self._choose(plan, config, table32, weights, metric, phases)
                 results[key] = choice.result
             else:
+                u_text = u_label(group.quantize, config.block_size, group.match.dtype.numpy().name)
                 with phases("clustering", f"clustering {n} x {d} rows: {config.method}, "
-                                          f"k={config.n_clusters}, j={group.rank}, "
-                                          f"U {u_label(group.quantize, config.block_size, group.match.dtype.name)}"
+                                          f"k={config.n_clusters}, j={group.rank}, U {u_text}"
                                           f"{self._where(plan, group)}"):
                     results[key] = fit_factorization(table32, config, group.rank, weights, phases.verbose,
                                                      dtype=group.match.dtype.numpy(), quantize=group.quantize,
