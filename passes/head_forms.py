@@ -83,7 +83,15 @@ class HeadForm:
 
     def match(self, node: ir.Node, weight: ir.Value) -> list[Head]:
         """The heads `node` (a reader of `weight`: the table, or a transposed copy) stands for; [] if none."""
+        return [] if self.mismatch(node, weight) else self.heads(node, weight)
+
+    def mismatch(self, node: ir.Node, weight: ir.Value) -> str | None:
+        """Why `node` is not a head of this form (as onnxscript's MatchResult.fail says it); None if it is."""
         raise NotImplementedError
+
+    def heads(self, node: ir.Node, weight: ir.Value) -> list[Head]:
+        """The heads of a `node` that matches."""
+        return [Head(node, self, weight)]
 
     def emit(self, b: Builder, head: Head, f: EmbeddingFactorization, np_dtype) -> ir.Value:
         """The factorized logits standing for `head`'s output, inserted before it."""
@@ -104,8 +112,8 @@ class TransposedCopyHead(HeadForm):
     name = "copy"
     reads_copy = True
 
-    def match(self, node: ir.Node, weight: ir.Value) -> list[Head]:
-        return [Head(node, self, weight)] if _is_matmul_head(node, weight) else []
+    def mismatch(self, node: ir.Node, weight: ir.Value) -> str | None:
+        return _matmul_mismatch(node, weight)
 
 
 class TransposeHead(HeadForm):
@@ -113,14 +121,21 @@ class TransposeHead(HeadForm):
 
     name = "transpose"
 
-    def match(self, node: ir.Node, weight: ir.Value) -> list[Head]:
-        if node.op_type != "Transpose" or not _is_2d_transpose(node):
-            return []
+    def mismatch(self, node: ir.Node, weight: ir.Value) -> str | None:
+        if node.op_type != "Transpose":
+            return f"a {node.op_type}, not a Transpose"
+        if not _is_2d_transpose(node):
+            return "a Transpose of other axes than [1, 0]"
         transposed = node.outputs[0]
         readers = [n for n, _ in transposed.uses()]
-        if not readers or not all(_is_matmul_head(n, transposed) for n in readers):
-            return []
-        return [Head(n, self, transposed, (node,)) for n in readers]
+        if not readers:
+            return "a Transpose nothing reads"
+        why = next((why for n in readers if (why := _matmul_mismatch(n, transposed))), None)
+        return f"a Transpose read by {why}" if why else None
+
+    def heads(self, node: ir.Node, weight: ir.Value) -> list[Head]:
+        transposed = node.outputs[0]
+        return [Head(n, self, transposed, (node,)) for n, _ in transposed.uses()]
 
 
 class GemmHead(HeadForm):
@@ -128,8 +143,10 @@ class GemmHead(HeadForm):
 
     name = "gemm"
 
-    def match(self, node: ir.Node, weight: ir.Value) -> list[Head]:
-        return [Head(node, self, weight)] if node.op_type == "Gemm" and _is_gemm_head(node, weight) else []
+    def mismatch(self, node: ir.Node, weight: ir.Value) -> str | None:
+        if node.op_type != "Gemm":
+            return f"a {node.op_type}, not a Gemm"
+        return _gemm_mismatch(node, weight)
 
     def shape_logits(self, b: Builder, head: Head, logits: ir.Value, n: int) -> ir.Value:
         bias = head.node.inputs[2] if len(head.node.inputs) > 2 else None
@@ -151,6 +168,9 @@ def find_heads(table: ir.Value, readers: list[ir.Node],
         for node in nodes:
             found = next((h for rule in rules if (h := rule.match(node, weight))), None)
             if found is None:
+                for rule in rules:
+                    logger.debug("%s %r is no %s head: %s", node.op_type, node.name, rule.name,
+                                 rule.mismatch(node, weight))
                 logger.info("rejected %s %r as an LM head: no head form matches it", node.op_type, node.name)
                 strangers.append(node)
             else:
@@ -210,16 +230,26 @@ def _is_2d_transpose(node: ir.Node) -> bool:
     return perm is None or list(perm.as_ints()) == [1, 0]
 
 
-def _is_matmul_head(node: ir.Node, weight: ir.Value) -> bool:
-    return node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2 and \
-        node.inputs[1] is weight and node.inputs[0] is not weight
+def _matmul_mismatch(node: ir.Node, weight: ir.Value) -> str | None:
+    """Why `node` is not MatMul(hidden, weight); None if it is."""
+    if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+        return f"a {node.domain + '.' if node.domain else ''}{node.op_type}, not a MatMul"
+    if len(node.inputs) != 2 or node.inputs[1] is not weight:
+        return "a MatMul that does not multiply by the weight on the right"
+    if node.inputs[0] is weight:
+        return "a MatMul of the weight by itself"
+    return None
 
 
-def _is_gemm_head(node: ir.Node, table: ir.Value) -> bool:
+def _gemm_mismatch(node: ir.Node, table: ir.Value) -> str | None:
+    """Why the Gemm `node` is not Gemm(hidden, table, transB=1) with alpha = beta = 1; None if it is."""
     attrs = node.attributes
 
     def attr(name: str, default):
         return attrs[name].value if name in attrs else default
 
-    return node.inputs[1] is table and node.inputs[0] is not table and attr("transB", 0) == 1 and \
-        attr("transA", 0) == 0 and attr("alpha", 1.0) == 1.0 and attr("beta", 1.0) == 1.0
+    if node.inputs[1] is not table or node.inputs[0] is table:
+        return "a Gemm that does not multiply hidden states by the table as B"
+    wanted = (("transB", 0, 1), ("transA", 0, 0), ("alpha", 1.0, 1.0), ("beta", 1.0, 1.0))
+    wrong = [f"{name}={attr(name, default)}" for name, default, want in wanted if attr(name, default) != want]
+    return f"a Gemm with {', '.join(wrong)} (a head has transB=1, transA=0, alpha=beta=1)" if wrong else None
