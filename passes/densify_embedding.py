@@ -38,11 +38,16 @@ class DensifyEmbeddingPass(ir.passes.InPlacePass):
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
         table = self.table.astype(match.dtype.numpy())
+        modified = False
         for copy in head_copies(heads):  # a tied head's own transposed copy holds the same dense table
-            copy.const_value = ir.tensor(np.ascontiguousarray(table.T), name=copy.name)
+            if not np.array_equal(copy.const_value.numpy(), table.T):
+                copy.const_value = ir.tensor(np.ascontiguousarray(table.T), name=copy.name)
+                modified = True
         if match.storage == "float":
-            match.table.const_value = ir.tensor(table, name=match.table.name)
-            return ir.passes.PassResult(model, modified=True)
+            if not np.array_equal(match.table.const_value.numpy(), table):
+                match.table.const_value = ir.tensor(table, name=match.table.name)
+                modified = True
+            return ir.passes.PassResult(model, modified=modified)
         for i, occurrence in enumerate(analysis.matches):
             b = Builder(model.graph, occurrence.nodes[-1], prefix="reference", scope=f"lookup{i}" if i else "")
             replace_lookup(model.graph, occurrence,

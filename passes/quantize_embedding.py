@@ -75,6 +75,9 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
         if match.shape != self.quantized.shape:
             raise ir.passes.PreconditionError(
                 f"the quantized table is {self.quantized.shape} but the model's is {match.shape}")
+        if not heads and self._already_stored(match):
+            logger.info("the word table is already stored as %s with these values; nothing to do", match.storage)
+            return RewriteResult(model, modified=False, written={"table": match.stored_bytes})  # as it stays
         before = set(model.graph.initializers)
         for i, occurrence in enumerate(analysis.matches):  # one per If branch in a merged decoder
             self._emit(Builder(model.graph, occurrence.nodes[-1], scope=f"lookup{i}" if i else ""), occurrence)
@@ -96,6 +99,17 @@ class QuantizeEmbeddingPass(ir.passes.InPlacePass):
                 reader.replace_input_with(next(j for j, v in enumerate(reader.inputs) if v is match.table), table)
             logger.info("the LM head %s reads the decoded table", head.describe())
         return RewriteResult(model, modified=True, written=written_since(model.graph, before))
+
+    def _already_stored(self, match: EmbeddingMatch) -> bool:
+        """Whether the lookup already reads this very table in this storage (this pass's own output)."""
+        storage = format_of(self.quantized)
+        if match.storage != storage.label:
+            return False
+        try:
+            stored = type(storage).read(list(match.nodes))
+        except NotImplementedError:
+            return False
+        return np.array_equal(storage.decode(stored), storage.decode(self.quantized))
 
     def _emit(self, b: Builder, match: EmbeddingMatch) -> None:
         """Replace one lookup of the table with a lookup of the quantized table."""

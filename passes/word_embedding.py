@@ -43,9 +43,15 @@ _INT_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT3
                         ir.DataType.INT32, ir.DataType.INT64})
 
 
+_SHAPE_ONLY = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+
+
 def _cast_after(output: ir.Value) -> ir.DataType | None:
-    """The float type every reader of `output` casts it to, where each is a Cast to the same float type."""
+    """The float type every reader of `output` casts it to, where each is a Cast to the same float type (past
+    a chain of shape-only nodes, each the one reader of the last)."""
     readers = [node for node, _ in output.uses()]
+    while len(readers) == 1 and readers[0].op_type in _SHAPE_ONLY and readers[0].domain in ("", "ai.onnx"):
+        readers = [node for node, _ in readers[0].outputs[0].uses()]
     targets = {ir.DataType(node.attributes["to"].as_int()) if "to" in node.attributes else None for node in readers
                if node.op_type == "Cast" and node.domain in ("", "ai.onnx")}
     if readers and len(targets) == 1 and all(node.op_type == "Cast" for node in readers):

@@ -115,6 +115,29 @@ def test_plain_quantization_pass(form, bits, block):
             search_word_embedding(model.graph).single()
 
 
+@pytest.mark.parametrize("quantize", [lambda t: BlockQuantized.quantize(t, 4, 32), PerTensorQuantized.quantize],
+                         ids=["int4 block 32", "int8 per-tensor"])
+def test_a_second_run_finds_its_own_work_and_reports_unmodified(quantize):
+    """modified comes from the work done: the lookup already reads this table in this storage."""
+    proto, table = embedding_model(40, 32)
+    q = quantize(table)
+    model = ir.from_proto(proto)
+    assert with_cleanup(QuantizeEmbeddingPass(q))(model).modified
+    ops = [n.op_type for n in model.graph]
+    again = QuantizeEmbeddingPass(q)(model)
+    assert not again.modified and [n.op_type for n in model.graph] == ops
+    other = quantize(table[::-1].copy())  # another table in the same storage is written
+    assert QuantizeEmbeddingPass(other)(model).modified
+
+
+def test_densify_reports_unmodified_when_the_table_already_holds_the_values():
+    proto, table = embedding_model(40, 8)
+    model = ir.from_proto(proto)
+    assert not DensifyEmbeddingPass(table)(model).modified  # the float table already is this table
+    assert DensifyEmbeddingPass(table * 2)(model).modified
+    assert not DensifyEmbeddingPass(table * 2)(model).modified
+
+
 def test_per_tensor_form_is_quantize_dynamics():
     proto, table = embedding_model(40, 8)
     q = PerTensorQuantized.quantize(table)
