@@ -1,11 +1,11 @@
-"""Codebook storage (storage/codebook.py, storage/kmeans.py): bytes as written, round trips, the opset-13
-lookup under ONNX Runtime against the decoded table, the k-means and the allocation, by properties."""
+"""Codebook storage (storage/codebook.py): bytes as written, round trips, the opset-13 lookup under ONNX Runtime
+against the decoded table, the allocation, by properties; the k-means, the rotation, the sub-vector layout and the
+registry have test files of their own."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from projclust_onnx.passes import LOOKUP_FORMS
@@ -17,27 +17,12 @@ from projclust_onnx.storage.codebook import (
     codebook_bytes,
     eigen_allocation,
     exact_rows,
-    layout,
 )
-from projclust_onnx.storage.kmeans import subvector_kmeans
-from projclust_onnx.storage.registry import FORMATS, format_of, sized_storages
+from projclust_onnx.storage.registry import format_of
+from projclust_onnx.storage.subvectors import layout
 
 EXAMPLES = [CodebookStorage(16), CodebookStorage(24, 6), CodebookStorage(20, 8, rank=96),
             CodebookStorage(32, 5, rank=128), CodebookStorage(20, 8, rank=96, leading=4)]
-
-
-def test_codebooks_are_registered_and_sized_to_the_budget():
-    assert CodebookStorage in FORMATS
-    n, d = 20000, 128
-    for budget in (n * d * 4 / 6, n * d * 4 / 16, n * d * 4 / 32):
-        found = sized_storages(n, d, budget)
-        assert found, budget
-        for storage in found:  # the largest m that fits: one more sub-vector would not
-            assert storage.nbytes(n, d) <= budget
-            top = (d if storage.rank is None else storage.rank) // 2
-            if storage.m < top:
-                assert codebook_bytes(n, d, storage.m + 1, storage.bits, storage.rank) > budget
-    assert sized_storages(10, 8, 40) == []  # not even one sub-vector's codebook fits
 
 
 @pytest.mark.parametrize("storage", EXAMPLES, ids=repr)
@@ -95,18 +80,6 @@ def test_emitted_lookup_under_ort_equals_the_decoded_table(storage, form):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_the_layout_covers_every_column_once():
-    for d in range(1, 50):
-        for m in range(1, d + 1):
-            s, columns = layout(d, m)
-            if columns is None:
-                assert m * s == d
-            else:
-                assert len(np.unique(columns)) == d and columns.max() < m * s
-    with pytest.raises(ValueError, match="sub-vectors"):
-        layout(8, 9)
-
-
 @given(values=st.lists(st.floats(1e-6, 1e3), min_size=1, max_size=60), m=st.integers(1, 60))
 def test_eigen_allocation_fills_each_sub_vector_to_its_length(values, m):
     r = len(values)
@@ -121,21 +94,6 @@ def test_eigen_allocation_fills_each_sub_vector_to_its_length(values, m):
         assert np.all(np.diff(group) > 0)
 
 
-def test_weights_decide_where_the_centroids_go():
-    """Three tight groups, two centroids: whichever group is heavy, a centroid sits on it (within the pull of
-    a light group it may share with), where unweighted k-means would split the groups by their spread."""
-    rng = np.random.default_rng(0)
-    groups = [rng.normal(c, 0.01, (50, 2)) for c in (0.0, 1.0, 5.0)]
-    X = np.concatenate(groups).astype(np.float32)
-    for heavy in range(3):
-        w = np.ones(150)
-        w[heavy * 50:(heavy + 1) * 50] = 1000.0
-        centroids, codes = subvector_kmeans(torch.as_tensor(X[None]), 2, torch.as_tensor(w), seed=1)
-        mine = codes[heavy * 50:(heavy + 1) * 50, 0]
-        assert len(set(mine.tolist())) == 1  # the heavy group sits in one cluster, its centroid on the group
-        np.testing.assert_allclose(centroids[0, mine[0]], groups[heavy].mean(0), atol=0.01)
-
-
 def test_a_row_weight_of_zero_still_gets_the_nearest_code():
     X = table(100, 16, seed=3)
     w = np.ones(100)
@@ -148,12 +106,6 @@ def test_a_row_weight_of_zero_still_gets_the_nearest_code():
         dist = ((stored.codebooks.astype(np.float32) - parts[:, None, :]) ** 2).sum(-1)
         np.testing.assert_array_equal(stored.codes[i], dist.argmin(1))
     assert np.isfinite(decoded).all()
-
-
-def test_codebooks_are_a_stored_table_the_registry_knows():
-    stored = CodebookStorage(8, rank=16).encode(table(40, 32))
-    assert isinstance(stored, Codebooks) and format_of(stored) == CodebookStorage(8, 8, 16)
-    assert format_of(stored).label == "codebook 8 x 8-bit, rotation to 16"
 
 
 @pytest.mark.slow  # seconds each: kept out of the 5-minute suite, run by CI
@@ -382,37 +334,6 @@ def test_on_a_rotation_the_centroids_are_int8_their_steps_folded_into_the_basis_
         ids = np.array([[0, 5, 599]], np.int64)
         got = run(lookup_model(storage, stored, 600, 64, "standard"), ids)
         np.testing.assert_allclose(got, stored.dequantize()[ids.reshape(-1)], rtol=1e-5, atol=1e-6)
-
-
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(40, 400), d=st.integers(4, 24), m_frac=st.floats(0.1, 0.5), rank_frac=st.floats(0.5, 1.0),
-       rounds=st.integers(1, 3), seed=st.integers(0, 2**16))
-def test_rotation_rounds_keep_an_orthonormal_basis_and_each_procrustes_step_lowers_the_error(n, d, m_frac,
-                                                                                          rank_frac, rounds, seed):
-    """OPQ's rotation step is the orthogonal Procrustes solution: for the codes it was fitted to, no
-    orthonormal basis maps the decoded coordinates closer to the rows (weighted), the basis it starts from
-    included."""
-    from projclust_onnx.storage.rotation import refine_rotation
-
-    rank = max(2, int(round(rank_frac * d)))
-    m = max(1, min(rank // 2, int(round(m_frac * rank))))
-    rng = np.random.default_rng(seed)
-    X = (rng.normal(size=(n, d)) * np.linspace(2, 0.1, d)).astype(np.float32)
-    w = rng.uniform(0.1, 1.0, n)
-    start = np.linalg.qr(rng.normal(size=(d, rank)))[0].T.astype(np.float32)
-    basis, centroids, codes = refine_rotation(X, w, start, m, 16, rounds, seed=seed, device="cpu")
-    assert basis.shape == (rank, d) and centroids.shape[0] == m and codes.shape == (n, m)
-    np.testing.assert_allclose(basis @ basis.T, np.eye(rank), atol=1e-4)
-    # the last round's codes and centroids, read through the basis before and after the step
-    previous = refine_rotation(X, w, start, m, 16, rounds - 1, seed=seed, device="cpu")[0] if rounds > 1 \
-        else start
-    s, columns = layout(rank, m)
-    decoded = centroids[np.arange(m), codes].reshape(n, m * s)[:, columns if columns is not None else slice(None)]
-
-    def error(b):
-        return float((w * ((X - decoded @ b) ** 2).sum(1)).sum())
-
-    assert error(basis) <= error(previous) * (1 + 1e-4) + 1e-6
 
 
 @pytest.mark.parametrize("form", ["tied", "tied_copy", "gemm_head"])
