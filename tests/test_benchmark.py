@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from cli_run import assert_nothing_written, cli, in_process, one_line_error
 from tiny_models import embedding_model, write_model_dir
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
@@ -232,3 +233,60 @@ def test_latency_plot_has_every_sequence_length_and_ratios(two_models, tmp_path)
     assert [ax.get_title() for ax in axes[:3]] == ["sequence 4", "sequence 8", "sequence 16"]
     assert all(ax.get_ylabel() == "p50 / original's" for ax in axes[3:])
     assert all(len(ax.get_lines()) >= 2 for ax in axes)
+
+
+# ---------------------------------------------------------------------- refusals before any session
+@pytest.fixture
+def comparable_models(tmp_path, monkeypatch):
+    """An original and a copy whose config.json declare 60 tokens and 128 positions; opening a session fails the
+    test (every refusal here comes first)."""
+    import projclust_onnx.benchmark.runner as runner
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("an ONNX Runtime session was opened before the refusal")
+
+    monkeypatch.setattr(runner, "open_session", no_session)
+    dirs = []
+    for name in ("original", "copy"):
+        directory = write_model_dir(tmp_path / name, embedding_model(60, 8)[0]).parent
+        (directory / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 60,
+                                                           "max_position_embeddings": 128}))
+        dirs.append(directory)
+    return dirs
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--batch-sizes", "0"], "--batch-sizes=0"),
+    (["--repeats", "0"], "--repeats=0"),
+    (["--warmup", "-1"], "--warmup=-1"),
+    (["--threads", "-1"], "--threads=-1"),
+    (["--max-length", "0"], "--max-length=0"),
+    (["--max-samples", "-1"], "--max-samples=-1"),
+    (["--split", "bogus"], "--split"),
+], ids=["batch-sizes", "repeats", "warmup", "threads", "max-length", "max-samples", "split-without-glue-task"])
+def test_benchmark_flags_out_of_range_are_named(comparable_models, tmp_path, capsys, flags, named):
+    out = tmp_path / "bench"
+    line = one_line_error(in_process(capsys, "benchmark", *comparable_models, "--output", out, "-q", *flags))
+    assert line.startswith("projclust-onnx: error: ") and named in line
+    if named == "--split":
+        assert "--glue-task" in line
+    assert_nothing_written(out)
+
+
+def test_sequence_lengths_over_the_declared_positions_are_refused(comparable_models, tmp_path, capsys):
+    out = tmp_path / "bench"
+    line = one_line_error(in_process(capsys, "benchmark", *comparable_models, "--output", out, "-q",
+                                     "--sequence-lengths", "100000"))
+    assert "--sequence-lengths" in line and "100000" in line and "128" in line
+    assert_nothing_written(out)
+
+
+def test_models_of_different_vocabularies_are_refused(comparable_models, tmp_path, capsys):
+    original, other = comparable_models
+    (other / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 61}))
+    out = tmp_path / "bench"
+    line = one_line_error(in_process(capsys, "benchmark", original, other, "--output", out, "-q"))
+    assert "different vocabularies" in line and "60" in line and "61" in line
+    assert_nothing_written(out)
+    assert one_line_error(cli("benchmark", original, other, "--output", out, "-q")) == line  # as a user runs it
+    assert_nothing_written(out)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
+from cli_run import assert_nothing_written, cli, in_process, one_line_error
+from tiny_models import embedding_model, write_model_dir
 
 from projclust_onnx.common.data import column, load_records
 from projclust_onnx.core.calibration import count_tokens, read_lines, token_weights, with_special_tokens
@@ -166,3 +171,53 @@ def test_calibration_without_tokenizer_files_is_refused_naming_them_and_transfor
     with pytest.raises(ValueError, match=r"calibration needs the model's tokenizer.*none of tokenizer.json"):
         ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(
             calibration_text=[str(tmp_path / "c.txt")]), verbose=False)
+
+
+# ---------------------------------------------------------------------- calibration sources refused up front
+SMALL_FLAGS = ["--rank", "3", "--clusters", "2", "--n-init", "2", "-q"]
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    return write_model_dir(tmp_path / "tiny", embedding_model(60, 8)[0]).parent
+
+
+def test_empty_calibration_dataset_is_refused_before_the_fit(tiny_model_dir, tmp_path, capsys,
+                                                              nothing_weighted_or_clustered):
+    empty = tmp_path / "empty.csv"
+    empty.touch()
+    out = tmp_path / "out"
+    args = ["compress", "-m", tiny_model_dir, "-o", out, "--calibration-dataset", empty, *SMALL_FLAGS]
+    line = one_line_error(cli(*args))
+    assert "--calibration-dataset" in line and str(empty) in line and "empty" in line
+    assert_nothing_written(out)
+    line = one_line_error(in_process(capsys, *args))  # the fit and the weighting fail the test if they run
+    assert "empty" in line
+    assert_nothing_written(out)
+
+
+def test_hub_dataset_name_while_offline_is_refused_at_once(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    start = time.monotonic()
+    done = cli("compress", "-m", tiny_model_dir, "-o", out, "--calibration-dataset", "nonexistent_name", *SMALL_FLAGS,
+               env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+    elapsed = time.monotonic() - start
+    line = one_line_error(done)
+    assert "--calibration-dataset" in line and "'nonexistent_name'" in line and "the hub is offline" in line
+    assert elapsed < 20, f"took {elapsed:.0f} s"
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("kind", ["device", "named pipe"])
+def test_devices_and_fifos_as_calibration_text_are_named(tiny_model_dir, tmp_path, kind):
+    """/dev/null or a FIFO given as a text file: named for what it is (a FIFO read would wait for a writer)."""
+    if kind == "device":
+        path = "/dev/null"
+    else:
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    out = tmp_path / "out"
+    line = one_line_error(cli("compress", "-m", tiny_model_dir, "-o", out, "--calibration-text", path, *SMALL_FLAGS,
+                              timeout=60))
+    assert "--calibration-text" in line and str(path) in line and kind in line
+    assert_nothing_written(out)

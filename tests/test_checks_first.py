@@ -10,13 +10,14 @@ import time
 import numpy as np
 import onnx
 import pytest
-from cli_run import CLI, cli, one_line_error
+from cli_run import CLI, assert_nothing_written, cli, in_process, one_line_error
 from onnx import TensorProto, helper, numpy_helper
 from tiny_models import embedding_model, write_model_dir
 
 from projclust_onnx import ProjClustCompressor, ProjClustConfig, ProjectiveClustering
 
 SMALL = dict(n_clusters=2, rank=3, n_init=2, anneal_steps=2)
+SMALL_FLAGS = ["--rank", "3", "--clusters", "2", "--n-init", "2", "-q"]
 
 
 @pytest.fixture
@@ -181,3 +182,61 @@ def test_running_out_of_memory_is_one_line(model_dir, tmp_path, monkeypatch, cap
     assert code == 2 and [ln for ln in err.splitlines() if "error:" in ln] == [ln for ln in err.splitlines() if ln]
     assert "out of memory" in err and "ulimit -v" in err and not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+# ---------------------------------------------------------------------- limits and companion files, before the fit
+@pytest.mark.parametrize(("flags", "part"), [
+    (["--max-initializer-bytes", "2048"], "cluster ids"),
+    (["--quantize", "int4", "--max-initializer-bytes", "20000"], "U codes"),
+], ids=["cluster-ids", "int4-u-codes"])
+def test_max_initializer_bytes_below_a_whole_part_of_the_factors_is_refused_before_the_fit(
+        tmp_path, capsys, nothing_weighted_or_clustered, flags, part):
+    """The cluster ids (n bytes) and quantized U codes are read whole, never in row blocks: a limit below them
+    is known from n, k and j alone."""
+    model = write_model_dir(tmp_path / "wide", embedding_model(3000, 64)[0]).parent
+    out = tmp_path / "out"
+    args = ["compress", "-m", model, "-o", out, "--clusters", "5", "--rank", "32", *flags, "-q"]
+    line = one_line_error(cli(*args))
+    assert "--max-initializer-bytes" in line and part in line and "max_initializer_bytes" not in line
+    assert_nothing_written(out)
+    assert one_line_error(in_process(capsys, *args)) == line  # with the fit and the weighting made to fail
+    assert_nothing_written(out)
+
+
+def listing(directory) -> dict[str, str | None]:
+    """The names in a folder, with each symbolic link's target (the folder here is flat)."""
+    return {name: os.readlink(directory / name) if (directory / name).is_symlink() else None
+            for name in sorted(os.listdir(directory))}
+
+
+def test_a_symbolic_link_loop_in_the_model_folder_is_refused_before_the_fit(model_dir, tmp_path, capsys,
+                                                                           nothing_weighted_or_clustered):
+    """`ln -s . model/self`: copying the companions along would never end; one line names the link."""
+    os.symlink(".", model_dir / "self")
+    before = listing(model_dir)
+    out = tmp_path / "out"
+    args = ["compress", "-m", model_dir, "-o", out, *SMALL_FLAGS]
+    line = one_line_error(cli(*args))
+    assert "loop" in line and str(model_dir / "self") in line
+    assert_nothing_written(out)
+    assert one_line_error(in_process(capsys, *args)) == line
+    assert_nothing_written(out)
+    assert listing(model_dir) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_companion_file_is_refused_before_the_fit(model_dir, tmp_path, capsys,
+                                                               nothing_weighted_or_clustered):
+    companion = model_dir / "vocab.txt"
+    companion.write_text("[PAD]\n[UNK]\n")
+    companion.chmod(0)
+    try:
+        out = tmp_path / "out"
+        args = ["compress", "-m", model_dir, "-o", out, *SMALL_FLAGS]
+        line = one_line_error(cli(*args))
+        assert "cannot be read" in line and str(companion) in line
+        assert_nothing_written(out)
+        assert one_line_error(in_process(capsys, *args)) == line
+        assert_nothing_written(out)
+    finally:
+        companion.chmod(0o644)

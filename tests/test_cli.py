@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+from cli_run import assert_nothing_written, one_line_error
 from tiny_models import embedding_model, write_model_dir
 
 CLI = [sys.executable, "-m", "projclust_onnx.cli"]
@@ -55,7 +60,7 @@ def test_compress_prints_a_summary_and_writes_the_directory(model_dir, tmp_path)
 def test_inspect_shows_the_match_and_the_budget(model_dir):
     done = run(*CLI, "inspect", "--model", str(model_dir), "--compression", "0.5", "--clusters", "2")
     assert done.returncode == 0, done.stderr
-    assert "word_lookup: table bert.embeddings.word_embeddings.weight (60 x 8, FLOAT, stored float)" in done.stdout
+    assert "word_lookup: table bert.embeddings.word_embeddings.weight (60 x 8, float32, stored float)" in done.stdout
     assert "rejected lookup" in done.stdout and "position_lookup" in done.stdout
     assert "U + V + ids = " in done.stdout and "<= (1-c) * stored table = 960" in done.stdout
 
@@ -220,3 +225,99 @@ def test_finetune_epochs_are_named_by_their_flag(model_dir, tmp_path):
     line = one_error_line(run(*CLI, "finetune", "--model", str(model_dir), "--data-files", str(tmp_path / "t.csv"),
                               "--text-column", "text", "--epochs", "0", "--output", str(tmp_path / "o")))
     assert "--epochs=0.0 must be > 0" in line and " epochs=" not in line
+
+
+# ---------------------------------------------------------------------- issue 26: outputs and streams a user has
+SMALL_FLAGS = ["--rank", "3", "--clusters", "2", "--n-init", "2"]
+
+
+def optimum_cli_module() -> list[str] | None:
+    """`python -m optimum.commands.optimum_cli` of this interpreter, or None where Optimum is not installed."""
+    try:
+        found = importlib.util.find_spec("optimum.commands.optimum_cli") is not None
+    except ImportError:
+        found = False
+    return [sys.executable, "-m", "optimum.commands.optimum_cli"] if found else None
+
+
+def test_an_output_that_is_a_symbolic_link_loop_is_one_line(model_dir, tmp_path):
+    """`ln -s loop loop; projclust-onnx compress -o loop`: one line, not an OSError traceback (ELOOP)."""
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    commands = [(CLI, "projclust-onnx: error: ")]
+    if optimum_cli_module() is not None:  # the same through optimum-cli where Optimum is installed
+        commands.append(([*optimum_cli_module(), "projclust"], "optimum-cli projclust compress: error: "))
+    for command, prefix in commands:
+        done = run(*command, "compress", "--model", str(model_dir), "--output", str(loop), *SMALL_FLAGS, "-q")
+        line = one_line_error(done)
+        assert line.startswith(prefix) and "symbolic link that loops" in line and str(loop) in line
+        assert os.readlink(loop) == str(loop)  # the link is left as it was
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".loop.")]
+
+
+def test_optimum_cli_unknown_flag_is_one_line(tmp_path):
+    """Unknown flags reached optimum-cli's root parser, whose error is two lines."""
+    optimum_cli = optimum_cli_module()
+    if optimum_cli is None:
+        pytest.skip("optimum-cli is not importable (pip install optimum)")
+    done = subprocess.run([*optimum_cli, "projclust", "compress", "--bogus"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    line = one_line_error(done)
+    assert line.startswith("optimum-cli projclust compress: error: ") and "unrecognized arguments: --bogus" in line
+    assert "usage:" not in done.stderr and not done.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing at the default output, ./projclust-output
+
+
+def test_a_summary_stdout_cannot_take_does_not_fail_a_written_run(model_dir, tmp_path):
+    """stdout on a full disk (/dev/full): the output is written, the run succeeds, stderr says the summary was
+    lost."""
+    out = tmp_path / "out"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([*CLI, "compress", "--model", str(model_dir), "--output", str(out), *SMALL_FLAGS, "-q"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (out / "model.onnx").is_file() and (out / "projclust_manifest.json").is_file()
+    assert any("summary could not be printed" in line for line in done.stderr.splitlines()), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_non_ascii_output_name_on_an_ascii_stream(model_dir, tmp_path):
+    """PYTHONIOENCODING=ascii and an output named outé: the phase lines and the summary print the path escaped."""
+    out = tmp_path / "out\u00e9"
+    done = subprocess.run([*CLI, "compress", "--model", str(model_dir), "--output", str(out), *SMALL_FLAGS],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr
+    assert (out / "model.onnx").is_file() and "Traceback" not in done.stderr
+    assert "parity (max abs diff)" in done.stdout
+
+
+# ---------------------------------------------------------------------- signals (projclust_onnx/cli/__init__.py)
+@pytest.mark.parametrize(("signum", "delay", "code"), [(signal.SIGTERM, 0.3, 143), (signal.SIGINT, 0.05, 130)],
+                         ids=["SIGTERM-0.3s", "SIGINT-0.05s"])
+def test_a_signal_soon_after_the_start_ends_the_run_in_one_line(tmp_path, signum, delay, code):
+    """A signal while the program starts (imports) exits 128 + the signal with an 'interrupted' line, no
+    traceback, and nothing written. A run that ends before the signal is tried again on a bigger model."""
+    out = tmp_path / "out"
+    for rows, dim in ((60, 8), (3000, 64)):
+        model = write_model_dir(tmp_path / f"m{rows}", embedding_model(rows, dim)[0]).parent
+        proc = subprocess.Popen([*CLI, "compress", "--model", str(model), "--output", str(out), *SMALL_FLAGS],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        time.sleep(delay)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            break
+        shutil.rmtree(out)  # the run finished before the signal came
+    else:
+        pytest.skip(f"the run finished within {delay} s even on a 3000-row model: the signal came too late")
+    if "init_import_site" in err:
+        # Python had not finished starting (its site module runs the .pth files of site-packages) when the
+        # signal came: no line of projclust-onnx had run, nor could have set a handler.
+        pytest.xfail(f"{signal.Signals(signum).name} after {delay} s came while the interpreter was still "
+                     "importing its site module (.pth files), before projclust-onnx's first line: Python prints "
+                     f"'Fatal Python error: init_import_site' and a traceback, exit {proc.returncode}")
+    assert proc.returncode == code, err
+    assert any("interrupted" in line for line in err.splitlines()) and "Traceback" not in err, err
+    assert_nothing_written(out)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cli_run import assert_nothing_written, cli
 from tiny_models import embedding_model, write_model_dir
 
 from projclust_onnx import EmbeddingFactorization, ProjClustCompressor, ProjClustConfig
+from projclust_onnx.common.errors import SettingTypeError
 from projclust_onnx.pipeline.model_files import file_sha256
 from projclust_onnx.pipeline.parity import ParityError
 
@@ -110,6 +113,20 @@ def test_external_data_input_is_read(tmp_path):
     src = write_model_dir(tmp_path / "ext", embedding_model(60, 8)[0], external=True).parent
     report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
     assert report.file_bytes_before > (src / "model.onnx").stat().st_size  # the data file counted
+
+
+def test_external_data_with_a_second_hard_link_is_read(tmp_path):
+    """onnx's checker refuses a data file with several hard links (its hardlink-attack rule); ONNX Runtime reads
+    it, and so do we: a model copied with `cp -al` or deduplicated by a backup tool compresses."""
+    src = write_model_dir(tmp_path / "ext", embedding_model(60, 8)[0], external=True).parent
+    os.link(src / "model.onnx_data", tmp_path / "another-name")
+    assert (src / "model.onnx_data").stat().st_nlink == 2
+    with pytest.raises(onnx.checker.ValidationError, match="multiple hard links"):  # what the case is about
+        onnx.checker.check_model(str(src / "model.onnx"), full_check=True)
+    report = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out", ProjClustConfig(**SMALL))
+    assert report.parity_max_abs_diff <= report.parity_tolerance
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input_ids": np.array([[0, 59, 7]])})[0].shape == (1, 3, 8)
 
 
 @pytest.mark.parametrize(
@@ -427,3 +444,28 @@ def test_the_word_table_is_analysed_once_per_file(tmp_path, monkeypatch):
     assert "decoder_model_merged.onnx" in files and sorted(f["file"] for f in report.files) == files
     assert report.heads and max(f["lookups"] for f in report.files) == 2  # the merged decoder's two branches
     assert len(searched) == len(files)
+
+
+def test_a_factorization_of_another_type_is_refused_by_name(model_dir, tmp_path):
+    with pytest.raises(SettingTypeError) as caught:
+        ProjClustCompressor.from_pretrained(model_dir).compress(tmp_path / "out", ProjClustConfig(**SMALL),
+                                                                factorization="x")
+    assert isinstance(caught.value, ValueError)
+    assert str(caught.value).startswith("factorization='x' must be an EmbeddingFactorization")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_a_table_of_width_1_has_no_rank_to_factorize_into(tmp_path):
+    src = write_model_dir(tmp_path / "narrow", embedding_model(50, 1, position=False)[0]).parent
+    with pytest.raises(ValueError, match="no rank below it"):
+        ProjClustCompressor.from_pretrained(src).compress(tmp_path / "out")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_an_output_name_of_240_characters_is_written(model_dir, tmp_path):
+    """A name near the file system's 255 bytes: the stage beside it (`.NAME.tmp-...`) must not exceed them."""
+    out = tmp_path / ("o" * 240)
+    done = cli("compress", "-m", model_dir, "-o", out, "--rank", "3", "--clusters", "2", "--n-init", "2", "-q")
+    assert done.returncode == 0, done.stderr
+    assert (out / "model.onnx").is_file() and (out / "projclust_manifest.json").is_file()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{out.name[:20]}")]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cli_run import assert_nothing_written, in_process, one_line_error
 
 from projclust_onnx import EmbeddingFactorization, ProjClustConfig
+from projclust_onnx.common.data import class_ids
 from projclust_onnx.nn.embedding import ProjClustEmbedding, densify_word_embeddings, replace_word_embeddings
 
 
@@ -100,3 +102,48 @@ def test_round_trip_finetune_export_and_ort_logits_match_pytorch(minilm_path, tm
     got = ort_model(**tokenizer([t for (t,) in texts], padding=True, return_tensors="np")).logits
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
     assert (out / "projclust_finetune.json").is_file()
+
+
+# ---------------------------------------------------------------------- finetune's refusals and its labels
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--method", "codebook"], "--method codebook"),
+    (["--target-ratio", "8"], "--target-ratio"),
+    (["--max-samples", "0"], "--max-samples=0"),
+], ids=["method-codebook", "target-ratio", "max-samples"])
+def test_finetune_refuses_what_it_cannot_train_before_loading_anything(tmp_path, capsys, monkeypatch, flags, named):
+    """The model and the data files do not exist: the refusal is still about the flag, so it came first."""
+    import projclust_onnx.common.data as data
+    import projclust_onnx.nn.finetune as finetune
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("data or a model was loaded before the refusal")
+
+    monkeypatch.setattr(data, "load_records", too_late)
+    monkeypatch.setattr(finetune, "finetune", too_late)
+    out = tmp_path / "out"
+    line = one_line_error(in_process(capsys, "finetune", "--model", tmp_path / "no-model", "--data-files",
+                                     tmp_path / "no-data.csv", "--text-column", "text", "--output", out, "-q",
+                                     *flags))
+    assert line.startswith("projclust-onnx: error: ") and named in line
+    assert "no-model" not in line and "no-data" not in line
+    assert_nothing_written(out)
+
+
+def test_text_labels_become_class_ids_in_sorted_order():
+    assert class_ids(["pos", "neg", "pos"]) == ([1, 0, 1], None, ["neg", "pos"])
+    assert class_ids(["pos", "neg", "pos"], ["neg", "neg"]) == ([1, 0, 1], [0, 0], ["neg", "pos"])
+
+
+def test_numeric_labels_pass_through_unchanged():
+    assert class_ids([1, 0, 1], [0, 1]) == ([1, 0, 1], [0, 1], None)
+    assert class_ids([0.5, 3.25, 1.0]) == ([0.5, 3.25, 1.0], None, None)  # regression scores
+    assert class_ids([np.int64(2), np.int64(0)]) == ([2, 0], None, None)
+
+
+def test_evaluation_labels_of_another_kind_or_class_are_refused():
+    with pytest.raises(ValueError, match="another kind"):
+        class_ids(["pos", "neg"], [1, 0])
+    with pytest.raises(ValueError, match="another kind"):
+        class_ids([1, 0], ["pos", "neg"])
+    with pytest.raises(ValueError, match=r"evaluation labels \['meh'\] never occur in the training labels"):
+        class_ids(["pos", "neg"], ["pos", "meh"])

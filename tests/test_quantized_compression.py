@@ -181,3 +181,22 @@ def test_our_own_quantized_output_compresses_again(model_dir, tmp_path):
     names = {t.name for t in onnx.load(str(tmp_path / "again" / "model.onnx")).graph.initializer}
     assert any(name.startswith("projclust/U") for name in names)
     assert not any(name.startswith("earlier1/table") for name in names)  # the first run's table is gone
+
+
+def test_a_target_ratio_on_our_int4_output_counts_against_the_float32_table(tmp_path):
+    """The int4 blocks decode to float16 and a Cast makes them float32 again: the model's table is float32, so
+    `target_ratio=6` on that output asks for n*d*4/6 bytes, not n*d*2/6 (half, read off the decoded float16)."""
+    n, d = 512, 64  # a smaller table than N x D: the chooser picks plain int4 blocks here too, in a tenth of the time
+    src = write_model_dir(tmp_path / "float", embedding_model(n, d, position=False)[0]).parent
+    first = ProjClustCompressor.from_pretrained(src).compress(tmp_path / "r5", ProjClustConfig(target_ratio=5, **FAST))
+    assert first.method == "quantize" and first.storage_after == "int4 block 32"
+    again = ProjClustCompressor.from_pretrained(tmp_path / "r5").compress(tmp_path / "r6",
+                                                                         ProjClustConfig(target_ratio=6, **FAST))
+    assert again.storage_before == "int4 block 32" and again.dtype == "float32"
+    assert again.choice["table_bytes"] == n * d * 4
+    assert again.choice["budget_bytes"] == n * d * 4 // 6
+    assert f"(table {n * d * 4:,} bytes / 6)" in again.choice["reason"]
+    assert again.embedding_bytes_after <= n * d * 4 / 6 * 1.001 + 200
+    assert again.embedding_ratio == pytest.approx(n * d * 4 / again.embedding_bytes_after)
+    assert again.embedding_ratio >= 6
+    assert "smaller than the float32 table" in dict(again.summary_rows())["embedding bytes"]
