@@ -288,13 +288,27 @@ def test_fit_leaves_torch_thread_count_alone():
     assert torch.get_num_threads() == before
 
 
-def test_one_progress_bar_per_phase_with_totals(capsys):
+def test_one_progress_bar_per_phase_with_totals(capsys, monkeypatch):
+    from projclust_onnx.common import progress
+
+    monkeypatch.setattr(progress, "interactive", lambda: True)  # a terminal: the bars draw
     X, _ = planted(40, 10, 2, 2, 0.1, seed=6)
     ProjectiveClustering(2, 2, n_init=3, anneal_steps=4, max_iter=5, random_state=0, verbose=True).fit(X)
     err = capsys.readouterr().err
     assert "seeding" in err and "3/3" in err
     assert "annealing" in err and "4/4" in err
     assert "Lloyd" in err
+
+
+def test_off_a_terminal_each_bar_is_one_line_of_counts(capsys, monkeypatch):
+    """verbose=True with stderr a file or pipe and no phase running: a line per bar, no redraws."""
+    from projclust_onnx.common import progress
+
+    monkeypatch.setattr(progress, "interactive", lambda: False)
+    X, _ = planted(40, 10, 2, 2, 0.1, seed=6)
+    ProjectiveClustering(2, 2, n_init=3, anneal_steps=4, max_iter=5, random_state=0, verbose=True).fit(X)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "seeding: 3 steps" in err and "annealing: 4 steps" in err and "Lloyd" in err
 
 
 @settings(max_examples=200, deadline=None)

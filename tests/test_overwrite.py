@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from cli_run import CLI, cli, one_line_error
+from cli_run import CLI, cli, in_process, one_line_error
 from tiny_models import embedding_model, write_model_dir
 
 import projclust_onnx.pipeline.output_dir as output_dir
@@ -237,12 +237,12 @@ def dead_box(out: Path) -> Path:
 
 @pytest.mark.parametrize("refusal", [["--n-init", "0"], ["--compression", "abc"], ["--method", "bogus"],
                                      ["--bogus-flag"]], ids=["setting", "type", "choice", "unknown"])
-def test_dead_stage_is_removed_even_when_the_run_is_refused(model_dir, tmp_path, refusal):
+def test_dead_stage_is_removed_even_when_the_run_is_refused(model_dir, tmp_path, refusal, capsys, caplog):
     """Issue 26, case 6: argparse's own refusals (a bad type, choice or flag) clean up too."""
     out = tmp_path / "out"
     dead_box(out)
-    done = cli("compress", "-m", model_dir, "-o", out, *refusal)
-    assert done.returncode == 2 and "removed .out.tmp-" in done.stderr, done.stderr
+    done = in_process(capsys, "compress", "-m", model_dir, "-o", out, *refusal)
+    assert done.returncode == 2 and any("removed .out.tmp-" in r.message for r in caplog.records), done.stderr
     errors = [ln for ln in done.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 1 and "Traceback" not in done.stderr
     assert leftovers(out) == []
@@ -305,7 +305,7 @@ def test_benchmark_overwrite_never_replaces_a_compressed_model(model_dir, tmp_pa
     assert snapshot(c2) == before and leftovers(c2) == []
 
 
-def test_output_inside_a_hugging_face_input_is_refused_before_the_export(tmp_path):
+def test_output_inside_a_hugging_face_input_is_refused_before_the_export(tmp_path, capsys):
     """Issue 26, case 4: `--model hfdir --output hfdir/out` wrote into the input; `--output hfdir
     --overwrite` was refused only after a 9 s export."""
     hf = tmp_path / "hf"
@@ -313,7 +313,7 @@ def test_output_inside_a_hugging_face_input_is_refused_before_the_export(tmp_pat
     (hf / "config.json").write_text('{"model_type": "bert"}')
     before = snapshot(hf)
     for out, extra in ((hf / "out", []), (hf, ["--overwrite"])):
-        done = cli("compress", "-m", hf, "-o", out, *extra, *SMALL_FLAGS)
+        done = in_process(capsys, "compress", "-m", hf, "-o", out, *extra, *SMALL_FLAGS)
         line = one_line_error(done)
         assert "input" in line and str(hf) in line, line
         assert "export" not in done.stderr.lower()

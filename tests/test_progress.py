@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from cli_run import cli
+from cli_run import in_process
 from tiny_models import embedding_model, write_model_dir
 
 from projclust_onnx.common import progress
@@ -33,9 +33,10 @@ def test_on_a_terminal_no_end_line_is_added(capsys, monkeypatch):
     assert capsys.readouterr().err.splitlines() == ["projclust-onnx: reading ..."]
 
 
-def test_compress_with_stderr_a_file_writes_one_start_and_one_end_line_per_phase(tmp_path):
+def test_compress_with_stderr_a_file_writes_one_start_and_one_end_line_per_phase(tmp_path, capsys):
     model_dir = write_model_dir(tmp_path / "tiny", embedding_model(300, 16)[0]).parent
-    done = cli("compress", "-m", model_dir, "-o", tmp_path / "out", "--method", "codebook", "--target-ratio", "4")
+    done = in_process(capsys, "compress", "-m", model_dir, "-o", tmp_path / "out", "--method", "codebook",
+                      "--target-ratio", "4")  # stderr captured: not a terminal
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr and "\x1b" not in done.stderr
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("projclust-onnx: ")]

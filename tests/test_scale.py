@@ -68,7 +68,10 @@ def test_incremental_moments_equal_a_full_sum():
     torch.testing.assert_close(moments.update(w, after), core._moments(X, w, after, 3))
 
 
-def test_one_cluster_skips_seeding_and_annealing(capsys):
+def test_one_cluster_skips_seeding_and_annealing(capsys, monkeypatch):
+    from projclust_onnx.common import progress
+
+    monkeypatch.setattr(progress, "interactive", lambda: True)  # a terminal: the bars draw
     X, _ = planted(40, 10, 1, 3, 0.1, seed=6)
     model = ProjectiveClustering(1, 3, verbose=True, random_state=0).fit(X)
     err = capsys.readouterr().err

@@ -20,12 +20,15 @@ def is_local(source: str | Path | list) -> bool:
     return all(f.suffix.lower() in _LOCAL_FORMATS for f in files)
 
 
-def check_source(source: str | Path | list) -> None:
+def check_source(source: str | Path | list, hub: bool = True) -> None:
     """What can be told of a dataset spec without loading it: local files exist, are regular, not empty and
-    of one format; a hub name is refused while the hub is offline. ValueError naming the problem."""
+    of one format; with `hub`, a hub name not in the cache is refused while the hub is offline (before a fit,
+    rather than after datasets' own retries). ValueError naming the problem."""
     import os
 
     if not is_local(source):
+        if not hub:
+            return
         offline = any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
         if offline and not _cached(str(source).partition("@")[0].partition(":")[0]):
             raise ValueError(f"dataset {str(source)!r} is not a local .csv/.json/.jsonl/.tsv/.parquet file, and the "
@@ -68,7 +71,7 @@ def load_records(source: str | Path | list, split: str | None = None):
     """A datasets.Dataset from local files (one format) or a hub spec."""
     import datasets
 
-    check_source(source)
+    check_source(source, hub=False)  # datasets says what it cannot load from the hub
     if is_local(source):  # local files, never a hub name
         files = [Path(s) for s in source] if isinstance(source, (list, tuple)) else [Path(source)]
         fmt = _LOCAL_FORMATS[files[0].suffix.lower()]

@@ -15,7 +15,10 @@ from collections.abc import Iterable, Iterator
 
 
 def interactive() -> bool:
-    """Whether a person is watching: stderr is a terminal."""
+    """Whether a person is watching: stderr is a terminal, or this runs in a Jupyter kernel (where tqdm draws
+    a widget)."""
+    if "ipykernel" in sys.modules:
+        return True
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
@@ -77,10 +80,13 @@ class _QuietBar:
     set_postfix_str = set_postfix
 
     def close(self) -> None:
-        if _counts and self.n:
+        if self.n:
             units = self.unit + ("es" if self.unit.endswith(("ch", "sh", "s")) else "s")
             n = f"{self.n / 2**20:.1f} MiB" if self.unit == "B" else f"{self.n:,} {units}"
-            _counts[-1].append(f"{self.desc}: {n}")
+            if _counts:  # said in the running phase's end line
+                _counts[-1].append(f"{self.desc}: {n}")
+            else:  # no phase to say it: one line of its own
+                print(f"  {self.desc}: {n}", file=sys.stderr, flush=True)
         self.n = 0
 
 

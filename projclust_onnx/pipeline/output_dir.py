@@ -236,12 +236,9 @@ def staged_directory(save_dir: Path, overwrite: bool = False, kind: str = "model
     box = None
     try:
         with signals_held():  # a signal between mkdir and the assignment would leak the box
-            candidate = _sibling_box(save_dir)
             try:
-                box = candidate.create()
+                box = _sibling_box(save_dir).create()
             except OSError as err:
-                if candidate.path.is_dir() and not candidate.path.is_symlink():
-                    shutil.rmtree(candidate.path, ignore_errors=True)  # ours: made by create() just now
                 raise OutputError(f"cannot write in {save_dir.parent}: {err.strerror}; "
                                   "choose a writable output directory") from err
         stage = box.path / _PAYLOAD
@@ -347,15 +344,20 @@ class Box:
         self._fd: int | None = None
 
     def create(self) -> Box:
+        """Make the directory and its locked marker; on failure, remove what this call made, nothing else."""
         self.path.mkdir()
         marker = self.path / MARKER_NAME
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = None
         try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.write(fd, json.dumps({"tool": TOOL, "kind": self.kind, "destination": self.destination,
                                      "owner": owner_tag()}).encode())
-        except OSError:
-            os.close(fd)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+                marker.unlink(missing_ok=True)
+            self.path.rmdir()
             raise
         self._fd = fd
         return self
