@@ -153,6 +153,7 @@ def test_calibration_file_problems_are_refused_before_weighting(model_dir, tmp_p
     assert line.startswith("projclust-onnx: error: --calibration-text: ")
 
 
+@pytest.mark.slow  # three CLI processes: run by CI
 def test_plan_refusals_name_flags_on_the_command_line(tmp_path):
     """The API names Python parameters, the CLI the flags (ids_input, target_ratio, compression, quantize)."""
     model = write_model_dir(tmp_path / "tied", embedding_model(60, 8, tied=True)[0]).parent

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from cli_run import assert_nothing_written, cli
+from cli_run import assert_nothing_written
 from tiny_models import embedding_model, write_model_dir
 
 from projclust_onnx import EmbeddingFactorization, ProjClustCompressor, ProjClustConfig
@@ -465,7 +465,6 @@ def test_a_table_of_width_1_has_no_rank_to_factorize_into(tmp_path):
 def test_an_output_name_of_240_characters_is_written(model_dir, tmp_path):
     """A name near the file system's 255 bytes: the stage beside it (`.NAME.tmp-...`) must not exceed them."""
     out = tmp_path / ("o" * 240)
-    done = cli("compress", "-m", model_dir, "-o", out, "--rank", "3", "--clusters", "2", "--n-init", "2", "-q")
-    assert done.returncode == 0, done.stderr
+    ProjClustCompressor.from_pretrained(model_dir).compress(out, {"rank": 3, "n_clusters": 2, "n_init": 2})
     assert (out / "model.onnx").is_file() and (out / "projclust_manifest.json").is_file()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{out.name[:20]}")]

@@ -118,6 +118,7 @@ def optimum_quantize(src, dst) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow  # two optimum-cli processes, about 20 s: run by CI
 def test_optimum_cli_quantize_both_orders(model_dir, tmp_path):
     """optimum-cli onnxruntime quantize runs on our output, and we run on its output."""
     ours = tmp_path / "ours"
