@@ -322,3 +322,19 @@ def test_a_signal_soon_after_the_start_ends_the_run_in_one_line(tmp_path, signum
     assert proc.returncode == code, err
     assert any("interrupted" in line for line in err.splitlines()) and "Traceback" not in err, err
     assert_nothing_written(out)
+
+
+def test_failures_of_memory_and_libraries_are_one_line_and_bugs_keep_their_traceback():
+    """error_line: what a user can act on is one line; anything else (None) keeps its traceback."""
+    from google.protobuf.message import EncodeError
+
+    from projclust_onnx.cli.main import error_line
+
+    assert "out of memory" in error_line(MemoryError())
+    assert "most likely out of memory" in error_line(EncodeError("Failed to serialize proto"))
+    loading = ImportError("libtorch_cpu.so: failed to map segment from shared object", name="torch._C")
+    assert error_line(loading).startswith("cannot load torch._C") and "ulimit -v" in error_line(loading)
+    assert "out of memory" in error_line(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+    assert error_line(OSError(28, "No space left on device", "/x/model.onnx")) == \
+        "No space left on device: /x/model.onnx"
+    assert error_line(KeyError("a bug")) is None and error_line(RuntimeError("a bug")) is None

@@ -335,6 +335,9 @@ def error_line(err: Exception) -> str | None:
         return _one_line(err)
     if isinstance(err, OSError):  # a read-only or full disk, a missing file: name the path, not a traceback
         return f"{err.strerror or err}{f': {err.filename}' if err.filename else ''}"
+    if type(err).__name__ == "EncodeError" and type(err).__module__.startswith("google.protobuf"):
+        # protobuf cannot say why; the cause seen is memory (a model serialized for the check under ulimit -v)
+        return f"could not serialize the model ({_one_line(err)}), most likely out of memory; {_OUT_OF_MEMORY}"
     if isinstance(err, RuntimeError) and ("alloc" in str(err).lower() or "out of memory" in str(err).lower()):
         return f"out of memory ({_one_line(err)[:200]}); {_OUT_OF_MEMORY}"  # torch's failed allocation
     import onnx_ir as ir
