@@ -200,9 +200,10 @@ def run_compress(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     from projclust_onnx.pipeline.compressor import ProjClustCompressor
 
+    config = _config(args)  # settings first: before an export of a Hugging Face model
     compressor = ProjClustCompressor.from_pretrained(_model_source(args), file_name=args.file_name, task=args.task,
                                                      verbose=False)
-    show(format_table(args.title, compressor.inspect(_config(args)).rows))
+    show(format_table(args.title, compressor.inspect(config).rows))
     return 0
 
 

@@ -206,14 +206,16 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     extra = index_map_bytes(n) if tied else 0
     for f in files:
         f.quantize = config.quantize or _kept_storage(f.match, config)
-        itemsize = f.match.table_dtype.numpy().itemsize
+        itemsize = f.match.table_dtype.numpy().itemsize  # ratios count the float table
         if factorization is not None:
             f.rank = factorization.rank
         elif config.method == "codebook":
             _check_codebooks_fit(n, d, f.match.stored_bytes, config, itemsize, tied)
         elif config.target_ratio is None:
             try:
-                f.rank = config.rank_for(n, d, itemsize, f.quantize, f.match.stored_bytes, extra_bytes=extra)
+                # the factors are written in the lookup's own float type: their bytes count in it
+                f.rank = config.rank_for(n, d, f.match.dtype.numpy().itemsize, f.quantize, f.match.stored_bytes,
+                                         extra_bytes=extra)
             except SettingError as err:
                 if len(files) == 1:
                     raise
