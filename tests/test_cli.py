@@ -91,6 +91,7 @@ def test_bad_settings_give_one_line_and_exit_code_2(model_dir, tmp_path, args, m
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # several CLI processes, 5-8 s: run by CI
 def test_occupied_output_and_missing_model(model_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -109,6 +110,7 @@ def test_optimum_cli_reports_errors_the_same_way(model_dir, tmp_path):
     assert "compression=2.0 must lie in (0, 1)" in done.stderr
 
 
+@pytest.mark.slow  # several CLI processes, 5-8 s: run by CI
 def test_finetune_needs_training_data(tmp_path):
     done = run(*CLI, "finetune", "--output", str(tmp_path / "o"))
     assert done.returncode == 2 and "give training data" in done.stderr

@@ -196,6 +196,7 @@ def test_sigterm_cleans_up(slow_model_dir, tmp_path):
     assert not out.exists() and stages_of(out) == []
 
 
+@pytest.mark.slow  # several CLI processes, 5-8 s: run by CI
 def test_sigkill_leftovers_are_removed_by_the_next_run(slow_model_dir, tmp_path):
     """F9: SIGKILL runs no cleanup; the next run removes the dead run's partial stage."""
     out = tmp_path / "out"

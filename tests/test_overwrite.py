@@ -261,6 +261,7 @@ def test_stage_whose_run_ended_is_removed_and_a_live_one_kept(tmp_path):
         live.remove()
 
 
+@pytest.mark.slow  # several CLI processes, 5-8 s: run by CI
 def test_dead_export_folders_in_tmpdir_are_removed_first(model_dir, tmp_path):
     """A SIGKILL during an export left the whole exported model in TMPDIR forever; a folder merely named
     like ours is left."""
