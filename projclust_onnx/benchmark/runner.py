@@ -202,24 +202,11 @@ def evaluate(sessions: dict, tokenizer, data: LabeledData | None, fidelity_texts
 
 def _outputs(session, tokenizer, texts, max_length: int, progress: bool, name: str) -> tuple[np.ndarray, bool]:
     """First output per text: logits as they are (True), hidden states mean-pooled over the mask (False)."""
-    out, is_logits = [], True
-    starts = range(0, len(texts), 32)
-    if progress:
-        from projclust_onnx.common.progress import new_bar
+    from projclust_onnx.common.progress import new_bar
+    from projclust_onnx.pipeline.fidelity import pooled_outputs
 
-        starts = new_bar(starts, desc=f"evaluate {name}", unit="batch")
-    wanted = {i.name for i in session.get_inputs()}
-    for start in starts:
-        columns = list(zip(*texts[start:start + 32]))
-        batch = tokenizer(*[list(c) for c in columns], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="np")
-        feeds = {k: v for k, v in batch.items() if k in wanted}
-        first = session.run(None, feeds)[0]
-        if first.ndim == 3:
-            mask = batch["attention_mask"][..., None]
-            first, is_logits = (first * mask).sum(1) / np.maximum(mask.sum(1), 1), False
-        out.append(first)
-    return np.concatenate(out), is_logits
+    bar = (lambda starts: new_bar(starts, desc=f"evaluate {name}", unit="batch")) if progress else None
+    return pooled_outputs(session, tokenizer, texts, max_length, bar)
 
 
 def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:

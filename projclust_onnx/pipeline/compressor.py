@@ -161,6 +161,7 @@ class ProjClustCompressor:
             first = results[plan.first.table_key]
             report = self._summarise(plan, config, first, tables[plan.first.table_key], parities, files_report,
                                      n_tokens, n_special, choice, phases, factorization)
+            report.fidelity = self._fidelity(plan, config, stage, phases)
             saved_config = config if config.target_ratio is not None or config.method == "codebook" else \
                 dataclasses.replace(config, quantize=plan.quantize if len({f.quantize for f in plan.files}) == 1
                                     else config.quantize)
@@ -337,6 +338,27 @@ class ProjClustCompressor:
             special_tokens=n_special, choice=choice.to_dict() if choice is not None else None,
             untied_head=plan.untied_head, heads=heads, table_copies=sum(f.table_copies for f in plan.files),
             timings=timings)
+
+    def _fidelity(self, plan, config: ProjClustConfig, stage: Path, phases) -> dict | None:
+        """How far the first rewritten file's outputs moved (pipeline/fidelity.py), as the report keeps it; None
+        where the model has no tokenizer to make its inputs from text."""
+        from projclust_onnx.pipeline.fidelity import Fidelity, measure_fidelity, sample_texts
+        from projclust_onnx.pipeline.model_files import first_line
+
+        if not any((self.source_dir / name).is_file() for name in TOKENIZER_FILES):
+            return None
+        texts, source = sample_texts(config)
+        file = plan.files[0]
+        with phases("fidelity", f"measuring the output fidelity on {len(texts)} texts"):
+            tokenizer = self._tokenizer(required=False)
+            if tokenizer is None:
+                return None
+            try:
+                found = measure_fidelity(file.onnx_path, stage / self.relative(file.onnx_path), tokenizer, texts,
+                                         source)
+            except Exception as err:  # a measurement, not a check: it never fails a model that passed them
+                found = Fidelity(None, None, 0, source, f"the model could not be run on text ({first_line(err)})")
+        return dataclasses.asdict(found)
 
     def _tokenizer(self, required: bool):
         """The model directory's tokenizer; None (with a warning) when absent and not required. A directory

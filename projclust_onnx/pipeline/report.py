@@ -59,6 +59,9 @@ class CompressionReport:
     relative_error_reason: str | None = None  # why relative_error is null
     compression_asked: float | None = None  # the config's compression, when it set the budget
     compression_realised: float | None = None  # fraction of one stored table's bytes removed, per file written
+    # how far the written model's outputs moved (pipeline/fidelity.Fidelity as a dict): mean and least cosine of
+    # each text's output to the original's, the number of texts and where they came from; or why not measured
+    fidelity: dict | None = None
 
     @property
     def embedding_compression(self) -> float:
@@ -124,6 +127,7 @@ class CompressionReport:
             ("relative error", f"{self.relative_error:.4f}  (||E - E'||^2 / ||E||^2)" if self.relative_error is not None
              else f"undefined: {self.relative_error_reason}"),
             ("parity (max abs diff)", f"{self.parity_max_abs_diff:.2e} <= {self.parity_tolerance:g}"),
+            *([("output fidelity", _fidelity_text(self.fidelity))] if self.fidelity is not None else []),
             ("calibration tokens", f"{self.calibration_tokens:,}" if self.calibration_tokens else "none (unweighted)"),
             ("special tokens", f"{self.special_tokens} fitted (nearly) exactly" if self.special_tokens else "none"),
         ]
@@ -169,6 +173,13 @@ class CompressionReport:
         from projclust_onnx.storage.registry import u_label
 
         return self.storage or u_label(self.quantize, self.block_size, self.dtype)
+
+
+def _fidelity_text(fidelity: dict) -> str:
+    if fidelity.get("mean_cosine") is None:
+        return f"not measured: {fidelity.get('reason')}"
+    return (f"mean cosine {fidelity['mean_cosine']:.4f} (least {fidelity['min_cosine']:.4f}) to the original's "
+            f"outputs on {fidelity['texts']} texts: {fidelity['source']}")
 
 
 def strict_json(value):
