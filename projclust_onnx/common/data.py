@@ -7,6 +7,7 @@ dataset spec means the same thing everywhere: a local file path, or
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,6 @@ def check_source(source: str | Path | list, hub: bool = True) -> None:
     """What can be told of a dataset spec without loading it: local files exist, are regular, not empty and
     of one format; with `hub`, a hub name not in the cache is refused while the hub is offline (before a fit,
     rather than after datasets' own retries). ValueError naming the problem."""
-    import os
-
     if not is_local(source):
         if not hub:
             return
@@ -52,8 +51,6 @@ def check_source(source: str | Path | list, hub: bool = True) -> None:
 
 def _cached(name: str) -> bool:
     """Whether the datasets or hub cache holds anything of the dataset `name` (offline, only those load)."""
-    import os
-
     home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
     roots = [Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets")).expanduser(),
              Path(os.environ.get("HF_HUB_CACHE", home / "hub")).expanduser()]
