@@ -42,20 +42,11 @@ def family_of(row: dict) -> str:
         name = row.get("chosen", "")
     if name.startswith("fp32"):
         return ORIGINAL
-    if name.startswith("ORT"):
-        return FAMILIES[4][0]
-    if name.startswith("FAISS OPQ"):
-        return FAMILIES[6][0]
-    if name.startswith("FAISS PQ"):
-        return FAMILIES[5][0]
-    if name.startswith("svd"):
-        return FAMILIES[1][0]
-    if name.startswith("projclust"):
-        return FAMILIES[2][0]
-    if name.startswith("codebook"):
-        return FAMILIES[3][0]
-    if name.startswith("plain"):
-        return FAMILIES[0][0]
+    # a row's name starts with its family's prefix (FAISS OPQ before FAISS PQ: the longer one first)
+    for prefix, index in (("ORT", 4), ("FAISS OPQ", 6), ("FAISS PQ", 5), ("svd", 1), ("projclust", 2),
+                          ("codebook", 3), ("plain", 0)):
+        if name.startswith(prefix):
+            return FAMILIES[index][0]
     return name  # a family this picture does not know yet: drawn after the known ones, in its own colour
 
 
