@@ -279,10 +279,11 @@ def companion_files(source_dir: Path, skip: set[str], model_dirs: tuple[str, ...
     read, a broken link, a link that loops back into the folder it sits in."""
     def listing(folder: Path, prefix: str, seen: frozenset, filtered: bool) -> list[tuple[Path, str]]:
         found = []
+        data = _external_data_names(folder) if filtered else set()  # written with the models that read them
         for item in sorted(folder.iterdir()):
             rel = f"{prefix}{item.name}"
-            if filtered and (item.name in skip or item.suffix == ".onnx" or item.name.endswith(".onnx_data") or
-                             item.name.startswith(".")):
+            if filtered and (item.name in skip or item.suffix == ".onnx" or item.name in data or
+                             item.name.endswith((".onnx_data", ".onnx.data")) or item.name.startswith(".")):
                 continue
             if item.is_symlink() and not item.exists():
                 raise ValueError(f"{item} is a broken symbolic link; remove it or point it at a file, then run again")
@@ -304,6 +305,20 @@ def companion_files(source_dir: Path, skip: set[str], model_dirs: tuple[str, ...
 
     source_dir = Path(source_dir)
     return listing(source_dir, "", frozenset({source_dir.resolve()}), True)
+
+
+def _external_data_names(folder: Path) -> set[str]:
+    """The external-data files the .onnx files of `folder` refer to."""
+    import onnx
+
+    names = set()
+    for path in folder.glob("*.onnx"):
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception:  # the plan names a model it cannot read
+            continue
+        names |= {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    return names
 
 
 def copy_companions(files: list[tuple[Path, str]], dest_dir: Path) -> list[str]:

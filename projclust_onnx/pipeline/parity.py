@@ -29,8 +29,11 @@ _FEEDABLE = ("int", "float", "double", "bool")
 # value across a rounding step, so the reference's outputs themselves jump by a step (dynamic int8 MiniLM:
 # 0.0037 on last_hidden_state). Where a graph holds them, the float values that feed the first of them are
 # compared with the dtype's bound, and the outputs by cosine against this bound.
+# MatMulNBits quantizes its activations to int8 (on CPU) where accuracy_level is 4.
 ACTIVATION_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
-                                   "QAttention", "DynamicQuantizeLSTM", "QLinearMatMul", "QLinearConv"})
+                                   "QAttention", "DynamicQuantizeLSTM", "QLinearMatMul", "QLinearConv",
+                                   "MatMulIntegerToFloat", "QGemm"})
+_INT8_ACCURACY_LEVEL = 4
 # The outputs' bound there is the reference's own step, measured before the fit (step_bound): twice the
 # larger of what rounding-sized noise in the table and a cheap rewrite move it, and never above this.
 QUANTIZED_COSINE = 0.999
@@ -82,9 +85,16 @@ def max_positions_of(model_dir: Path) -> int | None:
 
 def quantized_activations(model: ir.Model) -> list[ir.Node]:
     """The nodes of `model` (subgraphs included) that quantize activations at run time."""
-    return [node for node in ir.traversal.RecursiveGraphIterator(model.graph)
-            if node.op_type in ACTIVATION_QUANTIZERS or
-            (node.op_type == "QuantizeLinear" and node.inputs[0] is not None and node.inputs[0].const_value is None)]
+    return [node for node in ir.traversal.RecursiveGraphIterator(model.graph) if _quantizes_activations(node)]
+
+
+def _quantizes_activations(node: ir.Node) -> bool:
+    if node.op_type in ACTIVATION_QUANTIZERS:
+        return True
+    if node.op_type == "MatMulNBits":
+        level = node.attributes.get("accuracy_level")
+        return level is not None and level.as_int() == _INT8_ACCURACY_LEVEL
+    return node.op_type == "QuantizeLinear" and node.inputs[0] is not None and node.inputs[0].const_value is None
 
 
 def float_frontier(model: ir.Model) -> list[str]:
