@@ -293,3 +293,16 @@ def test_written_model_is_readable_by_others(model_dir, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (out.stat().st_mode & 0o777) == (0o777 & ~umask)
+
+
+def test_a_dead_box_of_another_output_with_the_same_cut_name_is_neither_removed_nor_warned_of(tmp_path, caplog):
+    """Box names cut the destination to 100 characters: two outputs sharing that prefix share the name pattern,
+    and the marker tells them apart. The other output's box is its own run's to clean, and it is no stranger."""
+    prefix = "p" * 100
+    mine, theirs = tmp_path / f"{prefix}-mine", tmp_path / f"{prefix}-theirs"
+    other = output_dir._sibling_box(theirs).create()
+    other.release()  # its run is gone
+    with caplog.at_level("WARNING"):
+        assert recover_stale(mine) == []
+    assert other.path.is_dir() and not [r for r in caplog.records if "left" in r.message]
+    assert recover_stale(theirs) == [f"removed {other.path.name}, left by an interrupted run"]

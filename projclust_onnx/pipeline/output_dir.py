@@ -413,7 +413,8 @@ def temp_dir(kind: str) -> TempBox:
 
 def _box_state(entry: Path, destination: str) -> tuple[str, int | None]:
     """('dead', fd holding the lock) for a box of this tool for `destination` whose run has ended,
-    ('live', None) for one whose run holds its lock, ('foreign', None) for anything else."""
+    ('live', None) for one whose run holds its lock, ('other', None) for a box of this tool for another
+    destination (names cut to 100 characters can share a prefix), ('foreign', None) for anything else."""
     if entry.is_symlink() or not entry.is_dir():
         return "foreign", None
     try:
@@ -422,9 +423,12 @@ def _box_state(entry: Path, destination: str) -> tuple[str, int | None]:
         return "foreign", None
     try:
         data = json.loads(os.read(fd, 65536) or b"null")
-        if not isinstance(data, dict) or data.get("tool") != TOOL or data.get("destination") != destination:
+        if not isinstance(data, dict) or data.get("tool") != TOOL:
             os.close(fd)
             return "foreign", None
+        if data.get("destination") != destination:
+            os.close(fd)
+            return "other", None
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
