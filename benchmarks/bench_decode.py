@@ -37,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 from projclust_onnx import ProjClustCompressor, ProjClustConfig
 from projclust_onnx.common.threads import session_options
 from projclust_onnx.core.budget import index_map_bytes, rank_for_bytes
-from projclust_onnx.core.factorization import EmbeddingFactorization
+from projclust_onnx.storage.factorization import EmbeddingFactorization
 
 VOCAB, HIDDEN = 151936, 896
 

@@ -51,10 +51,10 @@ from projclust_onnx.common.data import column, labeled_texts, load_records
 from projclust_onnx.common.metrics import score
 from projclust_onnx.core.budget import rank_for_budget
 from projclust_onnx.core.calibration import calibration_weights, sample_weights
-from projclust_onnx.core.factorization import EmbeddingFactorization
 from projclust_onnx.pipeline.bundled import bundled_model_path
 from projclust_onnx.pipeline.compressor import estimator_for, rewrite_pass
 from projclust_onnx.pipeline.model_files import load_model, model_bytes, save_model
+from projclust_onnx.storage.factorization import EmbeddingFactorization
 from projclust_onnx.storage.registry import bits_of
 
 BUDGETS = (0.6, 0.8, 0.9, 0.9375)

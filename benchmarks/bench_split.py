@@ -20,8 +20,8 @@ from common import append_results
 from onnx import TensorProto, helper, numpy_helper
 from projclust_onnx.passes import FactorizeEmbeddingPass, FactorizeHeadPass, SplitInitializersPass, with_cleanup
 
-from projclust_onnx.core.factorization import EmbeddingFactorization
 from projclust_onnx.pipeline.config import ProjClustConfig
+from projclust_onnx.storage.factorization import EmbeddingFactorization
 
 LIMIT = 256 * 2**20
 

@@ -133,7 +133,7 @@ class WordTableAnalysis:
         def rebound(m: EmbeddingMatch) -> EmbeddingMatch:
             replaced = tuple(node(n) for n in m.nodes)
             return EmbeddingMatch(replaced[0], replaced[0].inputs[0], inputs[m.ids_input.name],
-                                  replaced[-1].outputs[0], replaced, m.storage, tuple(map(node, m.lookups)))
+                                  replaced[-1].outputs[0], replaced, m.stored_as, tuple(map(node, m.lookups)))
 
         heads = tuple(Head(node(h.node), h.rule, node(h.node).inputs[1], tuple(node(r) for r in h.removed))
                       for h in self.heads)

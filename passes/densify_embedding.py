@@ -34,7 +34,7 @@ class DensifyEmbeddingPass(ir.passes.InPlacePass):
         analysis = analysis_for(model, self.analysis, self.ids_input)
         try:
             match = analysis.match
-            heads = analysis.tied_heads() if match.storage == "float" and self.heads else ()
+            heads = analysis.tied_heads() if match.stored_float and self.heads else ()
         except ValueError as err:
             raise ir.passes.PreconditionError(str(err)) from err
         table = self.table.astype(match.dtype.numpy())
@@ -43,7 +43,7 @@ class DensifyEmbeddingPass(ir.passes.InPlacePass):
             if not np.array_equal(copy.const_value.numpy(), table.T):
                 copy.const_value = ir.tensor(np.ascontiguousarray(table.T), name=copy.name)
                 modified = True
-        if match.storage == "float":
+        if match.stored_float:
             if not np.array_equal(match.table.const_value.numpy(), table):
                 match.table.const_value = ir.tensor(table, name=match.table.name)
                 modified = True

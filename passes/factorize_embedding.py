@@ -63,7 +63,7 @@ from projclust_onnx.passes.result import RewriteResult, analysis_for, written_si
 from projclust_onnx.passes.word_embedding import EmbeddingMatch
 
 if TYPE_CHECKING:
-    from projclust_onnx.core.factorization import EmbeddingFactorization
+    from projclust_onnx.storage.factorization import EmbeddingFactorization
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from projclust_onnx.passes.factorize_embedding import FactorizeEmbeddingPass
 from projclust_onnx.passes.factors import ClusterOrder, QuantizedRows, branch, cluster_rows
 
 if TYPE_CHECKING:
-    from projclust_onnx.core.factorization import EmbeddingFactorization
+    from projclust_onnx.storage.factorization import EmbeddingFactorization
 
 __all__ = ["FactorizeHeadPass", "ClusterOrder", "QuantizedRows", "branch", "cluster_rows"]
 

@@ -17,7 +17,7 @@ from projclust_onnx.passes.builder import Builder, branch_weights
 from projclust_onnx.storage.quantization import BlockQuantized
 
 if TYPE_CHECKING:
-    from projclust_onnx.core.factorization import EmbeddingFactorization
+    from projclust_onnx.storage.factorization import EmbeddingFactorization
 
 __all__ = ["ClusterOrder", "QuantizedRows", "branch", "cluster_rows"]
 

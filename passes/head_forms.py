@@ -35,7 +35,7 @@ from projclust_onnx.passes.builder import CONTRIB_DOMAIN, Builder, replace_outpu
 from projclust_onnx.passes.factors import ClusterOrder, branch, cluster_rows
 
 if TYPE_CHECKING:
-    from projclust_onnx.core.factorization import EmbeddingFactorization
+    from projclust_onnx.storage.factorization import EmbeddingFactorization
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,10 @@ import numpy as np
 import onnx_ir as ir
 from projclust_onnx.passes.head_forms import Head, find_heads, head_copies, not_a_head_error
 
-from projclust_onnx.storage.base import CONTRIB_DOMAIN
+from projclust_onnx.storage.base import CONTRIB_DOMAIN, StorageFormat
 from projclust_onnx.storage.blocks import bits_of
-from projclust_onnx.storage.registry import recognise
+from projclust_onnx.storage.float import FloatStorage
+from projclust_onnx.storage.registry import Part, part_read_by, recognise
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ __all__ = ["EmbeddingMatch", "EmbeddingSearch", "Head", "head_copies", "search_w
 # Ops that move or select token ids without computing new ones (XLM slices input_ids before its lookup).
 _ID_PASSTHROUGH = frozenset({"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Transpose",
                              "Expand"})
-_INT_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT32,
-                        ir.DataType.INT32, ir.DataType.INT64})
 
 
 _SHAPE_ONLY = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
@@ -66,8 +65,8 @@ class EmbeddingMatch:
 
     lookup: the node reading the token ids (Gather or GatherBlockQuantized); table: the
     stored table (float, or quantized codes); output: the float embeddings; nodes: what
-    a rewrite replaces (the lookup, and a DequantizeLinear after it); storage: how the
-    table is stored, e.g. "float", "int8 per-tensor", "int4 block 32"; lookups: every
+    a rewrite replaces (the lookup, and a DequantizeLinear after it); stored_as: the registered format
+    (storage.base.StorageFormat instance) the table is stored in, read back from the graph; lookups: every
     lookup of the same table (one per If branch of a merged decoder).
     """
 
@@ -76,7 +75,7 @@ class EmbeddingMatch:
     ids_input: ir.Value
     output: ir.Value = None
     nodes: tuple[ir.Node, ...] = ()
-    storage: str = "float"
+    stored_as: StorageFormat = FloatStorage()
     lookups: tuple[ir.Node, ...] = ()
 
     def __post_init__(self) -> None:
@@ -85,7 +84,7 @@ class EmbeddingMatch:
         stored_bytes = sum(v.const_value.nbytes for node in nodes for v in node.inputs
                            if v is not None and v.const_value is not None and v is not self.lookup.inputs[1])
         n, width = (int(x) for x in self.table.const_value.shape)
-        if self.storage == "float":
+        if self.stored_float:
             dtype, bits, shape = self.table.const_value.dtype, None, (n, width)
         elif self.lookup.op_type == "Gather":  # quantize_dynamic: the scale's type is the embeddings'
             dtype, bits, shape = nodes[-1].inputs[1].const_value.dtype, 8, (n, width)
@@ -98,6 +97,16 @@ class EmbeddingMatch:
                                 _stored_bytes=stored_bytes, _dtype=dtype, _bits=bits, _shape=shape,
                                 _table_dtype=_cast_after(output) or dtype).items():
             object.__setattr__(self, name, value)
+
+    @property
+    def storage(self) -> str:
+        """How the table is stored, as reports name it: "float", "int8 per-tensor", "int4 block 32"."""
+        return self.stored_as.label
+
+    @property
+    def stored_float(self) -> bool:
+        """Whether the table is stored in its float type (not quantized)."""
+        return self.stored_as.bits is None
 
     @property
     def gather(self) -> ir.Node:
@@ -131,9 +140,9 @@ class EmbeddingMatch:
 
     def dense(self) -> np.ndarray:
         """The table as the model sees it: float, dequantized as the runtime would."""
-        if self.storage == "float":
+        if self.stored_float:
             return self.table.const_value.numpy()
-        storage = recognise(self.lookup, [n for n, _ in self.lookup.outputs[0].uses()])[0]
+        storage = type(self.stored_as)
         return storage.decode(storage.read(self.nodes)).astype(self.dtype.numpy())
 
     def other_consumers(self) -> list[ir.Node]:
@@ -155,7 +164,7 @@ class EmbeddingMatch:
         first or last d of their m > d rows. One pass over the initializers, compared by content, cheapest
         first."""
         copies, blocks = [], []
-        if self.storage != "float":
+        if not self.stored_float:
             return copies, blocks
         table = self.table.const_value.numpy()
         n, d = table.shape
@@ -317,10 +326,9 @@ def _lookup_of(node: ir.Node, search: EmbeddingSearch):
     if contrib:
         search.reject(node, f"no registered storage reads GatherBlockQuantized with bits={bits_of(node)}")
         return None
-    if rank == 1 and dtype in _INT_TYPES:
-        return table, node.outputs[0], [node], "cluster ids"
-    if rank == 2 and dtype == ir.DataType.UINT8:
-        return table, node.outputs[0], [node], "codes"
+    part = part_read_by(table)
+    if part is not None:
+        return table, node.outputs[0], [node], part
     search.reject(node, f"table is {rank}-D {dtype.name}, not a 2-D float or quantized table")
     return None
 
@@ -350,14 +358,14 @@ def search_word_embedding(graph: ir.Graph, ids_input: str = "input_ids") -> Embe
         table, output, nodes, storage = found
         source = _trace_to_graph_input(node.inputs[1])
         if source is not ids_value:
-            if source is not None and storage not in ("cluster ids", "codes"):
+            if source is not None and not isinstance(storage, Part):
                 other_inputs.append(EmbeddingMatch(node, table, source, output, nodes, storage))
             search.reject(node, f"indices do not come from the graph input {ids_input!r}")
             continue
-        if storage == "cluster ids":
+        if storage is Part.CLUSTER_IDS:
             search.factorized.append(node)  # a cluster-id table of an older projclust-onnx output
             continue
-        if storage == "codes":
+        if storage is Part.CODES:
             search.standard_quantized.append(node)  # uint8 codes read without DequantizeLinear: builder.py
             continue
         search.matches.append(EmbeddingMatch(node, table, ids_value, output, nodes, storage))

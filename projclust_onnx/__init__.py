@@ -16,9 +16,9 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ProjectiveClustering": "projclust_onnx.core.clustering",
-    "ConvergenceWarning": "projclust_onnx.core.clustering",
-    "EmbeddingFactorization": "projclust_onnx.core.factorization",
+    "ProjectiveClustering": "projclust_onnx.storage.clustering",
+    "ConvergenceWarning": "projclust_onnx.storage.clustering",
+    "EmbeddingFactorization": "projclust_onnx.storage.factorization",
     "rank_for_budget": "projclust_onnx.core.budget",
     "factorized_size": "projclust_onnx.core.budget",
     "ProjClustConfig": "projclust_onnx.pipeline.config",

@@ -13,7 +13,8 @@ from test_clustering import planted
 from projclust_onnx import ProjectiveClustering
 from projclust_onnx.core import chooser
 from projclust_onnx.core.chooser import choose, sample_estimate, spectrum_tail, weighted_error
-from projclust_onnx.core.factorization import EmbeddingFactorization
+from projclust_onnx.storage.factorization import EmbeddingFactorization
+from projclust_onnx.storage.registry import FORMATS
 
 
 def test_weighted_error_of_a_factorization_equals_that_of_its_dense_table():
@@ -79,7 +80,7 @@ def test_chooser_skips_the_fits_a_sample_shows_cannot_win(monkeypatch):
         return ProjectiveClustering(k, rank, random_state=0).fit(X)
 
     choice = choose(X, X.nbytes / 4, None, clusters=(3, 5), block_sizes=(32,), fit=fit,
-                    families=("quantize", "factors"))
+                    formats=[c for c in FORMATS if not c.sized])
     assert choice.best.method == "quantize" and fitted == []
     by_sample = [c for c in choice.candidates if c.bound == "sample"]
     assert by_sample and all(c.pruned and c.error >= choice.best.error for c in by_sample)
@@ -96,7 +97,8 @@ def test_sample_estimates_keep_the_winner_where_clusters_win(monkeypatch):
 
     def run(rows):
         monkeypatch.setattr(chooser, "_ESTIMATE_ROWS", rows)
-        return choose(X, X.nbytes / 8, None, clusters=(2, 4), block_sizes=(32,), fit=fit, families=("factors",))
+        return choose(X, X.nbytes / 8, None, clusters=(2, 4), block_sizes=(32,), fit=fit,
+                      formats=[c for c in FORMATS if c.branches])
 
     calls = []
     real = chooser.sample_estimate

@@ -433,7 +433,7 @@ def test_truncate_refuses_a_rank_outside_one_to_the_fitted_rank(rank, match):
 
 
 def test_truncate_before_fit_raises_not_fitted():
-    from projclust_onnx.core.clustering import NotFittedError
+    from projclust_onnx.storage.clustering import NotFittedError
 
     with pytest.raises(NotFittedError, match="not fitted") as err:
         ProjectiveClustering(2, 2).truncate(1)
@@ -456,7 +456,7 @@ def test_truncated_rows_are_no_closer_than_at_a_higher_rank(n, d, k, j, seed):
 
 
 def test_problem_sample_keeps_weights_usable():
-    from projclust_onnx.core.clustering import _generator, _Problem
+    from projclust_onnx.storage.clustering import _generator, _Problem
 
     X = torch.arange(12.0).reshape(4, 3)
     problem = _Problem(X, torch.tensor([0.0, 0.0, 1.0, 2.0]), (X * X).sum(1), 2, 1, 2.0, _generator(0))

@@ -18,7 +18,7 @@ from projclust_onnx.storage.codebook import (
     eigen_allocation,
     exact_rows,
 )
-from projclust_onnx.storage.registry import format_of
+from projclust_onnx.storage.registry import FORMATS, format_of
 from projclust_onnx.storage.subvectors import layout
 
 EXAMPLES = [CodebookStorage(16), CodebookStorage(24, 6), CodebookStorage(20, 8, rank=96),
@@ -126,7 +126,7 @@ def test_the_chooser_picks_codebooks_where_they_win_and_int4_where_it_wins():
     budget = n * d * 4 / 6
     picked = {}
     for name, X, weights in (("clustered", clustered, None), ("spread", spread, 1 / energy)):
-        choice = choose(X, budget, weights, families=("quantize", "codebook"), sample_weight=weights)
+        choice = choose(X, budget, weights, formats=[c for c in FORMATS if not c.branches], sample_weight=weights)
         labels = {c.label for c in choice.candidates}
         assert any(label.startswith("codebook") for label in labels) and "plain int4 block 32" in labels
         assert choice.best.bytes <= budget * 1.001
@@ -146,7 +146,7 @@ def test_the_chooser_picks_2_bit_blocks_where_each_block_holds_four_levels():
     levels = rng.integers(-1, 3, (n, d // 32, 32))
     X = (levels * rng.uniform(0.5, 2.0, (n, d // 32, 1))).reshape(n, d).astype(np.float32)
     budget = n * d * 4 / 12
-    choice = choose(X, budget, None, families=("quantize", "codebook"))
+    choice = choose(X, budget, None, formats=[c for c in FORMATS if not c.branches])
     labels = {c.label for c in choice.candidates}
     assert any(label.startswith("codebook") for label in labels)
     assert choice.best.label == "plain int2 block 32" and choice.best.bytes == 41 * n
@@ -301,7 +301,7 @@ def test_compressing_a_codebook_output_again_is_refused_by_name(tmp_path):
 def test_a_codebook_fit_the_memory_cannot_hold_is_refused_before_any_work(tmp_path, monkeypatch):
     from tiny_models import embedding_model, write_model_dir
 
-    import projclust_onnx.core.clustering as clustering
+    import projclust_onnx.storage.clustering as clustering
     from projclust_onnx import ProjClustCompressor, ProjClustConfig
     from projclust_onnx.storage.codebook import codebook_fit_bytes
 

@@ -89,7 +89,7 @@ def test_generation_matches_the_pytorch_model_holding_the_reconstruction(exports
     import transformers
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    from projclust_onnx.core.factorization import EmbeddingFactorization  # noqa: F401  (the saved factors' type)
+    from projclust_onnx.storage.factorization import EmbeddingFactorization  # noqa: F401  (the saved factors' type)
 
     src = exports("gpt2")
     report = ProjClustCompressor.from_pretrained(src).compress(

@@ -49,3 +49,29 @@ def test_load_refuses_a_foreign_file(tmp_path):
 def test_inconsistent_arrays_are_refused():
     with pytest.raises(ValueError, match="labels reach 3"):
         EmbeddingFactorization(labels=np.array([0, 3]), U=np.zeros((2, 1)), V=np.zeros((2, 1, 4)))
+
+
+@pytest.mark.parametrize(("k", "j", "bits"), [(1, 6, None), (3, 8, None), (4, 16, 4), (2, 32, 8)])
+def test_factors_are_a_registered_encoding_whose_bytes_are_what_is_stored(k, j, bits):
+    """Issue 28: the factorization is one entry of the registry: format_of knows it, its nbytes is the
+    stored factorization's, its encode is the clustering then U's storage, its decode the reconstruction."""
+    from projclust_onnx.storage.blocks import BLOCK_FORMATS
+    from projclust_onnx.storage.factorization import Factors
+    from projclust_onnx.storage.float import FloatStorage
+    from projclust_onnx.storage.registry import format_of, method_format
+
+    rng = np.random.default_rng(k * 100 + j)
+    X = rng.standard_normal((300, 48)).astype(np.float32)
+    u = FloatStorage() if bits is None else BLOCK_FORMATS[bits](j if j % 16 == 0 else 16)
+    storage = Factors(k, j, u, estimator=dict(n_init=1, random_state=0))
+    stored = storage.encode(X)
+    assert format_of(stored) == storage and method_format("svd") is Factors is method_format("projclust")
+    assert storage.nbytes(300, 48) == stored.nbytes
+    np.testing.assert_array_equal(Factors.decode(stored), stored.reconstruct())
+    fields = storage.report_fields(stored, 300, 48)
+    assert fields["method"] == ("svd" if k == 1 else "projclust") and fields["rank"] == j
+    assert fields["quantize"] == u.name and fields["storage"] == (None if bits is None else u.label)
+    direct = EmbeddingFactorization.from_estimator(ProjectiveClustering(k, j, n_init=1, random_state=0).fit(X), X)
+    if bits is None:  # encode is exactly the estimator's factorization
+        np.testing.assert_array_equal(stored.U, direct.U)
+        np.testing.assert_array_equal(stored.V, direct.V)

@@ -13,7 +13,7 @@ from projclust_onnx.passes import FactorizeEmbeddingPass, FactorizeHeadPass, fin
 from projclust_onnx.passes.factorize_head import ClusterOrder
 from tiny_models import embedding_model
 
-from projclust_onnx.core.factorization import EmbeddingFactorization
+from projclust_onnx.storage.factorization import EmbeddingFactorization
 
 FORMS = {"copy": {"tied_copy": True}, "transpose": {"tied": True}, "gemm": {"gemm_head": True}}
 

@@ -83,3 +83,46 @@ def test_no_import_circle_even_through_function_local_imports():
         if name not in state:
             visit(name, [name])
     assert not circles, circles
+
+
+# Words a format is named by that are also ordinary words or the product's name where they appear outside
+# storage/: "none" (prose: "calibration: none"), and "projclust" as optimum-cli's command and the prefix of the
+# initializers the passes write.
+_NOT_FORMAT_NAMES = {("projclust_onnx/cli/optimum.py", "projclust"), ("passes/builder.py", "projclust")}
+
+
+def _format_words() -> set[str]:
+    from projclust_onnx.pipeline.config import SECTION_OF
+    from projclust_onnx.storage.registry import FORMATS, methods, plain_storages
+
+    words = {cls.name for cls in FORMATS} | set(methods()) | {fmt.label for fmt in plain_storages(128)}
+    return words - {"none"} - set(SECTION_OF)  # a setting's name ("quantize") is a key, not a format
+
+
+def test_no_module_outside_storage_names_a_format_or_tests_a_stored_type():
+    """Issue 28: format knowledge lives in storage/; the rest asks the registry (format_of, method_format)."""
+    from projclust_onnx.storage.registry import FORMATS
+
+    words = _format_words()
+    stored_types = {cls.__name__ for cls in FORMATS} | {"EmbeddingFactorization", "BlockQuantized", "Codebooks",
+                                                         "PerTensorQuantized", "StorageFormat"}
+    found = []
+    for layer, path in modules():
+        if layer == "storage":
+            continue
+        name = path.relative_to(ROOT).as_posix()
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings and \
+                    node.value in words and (name, node.value) not in _NOT_FORMAT_NAMES:
+                found.append(f"{name}:{node.lineno} names {node.value!r}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+                named = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)} | \
+                    {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+                if named & stored_types:
+                    found.append(f"{name}:{node.lineno} tests the type {sorted(named & stored_types)}")
+    assert not found, found

@@ -11,10 +11,10 @@ from sklearn.metrics import adjusted_rand_score
 from test_clustering import planted
 
 from projclust_onnx import ProjectiveClustering
-from projclust_onnx.core import clustering as core
 from projclust_onnx.core.chooser import weighted_error
-from projclust_onnx.core.clustering import check_fit_memory, fit_memory_bytes
-from projclust_onnx.core.factorization import EmbeddingFactorization
+from projclust_onnx.storage import clustering as core
+from projclust_onnx.storage.clustering import check_fit_memory, fit_memory_bytes
+from projclust_onnx.storage.factorization import EmbeddingFactorization
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_quantizing_in_pieces_equals_quantizing_whole(monkeypatch, bits):
 
 
 def test_cluster_tail_is_the_per_cluster_eckart_young_bound():
-    from projclust_onnx.core.clustering import cluster_tail
+    from projclust_onnx.storage.clustering import cluster_tail
 
     X, labels = planted(40, 9, 3, 2, 0.3, seed=10, dtype=np.float32)
     want = sum((np.linalg.svd(X[labels == c].astype(np.float64), compute_uv=False)[4:] ** 2).sum()

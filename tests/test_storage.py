@@ -29,8 +29,9 @@ from projclust_onnx.storage.registry import (
 
 # Formats sized to a budget (codebooks) are tried at these sizes; a new sized format must add its own.
 SIZED = {CodebookStorage: [CodebookStorage(16), CodebookStorage(24, 6)]}
-# Each registered format at a block size it accepts.
-INSTANCES = [fmt for cls in FORMATS for fmt in
+# Each registered format that emits its own lookup at a block size it accepts (the factors, written as k
+# branches by the factor passes, are tested in test_factorization.py and test_passes.py).
+INSTANCES = [fmt for cls in FORMATS if not cls.branches for fmt in
              (SIZED[cls] if cls.sized else
               [cls(block) for block in (cls.plain_blocks or (32 if cls.blocked else None,))])]
 IDS = [f.label for f in INSTANCES]
@@ -106,7 +107,8 @@ def test_the_finder_reads_a_quantized_lookup_back_as_stored(storage):
        pick=st.integers(0, len(FORMATS) - 1), seed=st.integers(0, 2**16))
 def test_every_format_round_trips_any_shape(n, blocks, block, pick, seed):
     """(Sized formats: their own hypothesis test over (n, d, m, b), test_codebook.py.)"""
-    cls = [c for c in FORMATS if not c.sized][pick % sum(not c.sized for c in FORMATS)]
+    plain = [c for c in FORMATS if not c.sized and not c.branches]  # factors: test_factorization.py
+    cls = plain[pick % len(plain)]
     storage = cls(block if cls.blocked else None)
     m = blocks * block
     X = table(n, m, seed)

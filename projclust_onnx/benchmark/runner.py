@@ -37,6 +37,7 @@ import numpy as np
 
 from projclust_onnx.benchmark.stats import latency_stats
 from projclust_onnx.common.errors import SettingError
+from projclust_onnx.storage.registry import FLOAT_U
 
 SCHEMA_VERSION = 2
 
@@ -348,7 +349,7 @@ def model_settings(model: dict) -> str:
     if c.get("target_ratio"):
         return f"chosen for 1/{c['target_ratio']:g} of the table's bytes: {c.get('chosen', '?')}, {weighting}"
     budget = f"{c['compression']:.0%} budget" if c.get("compression") else "rank given"
-    storage = f", U {c['storage']}" if c.get("storage") not in (None, "none") else ""
+    storage = f", U {c['storage']}" if c.get("storage") not in (None, FLOAT_U) else ""
     return (f"{c['method']}, k={c['n_clusters']}, j={c.get('rank', '?')}{storage}, {budget}, layout={c['layout']}, "
             f"{weighting}")
 

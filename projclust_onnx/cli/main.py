@@ -59,13 +59,14 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--compression", type=float, default=None,
                         help="fraction of the table's bytes to remove, in (0, 1) (default: 0.4)")
     budget.add_argument("--rank", type=int, default=None, help="subspace dimension j, instead of --compression")
+    from projclust_onnx.storage import registry  # numpy only: --help stays fast
+
+    default = registry.default_method()
     parser.add_argument("--clusters", "-k", dest="n_clusters", metavar="CLUSTERS", type=int, default=None,
-                        help="number of clusters k (default: 5 for projclust, 1 for svd)")
-    parser.add_argument("--method", choices=["projclust", "svd", "codebook"], default="projclust",
-                        help="projclust: k subspaces; svd: one subspace, the baseline; codebook: product "
-                             "quantization of the table (one-byte codes into codebooks, on a learned and refined "
-                             "rotation), sized to --compression or --target-ratio (default: projclust)")
-    from projclust_onnx.storage.registry import QUANTIZE  # numpy only: --help stays fast
+                        help=f"number of clusters k (default: 5 for {default}, 1 for the other methods)")
+    parser.add_argument("--method", choices=list(registry.methods()), default=default,
+                        help=f"{registry.methods_help()} (default: {default})")
+    QUANTIZE = registry.QUANTIZE
 
     parser.add_argument("--quantize", choices=list(QUANTIZE), default=None,
                         help="store U in 8 or 4 bits per value (blocks with float16 scales; V in float16); "

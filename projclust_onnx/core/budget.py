@@ -9,21 +9,12 @@ of the table's bytes, so 4-bit U buys a larger rank than float U at the same siz
 
 from __future__ import annotations
 
-import numpy as np
-
 from projclust_onnx.common.errors import SettingError
-from projclust_onnx.storage.registry import QUANTIZE, bits_of, factor_storage
+from projclust_onnx.storage.factorization import Factors, id_dtype
+from projclust_onnx.storage.registry import FLOAT_U, QUANTIZE, bits_of, factor_storage
 
 __all__ = ["QUANTIZE", "factorized_bytes", "factorized_size", "id_dtype", "index_map_bytes", "no_room",
            "rank_for", "rank_for_bytes", "rank_for_budget", "rank_step"]
-
-
-def id_dtype(n_clusters: int) -> np.dtype:
-    """The smallest unsigned integer type that holds cluster ids 0..k-1."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if n_clusters - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise ValueError(f"n_clusters={n_clusters} is too large")
 
 
 def index_map_bytes(n_rows: int) -> int:
@@ -33,12 +24,9 @@ def index_map_bytes(n_rows: int) -> int:
 
 
 def factorized_bytes(n_rows: int, dim: int, n_clusters: int, rank: int, table_itemsize: int = 4,
-                     quantize: str = "none", block_size: int = 32) -> int:
-    """Bytes of U, V and the cluster ids as stored."""
-    ids = 0 if n_clusters == 1 else n_rows * id_dtype(n_clusters).itemsize
-    storage = factor_storage(quantize, block_size)
-    v_itemsize = table_itemsize if storage.bits is None else 2  # V in float16 beside quantized U
-    return storage.nbytes(n_rows, rank, table_itemsize) + n_clusters * rank * dim * v_itemsize + ids
+                     quantize: str = FLOAT_U, block_size: int = 32) -> int:
+    """Bytes of U, V and the cluster ids as stored (storage.factorization.Factors.nbytes)."""
+    return Factors(n_clusters, rank, factor_storage(quantize, block_size)).nbytes(n_rows, dim, table_itemsize)
 
 
 def factorized_size(n_rows: int, dim: int, n_clusters: int, rank: int, param_bytes: int = 4) -> float:
@@ -53,7 +41,7 @@ def rank_step(quantize: str, block_size: int) -> int:
 
 
 def rank_for_bytes(n_rows: int, dim: int, n_clusters: int, budget_bytes: float, table_itemsize: int = 4,
-                   quantize: str = "none", block_size: int = 32) -> int:
+                   quantize: str = FLOAT_U, block_size: int = 32) -> int:
     """The largest allowed rank j < dim whose factorized bytes fit budget_bytes; ValueError if none does."""
     step = rank_step(quantize, block_size)
     ids = factorized_bytes(n_rows, dim, n_clusters, 0, table_itemsize, quantize, block_size)
@@ -75,7 +63,7 @@ def rank_for_bytes(n_rows: int, dim: int, n_clusters: int, budget_bytes: float, 
 
 
 def rank_for_budget(n_rows: int, dim: int, n_clusters: int, compression: float, param_bytes: int = 4,
-                    quantize: str = "none", block_size: int = 32) -> int:
+                    quantize: str = FLOAT_U, block_size: int = 32) -> int:
     """The largest rank j whose factorized bytes are at most (1 - compression) of the table's bytes.
 
     For float storage that is n*j + k*j*d + ids <= (1 - compression) * n * d parameter-equivalents.
@@ -90,7 +78,7 @@ def rank_for_budget(n_rows: int, dim: int, n_clusters: int, compression: float, 
 
 
 def rank_for(n_rows: int, dim: int, n_clusters: int, *, compression: float | None = None, rank: int | None = None,
-             param_bytes: int = 4, quantize: str = "none", block_size: int = 32, stored_bytes: int | None = None,
+             param_bytes: int = 4, quantize: str = FLOAT_U, block_size: int = 32, stored_bytes: int | None = None,
              extra_bytes: int = 0) -> int:
     """The rank j a budget setting gives a table of n_rows x dim whose values are param_bytes wide (the float
     type the model computes in): `rank` itself, checked against the table, or else the largest rank whose
@@ -105,7 +93,7 @@ def rank_for(n_rows: int, dim: int, n_clusters: int, *, compression: float | Non
                                      param_bytes, quantize, block_size)
     if rank >= dim:
         raise SettingError("rank", f"{{}}={rank} must be < the table's dim={dim}")
-    if quantize != "none" and rank % block_size:
+    if quantize != FLOAT_U and rank % block_size:
         raise SettingError("rank", f"{{}}={rank} must be a multiple of {{block_size}}={block_size} "
                            "with quantized factors")
     size = factorized_bytes(n_rows, dim, n_clusters, rank, param_bytes, quantize, block_size)

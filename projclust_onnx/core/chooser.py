@@ -55,12 +55,13 @@ import numpy as np
 
 from projclust_onnx.common.progress import bar
 from projclust_onnx.core.budget import factorized_bytes, rank_for_bytes
+from projclust_onnx.storage import registry
+from projclust_onnx.storage.base import PLAIN
 from projclust_onnx.storage.registry import factor_storages, format_of, get, plain_storages, sized_storages
 
 logger = logging.getLogger(__name__)
 
 SLACK = 1.001
-FAMILIES = ("quantize", "codebook", "factors")  # plain quantization, codebooks, SVD and projective clustering
 _PIECE = 1 << 14  # rows dequantized at a time when a quantized table is scored (float64: 48 MiB at d = 384)
 # Rows of the sample fit behind a k's estimate (at least 4 per fitted dimension, k * rank), and how far
 # below its in-sample error a fit of every row is still taken to possibly reach (a safety factor: the
@@ -73,7 +74,7 @@ _ESTIMATE_MARGIN = 0.5
 class Candidate:
     """One way to store the table, as built and scored."""
 
-    method: str  # "quantize", "svd" or "projclust"
+    method: str  # storage.base.PLAIN (the whole table in one format), or the factors' method (svd, projclust)
     quantize: str
     bytes: int
     error: float  # the score: max(calibration-weighted, uniform) relative error
@@ -86,12 +87,13 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        storage = self.storage or (self.quantize if self.quantize == "none" else
-                                   get(self.quantize, self.block_size).label)
-        if self.method == "quantize":
-            label = storage if storage.startswith("codebook") else f"plain {storage}"
+        if not self.storage:
+            storage = get(self.quantize, self.block_size)
+        plain = self.method == PLAIN
+        label = (registry.format_class(self.quantize) if plain else registry.method_format(self.method)) \
+            .candidate_label(self, self.storage or (storage.name if storage.bits is None else storage.label))
+        if plain:
             return label + " (not built: cannot win)" if self.pruned else label
-        label = f"{self.method} k={self.n_clusters} j={self.rank}, U {storage}"
         if self.pruned and self.bound == "sample":
             return label + " (not built: its fit on a sample of rows already loses)"
         return label + " (not built: cannot win)" if self.pruned else label
@@ -178,19 +180,20 @@ def spectrum_tail(X: np.ndarray, block: int = 1 << 14) -> np.ndarray:
 
 def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *, clusters=(3, 5, 8),
            block_sizes=(32, 64, 128), fit=None, sample_weight: np.ndarray | None = None, table_itemsize: int = 4,
-           progress=None, verbose: bool = False, families=FAMILIES, device: str = "auto", seed: int = 0,
-           codebook_leading: int = 0) -> Choice:
+           progress=None, verbose: bool = False, formats=None, device: str = "auto", seed: int = 0,
+           tied: bool = False) -> Choice:
     """The candidate with the lowest `weights`-weighted error within budget_bytes.
 
     `fit(k, rank)` returns a ProjectiveClustering fitted on `table` (the compressor passes
     one configured as the user asked, with `sample_weight`, which also weights the refit
     of V to quantized U, and codebooks' k-means); `progress(text)` reports each step, and `verbose`
-    shows a bar over the storages scored. `families`: which of FAMILIES to try (method codebook: only
-    codebooks); `device` and `seed` are the codebooks' k-means', `codebook_leading` their leading directions
-    kept as scalars (a tied head's). (A tied head's table is chosen for with codebooks only: the plan
-    refuses the other families.)
+    shows a bar over the storages scored. `formats`: the registered format classes to try (default: every
+    one; a --method of a whole-table format: only it; the factors are tried when their class is among them);
+    `device` and `seed` are the codebooks' k-means'; `tied`: a tied head reads the decoded table (codebooks
+    keep its leading directions as scalars). (A tied head's table is chosen for within one whole-table
+    format only: the plan refuses the others.)
     """
-    from projclust_onnx.core.clustering import cluster_tail
+    from projclust_onnx.storage.clustering import cluster_tail
 
     X = np.asarray(table, dtype=np.float32)
     n, d = X.shape
@@ -210,9 +213,11 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
 
     # ORT's layouts want whole blocks along the row; codebooks are sized to the budget. They are scored
     # before the factors, so that a good one prunes factor candidates that cannot beat it.
-    plain = (plain_storages(d) if "quantize" in families else []) + \
-        (sized_storages(n, d, budget_bytes, device=device, seed=seed, verbose=verbose, leading=codebook_leading)
-         if "codebook" in families else [])
+    formats = tuple(registry.FORMATS if formats is None else formats)
+    plain = [fmt for fmt in plain_storages(d) + sized_storages(n, d, budget_bytes, device=device, seed=seed,
+                                                                verbose=verbose, tied=tied)
+             if type(fmt) in formats]
+    branched = next((cls for cls in formats if cls.branches), None)
     tail = spectrum_tail(X)
     with bar(verbose, "plain storages", len(plain), "storage") as tick:
         for storage in plain:
@@ -221,7 +226,7 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
                 continue
             rank = getattr(storage, "rank", None)  # rows rotated onto `rank` directions: they lose at least tail[rank]
             if rank is not None and rank < d and _loses(float(tail[rank]), best_error()):
-                add(Candidate("quantize", storage.name, storage.nbytes(n, d), float(tail[rank]), pruned=True,
+                add(Candidate(PLAIN, storage.name, storage.nbytes(n, d), float(tail[rank]), pruned=True,
                               storage=storage.label, bound="spectrum"))
                 tick(1)
                 continue
@@ -229,12 +234,12 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
                 say(f"fitting {storage.label}")
             q = storage.encode(X, sample_weight)
             if q.nbytes <= budget_bytes:
-                add(Candidate("quantize", storage.name, q.nbytes, weighted_error(X, q, weights),
+                add(Candidate(PLAIN, storage.name, q.nbytes, weighted_error(X, q, weights),
                               block_size=storage.block_size, storage=storage.label), q)
             tick(1)
     # (name, block) of each storage of U; float U takes any rank (block 1)
     storages = [(s.name, s.block_size or 1) for s in factor_storages(block_sizes)]
-    for k in (1, *clusters) if "factors" in families else ():
+    for k in (1, *clusters) if branched is not None else ():
         ranks = {}
         for quantize, block in storages:
             try:
@@ -267,7 +272,7 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
         with bar(verbose and bool(live), f"scoring k={k}", len(ranks), "storage") as tick:
             for (quantize, block), rank in ranks.items():
                 stored = factorized_bytes(n, d, k, rank, table_itemsize, quantize, block)
-                method, block_size = "svd" if k == 1 else "projclust", None if quantize == "none" else block
+                method, block_size = branched(k).method, None if get(quantize, block).bits is None else block
                 if (quantize, block) not in live or _loses(bounds[quantize, block], best_error()):
                     add(Candidate(method, quantize, stored, bounds[quantize, block], k, rank, block_size, pruned=True,
                                   bound=kinds[quantize, block]))
@@ -279,7 +284,7 @@ def choose(table: np.ndarray, budget_bytes: float, weights: np.ndarray | None, *
                     add(Candidate(method, quantize, stored, bound, k, rank, block_size, pruned=True, bound="clusters"))
                     tick(1)
                     continue
-                if quantize != "none":
+                if get(quantize, block).bits is not None:
                     f = f.quantized(get(quantize, block).bits, block, X, sample_weight)
                 elif table_itemsize == 2:
                     f.U, f.V = f.U.astype(np.float16), f.V.astype(np.float16)
@@ -297,7 +302,7 @@ def sample_estimate(X: np.ndarray, k: int, ranks, *, seed: int = 0, device: str 
     """{rank: the unweighted relative error left by k subspaces of that rank, fitted to a uniform sample of
     X's rows and measured on that sample}: an optimistic estimate of what a fit of every row reaches (the
     subspaces overfit their sample). None where a sample would be at least half the rows (no time saved)."""
-    from projclust_onnx.core.clustering import ProjectiveClustering, cluster_tails
+    from projclust_onnx.storage.clustering import ProjectiveClustering, cluster_tails
 
     n, d = X.shape
     top = max(ranks)
@@ -322,7 +327,7 @@ def _loses(bound: float, best: float) -> bool:
 def truncated_factorization(estimator, X: np.ndarray, rank: int):
     """The factorization of X on the leading `rank` basis vectors of each fitted cluster,
     rows reassigned to the nearest truncated subspace."""
-    from projclust_onnx.core.factorization import EmbeddingFactorization
+    from projclust_onnx.storage.factorization import EmbeddingFactorization
 
     return EmbeddingFactorization.from_estimator(estimator.truncate(rank), X)
 
@@ -330,9 +335,8 @@ def truncated_factorization(estimator, X: np.ndarray, rank: int):
 def smallest_candidate_bytes(n: int, d: int, table_itemsize: int = 4, clusters=(3, 5, 8),
                              block_sizes=(32, 64, 128)) -> int:
     """Bytes of the smallest storage `choose` can build for an n x d table: the bound on the ratio it reaches."""
-    from projclust_onnx.storage.codebook import codebook_bytes
-
-    sizes = [n * d, codebook_bytes(n, d, 1, 8)] + [s.nbytes(n, d) for s in plain_storages(d) if s.blocked]
+    sizes = [n * d] + [cls.smallest_bytes(n, d) for cls in registry.FORMATS if cls.sized] + \
+        [s.nbytes(n, d) for s in plain_storages(d)]
     for k in (1, *clusters):
         for storage in factor_storages(block_sizes):
             rank = storage.rank_step()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from projclust_onnx.core.factorization import EmbeddingFactorization
+from projclust_onnx.storage.factorization import EmbeddingFactorization
 
 LAYOUTS = ("grouped", "onehot")
 

@@ -19,6 +19,7 @@ import numpy as np
 from projclust_onnx.common import arguments as arg
 from projclust_onnx.common.errors import SettingError
 from projclust_onnx.pipeline.config import ProjClustConfig
+from projclust_onnx.storage import registry
 
 
 @dataclass
@@ -50,9 +51,11 @@ def check_finetune_config(config: ProjClustConfig) -> None:
         raise SettingError("target_ratio", "finetune trains factors sized by --compression or --rank; {} chooses "
                            "among storages it cannot train: give --compression or --rank, or compress without "
                            "fine-tuning")
-    if config.method not in ("projclust", "svd"):
+    entry = registry.method_format(config.method)
+    if not entry.branches:
+        factors = " or ".join(registry.method_format(registry.default_method()).methods)
         raise SettingError("method", f"finetune trains projective-clustering or SVD factors, not {{}} "
-                           f"{config.method}: give --method projclust or svd, or compress without fine-tuning")
+                           f"{config.method}: give --method {factors}, or compress without fine-tuning")
 
 
 def finetune(model_name_or_path: str, save_dir: str | Path, train_texts: list[tuple[str, ...]], train_labels: list,

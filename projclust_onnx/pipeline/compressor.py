@@ -42,9 +42,10 @@ from projclust_onnx.pipeline.model_files import (
 )
 from projclust_onnx.pipeline.output_dir import MANIFEST_NAME, clean_leftovers, oserrors_name, staged_directory, temp_dir
 from projclust_onnx.pipeline.parity import QUANTIZED_COSINE
-from projclust_onnx.pipeline.plan import codebook_budget, plan_compression
+from projclust_onnx.pipeline.plan import method_budget, plan_compression
 from projclust_onnx.pipeline.report import REPORT_NAME, CompressionReport
 from projclust_onnx.pipeline.tasks import EXPORT_TASKS
+from projclust_onnx.storage import registry
 from projclust_onnx.storage.registry import bits_of, format_of, u_label
 
 logger = logging.getLogger(__name__)
@@ -134,9 +135,7 @@ class ProjClustCompressor:
         overwrite = arg.flag("overwrite", overwrite)
         verbose = arg.flag("verbose", verbose, optional=True)
         if factorization is not None:
-            from projclust_onnx.core.factorization import EmbeddingFactorization
-
-            if not isinstance(factorization, EmbeddingFactorization):
+            if not factors_format().holds(factorization):
                 raise SettingTypeError("factorization", f"{{}}={literal(repr(factorization))[:80]} must be an "
                                        "EmbeddingFactorization (EmbeddingFactorization.load(path)), or None to fit")
         clean_leftovers(Path(save_dir))  # first, whatever is refused later: dead runs' stages and exports
@@ -162,7 +161,8 @@ class ProjClustCompressor:
             report = self._summarise(plan, config, first, tables[plan.first.table_key], parities, files_report,
                                      n_tokens, n_special, choice, phases, factorization)
             report.fidelity = self._fidelity(plan, config, stage, phases)
-            saved_config = config if config.target_ratio is not None or config.method == "codebook" else \
+            saved_config = config if config.target_ratio is not None or \
+                config.method in registry.whole_table_methods() else \
                 dataclasses.replace(config, quantize=plan.quantize if len({f.quantize for f in plan.files}) == 1
                                     else config.quantize)
             with phases("save", f"writing {plan.save_dir}", announce=False):  # announced with the first file
@@ -181,13 +181,14 @@ class ProjClustCompressor:
         with phases("weights", "weighting rows (tokenizer, calibration text)"):
             weights, metric, n_tokens, n_special = self._weights(config, n, phases.verbose)
         groups = plan.groups()
+        entry = registry.method_format(config.method)
         for key, table32 in tables.items():
             group = groups[key][0]
-            if config.method == "codebook":
-                budget = codebook_budget(n, d, group.match.stored_bytes, config, plan.itemsize)
-                with phases("clustering", f"fitting codebooks of {n} x {d} rows within {budget:,.0f} bytes"
+            if not entry.branches:  # the whole table in the method's own format, sized to the budget
+                budget = method_budget(n, d, group.match.stored_bytes, config, plan.itemsize)
+                with phases("clustering", f"fitting {entry.plural()} of {n} x {d} rows within {budget:,.0f} bytes"
                                           f"{self._where(plan, group)}"):
-                    choice = self._choose(plan, config, table32, weights, metric, phases, budget, ("codebook",))
+                    choice = self._choose(plan, config, table32, weights, metric, phases, budget, (entry,))
                 results[key] = choice.result
             elif config.target_ratio is not None:
                 with phases("clustering", f"choosing the storage of {n} x {d} rows within 1/"
@@ -232,7 +233,7 @@ class ProjClustCompressor:
             _check_saved(out_path)
         return parity, {
             "file": name, "lookups": len(file.analysis.matches),
-            "storage_before": file.match.storage, **_storage_of(result),
+            "storage_before": file.match.storage, **_storage_of(result, plan.shape),
             "heads": [h.describe() for h in file.heads], "untied_head": file.untied_head,
             "table_copies": file.table_copies, "embedding_bytes_before": file.stored_bytes,
             "embedding_bytes_after": file_written, "file_bytes_before": file.input_bytes,
@@ -286,11 +287,11 @@ class ProjClustCompressor:
 
     @staticmethod
     def _choose(plan, config: ProjClustConfig, table32: np.ndarray, weights, metric, phases, budget=None,
-                families=None):
+                formats=None):
         from projclust_onnx.core.chooser import choose
 
         def fit(k: int, rank: int):
-            return estimator_for(dataclasses.replace(config, n_clusters=k, method="svd" if k == 1 else "projclust"),
+            return estimator_for(dataclasses.replace(config, n_clusters=k, method=factors_format()(k).method),
                                  rank, verbose=phases.verbose).fit(table32, sample_weight=weights)
 
         def say(text: str) -> None:
@@ -299,41 +300,25 @@ class ProjClustCompressor:
 
         n, d = plan.shape
         budget = n * d * plan.itemsize / config.target_ratio if budget is None else budget
-        from projclust_onnx.storage.codebook import TIED_HEAD_LEADING
-
         return choose(table32, budget, metric, fit=fit, sample_weight=weights, table_itemsize=plan.itemsize,
-                      progress=say, verbose=phases.verbose, device=config.device, seed=config.seed,
-                      codebook_leading=TIED_HEAD_LEADING if plan.tied else 0,
-                      **({"families": families} if families else {}))
+                      progress=say, verbose=phases.verbose, device=config.device, seed=config.seed, tied=plan.tied,
+                      formats=formats)
 
     def _report(self, plan, config, result, parities, written: int, relative_error: float | None, n_tokens, n_special,
                 choice, timings) -> CompressionReport:
-        from projclust_onnx.core.factorization import EmbeddingFactorization
-
         n, d = plan.shape
-        factored = isinstance(result, EmbeddingFactorization)
-        if factored:
-            method = "svd" if result.n_clusters == 1 else "projclust"
-            quantize, block = result.quantize, (result.U_q.block_size if result.U_q is not None else None)
-            label = format_of(result.U_q).label if result.U_q is not None else None
-            params, ids, k, rank = result.n_params, result.ids_nbytes, result.n_clusters, result.rank
-        else:
-            method, k, rank, ids, params = "quantize", None, None, 0, getattr(result, "n_params", n * d)
-            storage = format_of(result)
-            quantize, block, label = storage.name, storage.block_size, storage.label
+        storage = format_of(result)
         heads = [f"{self.relative(f.onnx_path)}: {h.describe()}" if len(plan.files) > 1 else h.describe()
                  for f in plan.files for h in f.heads]
         return CompressionReport(
-            source=self.source, output=str(plan.save_dir), method=method, n_clusters=k, rank=rank,
-            layout="grouped (tied head)" if plan.tied and factored else config.layout, table=str(plan.match.table.name),
-            n_rows=n, dim=d, dtype=str(plan.match.table_dtype.numpy()), embedding_params_before=n * d,
-            embedding_params_after=params, cluster_id_bytes=ids, embedding_bytes_before=plan.stored_bytes,
+            source=self.source, output=str(plan.save_dir), **storage.report_fields(result, n, d),
+            layout="grouped (tied head)" if plan.tied and storage.branches else config.layout,
+            table=str(plan.match.table.name), n_rows=n, dim=d, dtype=str(plan.match.table_dtype.numpy()),
+            embedding_params_before=n * d, embedding_bytes_before=plan.stored_bytes,
             embedding_bytes_after=written, file_bytes_before=plan.input_bytes, file_bytes_after=0,
             relative_error=relative_error,
             parity_max_abs_diff=max(p.max_abs_diff for p in parities), parity_tolerance=parities[0].tolerance,
-            storage_before=plan.match.storage, quantize=quantize, block_size=block, storage=label,
-            lookup_form=None if quantize == "none" else "standard (tied head)" if plan.tied else
-            "standard (codebooks)" if quantize == "codebook" else config.lookup_form,
+            storage_before=plan.match.storage, lookup_form=storage.lookup_form(config.lookup_form, plan.tied),
             calibration_tokens=n_tokens,
             special_tokens=n_special, choice=choice.to_dict() if choice is not None else None,
             untied_head=plan.untied_head, heads=heads, table_copies=sum(f.table_copies for f in plan.files),
@@ -383,29 +368,32 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "sentencepiece.bpe.model", "tokenizer.model", "spm.model")
 
 
-def estimator_for(config: ProjClustConfig, rank: int, verbose: bool = False):
-    """The ProjectiveClustering a config describes: the one place settings meet the estimator."""
-    from projclust_onnx.core.clustering import ProjectiveClustering
+def factors_format():
+    """The registered format of the factors (the default method's: projclust, svd for k = 1)."""
+    return registry.method_format(registry.default_method())
 
-    return ProjectiveClustering(
-        config.n_clusters, rank, init=config.init, n_init=config.n_init, anneal_steps=config.anneal_steps,
-        max_iter=config.max_iter, tol=config.tol, z=config.z, device=config.device,
-        random_state=config.seed, verbose=verbose)
+
+def estimator_options(config: ProjClustConfig, verbose: bool = False) -> dict:
+    """ProjectiveClustering's settings from a config, but k and rank: the one place settings meet the estimator."""
+    return dict(init=config.init, n_init=config.n_init, anneal_steps=config.anneal_steps, max_iter=config.max_iter,
+                tol=config.tol, z=config.z, device=config.device, random_state=config.seed, verbose=verbose)
+
+
+def estimator_for(config: ProjClustConfig, rank: int, verbose: bool = False):
+    """The ProjectiveClustering a config describes."""
+    from projclust_onnx.storage.clustering import ProjectiveClustering
+
+    return ProjectiveClustering(config.n_clusters, rank, **estimator_options(config, verbose))
 
 
 def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sample_weight=None,
-                      verbose: bool = False, dtype=np.float32, quantize: str = "none", tied: bool = False):
+                      verbose: bool = False, dtype=np.float32, quantize: str = registry.FLOAT_U, tied: bool = False):
     """Cluster `table` as `config` says and factorize it, U quantized as `quantize` says (decoded in the
-    model's dtype when `tied`: a tied head reads U through MatMulNBits)."""
-    from projclust_onnx.core.factorization import EmbeddingFactorization
-
-    table32 = np.asarray(table, dtype=np.float32)
-    estimator = estimator_for(config, rank, verbose).fit(table32, sample_weight=sample_weight)
-    factorization = EmbeddingFactorization.from_estimator(estimator, table32, dtype=dtype)
-    if quantize != "none":
-        factorization = factorization.quantized(bits_of(quantize), config.block_size, table32, sample_weight,
-                                                compute_dtype=dtype if tied else None)
-    return factorization
+    model's dtype when `tied`: a tied head reads U through MatMulNBits): the factors' format's encode."""
+    storage = factors_format()(config.n_clusters, rank, registry.factor_storage(quantize, config.block_size),
+                               estimator=estimator_options(config, verbose), dtype=dtype,
+                               compute_dtype=dtype if tied else None)
+    return storage.encode(table, sample_weight)
 
 
 def measure_quantized_steps(plan, config: ProjClustConfig) -> None:
@@ -439,10 +427,10 @@ def measure_quantized_steps(plan, config: ProjClustConfig) -> None:
 def cheap_factorization(table: np.ndarray, config: ProjClustConfig, file, tied: bool = False):
     """Factors of the planned shape and storage without clustering: the table's top right singular vectors
     as every branch, rows dealt to the k clusters in turn."""
-    from projclust_onnx.core.factorization import EmbeddingFactorization
+    from projclust_onnx.storage.factorization import EmbeddingFactorization
 
     n, d = table.shape
-    quantized = file.quantize != "none"
+    quantized = bits_of(file.quantize) is not None
     rank = file.rank or (config.block_size if quantized else max(1, d // 2))
     basis = np.linalg.svd(table, full_matrices=False)[2][:rank].T  # (d, j)
     dtype = file.match.dtype.numpy()
@@ -456,19 +444,16 @@ def cheap_factorization(table: np.ndarray, config: ProjClustConfig, file, tied: 
 
 
 def dense_of(result) -> np.ndarray:
-    """The dense table a factorization or a quantized table stands for."""
-    from projclust_onnx.core.factorization import EmbeddingFactorization
-
-    return result.reconstruct() if isinstance(result, EmbeddingFactorization) else format_of(result).decode(result)
+    """The dense table a stored table (factors included) stands for."""
+    return format_of(result).decode(result)
 
 
 def rewrite_pass(result, config: ProjClustConfig, tied: bool = False, analysis=None):
     """The pass that writes `result` into the graph: the k-branch factors, or plain quantized storage (codebooks
     included), and with either the tied heads when `tied`. `analysis`: the file's WordTableAnalysis (the plan's)."""
-    from projclust_onnx.core.factorization import EmbeddingFactorization
     from projclust_onnx.passes import FactorizeEmbeddingPass, QuantizeEmbeddingPass
 
-    if isinstance(result, EmbeddingFactorization):
+    if format_of(result).branches:  # k branches, written by the factor passes
         if tied:
             return FactorizeEmbeddingPass(result, config.layout, config.ids_input, tied=True, analysis=analysis)
         return FactorizeEmbeddingPass(result, config.layout, config.ids_input, config.lookup_form, analysis=analysis)
@@ -488,13 +473,10 @@ def split_initializers(model, max_bytes: int) -> None:
         raise SettingError("max_initializer_bytes", f"{{}}: {cause}") from None
 
 
-def _storage_of(result) -> dict:
-    """The rank and U storage of a factorization, or the bits of a plainly quantized table (rank None)."""
-    from projclust_onnx.core.factorization import EmbeddingFactorization
-
-    if isinstance(result, EmbeddingFactorization):
-        return {"rank": result.rank, "quantize": result.quantize}
-    return {"rank": None, "quantize": format_of(result).name}
+def _storage_of(result, shape: tuple[int, int]) -> dict:
+    """The rank and U storage of a factorization, or the format of a table stored whole (rank None)."""
+    fields = format_of(result).report_fields(result, *shape)
+    return {"rank": fields["rank"], "quantize": fields["quantize"]}
 
 
 def _largest_initializer(model) -> dict:

@@ -21,9 +21,9 @@ from pathlib import Path
 from projclust_onnx.common import arguments as arg
 from projclust_onnx.common.errors import SettingError, SettingTypeError, literal
 from projclust_onnx.core.budget import QUANTIZE, rank_for
+from projclust_onnx.storage import registry
 
 CONFIG_NAME = "projclust_config.json"
-METHODS = ("projclust", "svd", "codebook")
 DEFAULT_CLUSTERS = 5
 HEAD_CHOICES = ("factorize", "keep")
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy accept alike
@@ -82,16 +82,17 @@ class ClusteringConfig:
     """The ProjectiveClustering that fits the table: its constructor's parameters, by the same names.
 
     Attributes:
-        method: "projclust" (k subspaces), "svd" (one subspace: k = 1) or "codebook" (product
-            quantization of the table, storage/codebook.py, sized to compression or target_ratio: the
-            chooser restricted to codebooks; n_clusters and rank do not apply).
+        method: a registered method (storage.registry.methods()): "projclust" (k subspaces), "svd" (one
+            subspace: k = 1), or a format that stores the whole table, such as "codebook" (product
+            quantization of the table, storage/codebook.py), sized to compression or target_ratio: the
+            chooser restricted to that format; n_clusters and rank do not apply).
         n_clusters: k; None means 5 for projclust and 1 for svd and codebook.
         init, n_init, anneal_steps, max_iter, tol, z, device: the estimator's parameters of the same
             name (device: "auto", "cpu", "cuda" or "cuda:N").
         seed: the estimator's random_state; it seeds the parity check's inputs too, hence its own name.
     """
 
-    method: str = "projclust"
+    method: str = field(default_factory=registry.default_method)
     n_clusters: int | None = None
     init: str = "kmeans"
     n_init: int = 10
@@ -103,18 +104,16 @@ class ClusteringConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from projclust_onnx.core.clustering import INIT_METHODS
+        from projclust_onnx.storage.clustering import INIT_METHODS
 
-        self.method = arg.choice("method", self.method, METHODS)
+        self.method = arg.choice("method", self.method, registry.methods())
+        fixed, why = registry.method_format(self.method).fixed_clusters(self.method)
         if self.n_clusters is None:
-            self.n_clusters = DEFAULT_CLUSTERS if self.method == "projclust" else 1
+            self.n_clusters = DEFAULT_CLUSTERS if fixed is None else fixed
         self.n_clusters = arg.whole("n_clusters", self.n_clusters, 1)
-        if self.method == "codebook" and self.n_clusters != 1:
-            raise SettingError("n_clusters", f"{{}}={self.n_clusters} does not apply to {{method}} codebook (m "
-                               "sub-vectors are sized to the budget); leave it out")
-        if self.method == "svd" and self.n_clusters != 1:
-            raise SettingError("n_clusters", f"{{}}={self.n_clusters} must be 1 with {{method}} svd, the one-cluster "
-                               "case; use {method} projclust for k > 1")
+        if fixed is not None and self.n_clusters != fixed:
+            raise SettingError("n_clusters", f"{{}}={self.n_clusters} must be {fixed} with {{method}} {self.method}, "
+                               f"{why}")
         self.init = arg.choice("init", self.init, INIT_METHODS)
         self.n_init = arg.whole("n_init", self.n_init, 1)
         self.anneal_steps = arg.whole("anneal_steps", self.anneal_steps, 0)
@@ -265,12 +264,14 @@ class ProjClustConfig:
         for name, cls in SECTIONS.items():
             overrides = {key: value for key, value in settings.items() if SECTION_OF[key] == name}
             setattr(self, name, cls(**{**_section_fields(name, cls, given[name]), **overrides}))
-        if self.clustering.method == "codebook" and self.budget.rank is not None:
-            raise SettingError("rank", "{} does not apply to {method} codebook: give {compression} or {target_ratio}, "
-                               "and the number of sub-vectors is sized to it")
-        if self.clustering.method == "codebook" and self.storage.quantize not in (None, "none"):
-            raise SettingError("quantize", f"{{}}={self.storage.quantize!r} stores factors' U; {{method}} codebook "
-                               "stores the table as codes and codebooks: leave {} out")
+        method = self.clustering.method
+        if method in registry.whole_table_methods() and self.budget.rank is not None:
+            raise SettingError("rank", f"{{}} does not apply to {{method}} {method}: give {{compression}} or "
+                               "{target_ratio}, and its storage is sized to it")
+        if method in registry.whole_table_methods() and self.storage.quantize is not None and \
+                registry.bits_of(self.storage.quantize) is not None:
+            raise SettingError("quantize", f"{{}}={self.storage.quantize!r} stores factors' U; {{method}} {method} "
+                               "stores the whole table in its own format: leave {} out")
 
     def rank_for(self, n_rows: int, dim: int, param_bytes: int = 4, quantize: str | None = None,
                  stored_bytes: int | None = None, extra_bytes: int = 0) -> int:
@@ -278,8 +279,8 @@ class ProjClustConfig:
         config's, else "none") is how U will be stored, which the model's table may decide."""
         return rank_for(n_rows, dim, self.clustering.n_clusters, compression=self.budget.compression,
                         rank=self.budget.rank, param_bytes=param_bytes,
-                        quantize=quantize or self.storage.quantize or "none", block_size=self.storage.block_size,
-                        stored_bytes=stored_bytes, extra_bytes=extra_bytes)
+                        quantize=quantize or self.storage.quantize or registry.FLOAT_U,
+                        block_size=self.storage.block_size, stored_bytes=stored_bytes, extra_bytes=extra_bytes)
 
     @property
     def uses_calibration(self) -> bool:

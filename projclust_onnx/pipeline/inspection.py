@@ -8,8 +8,8 @@ from pathlib import Path
 
 from projclust_onnx.core.budget import factorized_bytes, id_dtype, index_map_bytes, rank_for
 from projclust_onnx.pipeline.config import ProjClustConfig
-from projclust_onnx.pipeline.plan import analyse_file, codebooks_for
-from projclust_onnx.storage.registry import factor_storage, name_for_bits, u_label
+from projclust_onnx.pipeline.plan import analyse_file, method_storages
+from projclust_onnx.storage.registry import bits_of, factor_storage, method_format, name_for_bits, u_label
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Inspection:
 def inspect_files(onnx_paths: list[Path], config: ProjClustConfig) -> Inspection:
     """What `compress` with `config` would find and spend in each file, without fitting or writing anything."""
     rows, found, tied_any, held_copies = [], [], False, 0
+    entry = method_format(config.method)
     for path in onnx_paths:
         model, analysis = analyse_file(path, config.ids_input, checked=False)  # the plan's analysis of the file
         rows += [("model file", str(path)), ("graph inputs", ", ".join(v.name for v in model.graph.inputs))]
@@ -36,11 +37,11 @@ def inspect_files(onnx_paths: list[Path], config: ProjClustConfig) -> Inspection
             continue
         match = analysis.match
         try:
-            heads = analysis.tied_heads() if match.storage == "float" else []
+            heads = analysis.tied_heads() if match.stored_float else []
             tied = ", ".join(h.describe() for h in heads) or "no"
             if heads:
                 tied += " (kept dense where it is its own copy: untied)" if config.head == "keep" else \
-                    " (reads the table the codebooks decode to)" if config.method == "codebook" else \
+                    f" (reads the table the {entry.plural()} decode to)" if not entry.branches else \
                     " (rewritten with the same factors)"
                 tied_any = tied_any or config.head != "keep"
                 held_copies += len(analysis.copies) if config.head != "keep" else 0
@@ -58,9 +59,9 @@ def inspect_files(onnx_paths: list[Path], config: ProjClustConfig) -> Inspection
         n, d = match.shape
         itemsize = match.dtype.numpy().itemsize
         table_bytes = n * d * itemsize
-        if config.method == "codebook":
-            budget, tried = codebooks_for(n, d, match.stored_bytes, config, itemsize, tied_any)
-            rows.append(("codebooks", f"within {budget:,.0f} bytes: " + ("; ".join(
+        if not entry.branches:
+            budget, tried = method_storages(entry, n, d, match.stored_bytes, config, itemsize, tied_any)
+            rows.append((entry.plural(), f"within {budget:,.0f} bytes: " + ("; ".join(
                 f"{s.label} = {s.nbytes(n, d):,} bytes" for s in tried) or "none fits (ask for less)") +
                 "; the lowest error (the larger of the calibration-weighted and the uniform one) is kept"))
             continue
@@ -75,7 +76,7 @@ def inspect_files(onnx_paths: list[Path], config: ProjClustConfig) -> Inspection
         extra = index_map_bytes(n) if tied_any else 0
         j = config.rank_for(n, d, itemsize, quantize, match.stored_bytes, extra_bytes=extra)
         ids = n * id_dtype(k).itemsize if k > 1 else 0
-        if quantize == "none":
+        if bits_of(quantize) is None:
             u_text, u_bytes, v_bytes = f"n*j*{itemsize} = {n}*{j}*{itemsize}", n * j * itemsize, k * j * d * itemsize
             v_text = f"k*j*d*{itemsize}"
         else:

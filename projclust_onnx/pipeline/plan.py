@@ -22,11 +22,12 @@ import numpy as np
 import onnx_ir as ir
 
 from projclust_onnx.common.errors import SettingError, literal
-from projclust_onnx.core.budget import id_dtype, index_map_bytes
+from projclust_onnx.core.budget import index_map_bytes
 from projclust_onnx.pipeline.config import ProjClustConfig
 from projclust_onnx.pipeline.model_files import load_model, model_bytes
 from projclust_onnx.pipeline.output_dir import check_output_dir, check_room
 from projclust_onnx.pipeline.parity import max_positions_of
+from projclust_onnx.storage import registry
 from projclust_onnx.storage.registry import name_for_bits
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class FilePlan:
     untied_head: str | None = None  # the dense head's copy of the table, left as it was (head="keep")
     table_key: str = ""  # files with the same key share one fit
     rank: int | None = None  # this file's rank and U storage: each file is compressed within its own bytes
-    quantize: str = "none"
+    quantize: str = registry.FLOAT_U
     cosine_bound: float | None = None  # outputs after quantized activations: the bound measured before the fit
 
     @property
@@ -190,16 +191,19 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     if config.n_clusters > n:
         raise SettingError("n_clusters", f"{{}}={config.n_clusters} must be <= the table's {n} rows")
     tied = any(f.heads for f in files)
-    if tied and config.target_ratio is not None and config.method != "codebook":
+    entry = registry.method_format(config.method)
+    whole = " or ".join(registry.whole_table_methods())
+    if tied and config.target_ratio is not None and entry.branches:
         head = next(h for f in files for h in f.heads)
         raise SettingError("head", f"{{target_ratio}} cannot be used with a tied LM head "
                            f"({literal(head.describe())}): the chooser's plain quantization of the table cannot "
-                           "rewrite the head. Give {compression} (and {quantize}) instead, or {method} codebook "
-                           "(the head reads the decoded codebooks), or set {} to 'keep' to keep the head dense "
+                           f"rewrite the head. Give {{compression}} (and {{quantize}}) instead, or {{method}} {whole} "
+                           "(the head reads the decoded table), or set {} to 'keep' to keep the head dense "
                            "(the model becomes untied)")
-    if factorization is not None and config.method == "codebook":
-        raise SettingError("method", "{}='codebook' cannot write a given factorization (fine-tuned factors are U "
-                           "and V): use {method} projclust or svd")
+    if factorization is not None and not entry.branches:
+        factors = " or ".join(registry.method_format(registry.default_method()).methods)
+        raise SettingError("method", f"{{}}={config.method!r} cannot write a given factorization (fine-tuned factors "
+                           f"are U and V): use {{method}} {factors}")
     if factorization is not None and (factorization.n_rows, factorization.dim) != (n, d):
         raise ValueError(f"the factorization is {factorization.n_rows} x {factorization.dim} but the table "
                          f"is {n} x {d}")
@@ -209,8 +213,8 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
         itemsize = f.match.table_dtype.numpy().itemsize  # ratios count the float table
         if factorization is not None:
             f.rank = factorization.rank
-        elif config.method == "codebook":
-            _check_codebooks_fit(n, d, f.match.stored_bytes, config, itemsize, tied)
+        elif not entry.branches:
+            _check_method_fits(entry, n, d, f.match.stored_bytes, config, itemsize, tied)
         elif config.target_ratio is None:
             try:
                 # the factors are written in the lookup's own float type: their bytes count in it
@@ -227,17 +231,16 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
     if share < SMALL_SHARE:
         logger.warning("projclust-onnx: warning: the word table is %.2f%% of the model's bytes (%s x %s); compressing "
                        "it saves little", 100 * share, n, d)
-    if factorization is None and config.method == "codebook":  # a fit that cannot fit in memory is refused
-        from projclust_onnx.core.clustering import available_memory, memory_limit
-        from projclust_onnx.storage.codebook import codebook_fit_bytes
+    if factorization is None and not entry.branches:  # a fit that cannot fit in memory is refused
+        from projclust_onnx.storage.clustering import available_memory, memory_limit
 
-        need, available = codebook_fit_bytes(n, d), available_memory()
+        need, available = entry.fit_bytes(n, d), available_memory()
         if available is not None and need > available:
-            raise ValueError(f"fitting codebooks of the {n} x {d} table needs about {need / 2**30:.1f} GiB but "
+            raise ValueError(f"fitting {entry.plural()} of the {n} x {d} table needs about {need / 2**30:.1f} GiB but "
                              f"{available / 2**30:.1f} GiB is left ({memory_limit()}); free memory, raise the "
                              "limit, or run on a larger machine")
     elif factorization is None:  # before any work (the chooser's estimate covers its codebooks too)
-        from projclust_onnx.core.clustering import check_fit_memory
+        from projclust_onnx.storage.clustering import check_fit_memory
 
         rank = first.rank
         check_fit_memory(n, d, 8 if rank is None else config.n_clusters, rank or d - 1)
@@ -275,7 +278,8 @@ def _check_initializer_limit(files: list[FilePlan], config: ProjClustConfig, fac
                                    f"{literal(repr(name))} ({value.const_value.nbytes:,} bytes) is read by "
                                    f"{literal(why)}, which cannot read it in row blocks; raise the limit to at least "
                                    f"{value.const_value.nbytes:,}")
-    if config.method == "codebook" or (config.target_ratio is not None and factorization is None):
+    if not registry.method_format(config.method).branches or \
+            (config.target_ratio is not None and factorization is None):
         return  # the storage is chosen by the fit: the rewrite checks what it writes
     n, d = files[0].match.shape
     for f in files:
@@ -289,23 +293,10 @@ def _check_initializer_limit(files: list[FilePlan], config: ProjClustConfig, fac
 
 def _factor_parts_read_whole(n: int, d: int, config: ProjClustConfig, f: FilePlan, factorization,
                              tied: bool) -> list[tuple[str, int, bool]]:
-    """(what, bytes, whether the rank sizes it) of the initializers FactorizeEmbeddingPass writes whole (1-D,
-    or read by operators that need them whole), for this file's planned k, j and U storage; a tied head's
-    per-cluster U is at least n/k rows."""
-    from projclust_onnx.storage.registry import bits_of
-
+    """storage.factorization.Factors.whole_parts for this file's planned k, j and U storage."""
     k = factorization.n_clusters if factorization is not None else config.n_clusters
-    j, bits = f.rank, bits_of(f.quantize)
-    parts = [("cluster ids", n * id_dtype(k).itemsize, False)]
-    if bits is not None or tied:  # V read by a Cast (float16 V), or by a head's Gemm and the lookup's MatMul
-        parts.append(("V of one cluster", j * d * (2 if bits is not None else f.match.dtype.numpy().itemsize), True))
-    if tied:
-        parts.append(("index maps", 4 * n, False))
-        if bits is not None:
-            parts.append(("U of the largest cluster", -(-n // k) * j * bits // 8, True))
-    elif bits is not None and config.lookup_form == "contrib":
-        parts.append(("U codes (read by GatherBlockQuantized)", n * j * bits // 8, True))
-    return parts
+    factors = registry.method_format(config.method)(k, f.rank, registry.factor_storage(f.quantize, config.block_size))
+    return factors.whole_parts(n, d, f.match.dtype.numpy().itemsize, tied, config.lookup_form)
 
 
 def _check_calibration_files(paths: list[str]) -> None:
@@ -329,11 +320,12 @@ def _kept_storage(match, config) -> str:
     try:
         return name_for_bits(match.bits)
     except ValueError:
-        if config.method == "codebook" or config.target_ratio is not None:
-            return "none"  # the chooser and the codebooks pick their own storage
+        whole = registry.whole_table_methods()
+        if config.method in whole or config.target_ratio is not None:
+            return registry.FLOAT_U  # the chooser and the whole-table formats pick their own storage
         raise SettingError("quantize", f"the table is stored as {match.storage}, and no storage of the factors' U "
-                           "keeps those bits; give {} int4 or int8, or {target_ratio}, or {method} codebook") \
-            from None
+                           f"keeps those bits; give {{}} {' or '.join(reversed(registry.QUANTIZE[1:]))}, or "
+                           f"{{target_ratio}}, or {{method}} {' or '.join(whole)}") from None
 
 
 def _check_target_reachable(n: int, d: int, itemsize: int, target_ratio: float) -> None:
@@ -347,41 +339,41 @@ def _check_target_reachable(n: int, d: int, itemsize: int, target_ratio: float) 
                            f"({n * d * itemsize / smallest:.1f}x smaller); ask for at most that ratio")
 
 
-def _check_codebooks_fit(n: int, d: int, stored_bytes: int, config, itemsize: int, tied: bool = False) -> None:
-    """At least one codebook storage must fit the budget of compression (of the table as stored) or
-    target_ratio (of the float table); a budget far above the largest codebook (m = d/2) is refused too,
-    since the output would be much smaller than asked. `tied`: the codebooks a tied head reads (with their
-    leading directions)."""
+def _check_method_fits(entry, n: int, d: int, stored_bytes: int, config, itemsize: int, tied: bool = False) -> None:
+    """At least one storage of a whole-table --method (`entry`, a format class) must fit the budget of
+    compression (of the table as stored) or target_ratio (of the float table); a budget far above the largest
+    (UNDERSIZE times it) is refused too, since the output would be much smaller than asked. `tied`: the
+    storages a tied head reads."""
     from projclust_onnx.pipeline.report import UNDERSIZE
-    from projclust_onnx.storage.codebook import codebook_bytes
 
-    budget, found = codebooks_for(n, d, stored_bytes, config, itemsize, tied)
+    budget, found = method_storages(entry, n, d, stored_bytes, config, itemsize, tied)
     param = "target_ratio" if config.target_ratio is not None else "compression"
     value = config.target_ratio if config.target_ratio is not None else config.compression
     if not found:
-        raise SettingError(param, f"{{}}={value:g} leaves {budget:,.0f} bytes, fewer than one sub-vector of codes "
-                           f"and its codebook take for the {n} x {d} table ({codebook_bytes(n, d, 1, 8):,}); ask "
-                           f"for less, or use {{method}} projclust")
+        raise SettingError(param, f"{{}}={value:g} leaves {budget:,.0f} bytes, fewer than {entry.smallest_phrase()} "
+                           f"take for the {n} x {d} table ({entry.smallest_bytes(n, d):,}); ask for less, or use "
+                           f"{{method}} {registry.default_method()}")
     largest = max(s.nbytes(n, d) for s in found)
     if largest * UNDERSIZE < budget:
-        raise SettingError(param, f"{{}}={value:g} leaves {budget:,.0f} bytes, but the largest codebook storage of "
-                           f"the {n} x {d} table (d/2 one-byte codes a row) takes {largest:,}: ask for a ratio of "
+        raise SettingError(param, f"{{}}={value:g} leaves {budget:,.0f} bytes, but the largest of the "
+                           f"{entry.plural()} of the {n} x {d} table takes {largest:,}: ask for a ratio of "
                            f"at least {n * d * itemsize / largest:.1f} ({{compression}} at least "
-                           f"{1 - largest / stored_bytes:.2f}), or use {{method}} projclust or int8/int4 quantization")
+                           f"{1 - largest / stored_bytes:.2f}), or use {{method}} {registry.default_method()} or "
+                           "int8/int4 quantization")
 
 
-def codebooks_for(n: int, d: int, stored_bytes: int, config, itemsize: int = 4, tied: bool = False) -> tuple:
-    """(budget, storages): the bytes --method codebook may take (codebook_budget) and the codebook storages
-    compress tries within them (with a tied head's leading directions when `tied`); what `inspect` lists."""
+def method_storages(entry, n: int, d: int, stored_bytes: int, config, itemsize: int = 4, tied: bool = False) -> tuple:
+    """(budget, storages): the bytes a whole-table --method may take (method_budget) and the storages of its
+    format (`entry`) compress tries within them (those a tied head reads when `tied`); what `inspect` lists."""
     from projclust_onnx.core.chooser import SLACK
-    from projclust_onnx.storage.codebook import TIED_HEAD_LEADING, CodebookStorage
 
-    budget = codebook_budget(n, d, stored_bytes, config, itemsize)
-    return budget, CodebookStorage.for_budget(n, d, budget * SLACK, leading=TIED_HEAD_LEADING if tied else 0)
+    budget = method_budget(n, d, stored_bytes, config, itemsize)
+    return budget, entry.method_storages(n, d, budget * SLACK, tied=tied)
 
 
-def codebook_budget(n: int, d: int, stored_bytes: int, config, itemsize: int = 4) -> float:
-    """The bytes codebooks may take: the float table's / target_ratio, or (1 - compression) of the table as stored."""
+def method_budget(n: int, d: int, stored_bytes: int, config, itemsize: int = 4) -> float:
+    """The bytes a whole-table --method may take: the float table's / target_ratio, or (1 - compression) of the
+    table as stored."""
     if config.target_ratio is not None:
         return n * d * itemsize / config.target_ratio
     return (1 - config.compression) * stored_bytes
@@ -441,7 +433,7 @@ def _plan_file(path: Path, config: ProjClustConfig) -> FilePlan:
         raise ValueError(f"the word table {match.table.name!r} has {n} rows of width {d}: with no more rows than "
                          "columns, factors (n*j + k*j*d values) can only beat n*d by a few rows' worth, so there is "
                          "nothing to gain; leave this model's embedding as it is")
-    heads = list(analysis.tied_heads()) if match.storage == "float" else []
+    heads = list(analysis.tied_heads()) if match.stored_float else []
     untied = None
     concatenated = ", ".join(v.name for v in analysis.concatenated)
     if concatenated and config.head != "keep":

@@ -7,6 +7,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from projclust_onnx.storage.base import PLAIN
+from projclust_onnx.storage.registry import FLOAT_LABEL, FLOAT_U, format_class, method_format, u_label
+
 REPORT_NAME = "projclust_report.json"
 # A table this many times smaller than the compression asked for is worth a notice.
 UNDERSIZE = 1.5
@@ -43,8 +46,8 @@ class CompressionReport:
     relative_error: float | None
     parity_max_abs_diff: float
     parity_tolerance: float
-    storage_before: str = "float"
-    quantize: str = "none"
+    storage_before: str = FLOAT_LABEL
+    quantize: str = FLOAT_U
     block_size: int | None = None
     storage: str | None = None  # the table's (or U's) storage label, e.g. "int4 block 32", "codebook 79 x 8-bit"
     lookup_form: str | None = None
@@ -78,7 +81,7 @@ class CompressionReport:
         if self.compression_asked is None or self.compression_realised is None or \
                 (1 - self.compression_realised) * UNDERSIZE >= 1 - self.compression_asked:
             return None
-        if self.quantize != "none" and self.rank is not None:
+        if self.quantize != FLOAT_U and self.rank is not None:
             why = (f"{self.quantize} factors take ranks in multiples of the block size {self.block_size} below "
                    f"d={self.dim}, and rank {self.rank} was the largest that fit")
         else:
@@ -99,11 +102,8 @@ class CompressionReport:
 
     def summary_rows(self) -> list[tuple[str, str]]:
         mib = 2**20
-        if self.method == "quantize":
-            method = (f"codebooks ({self.storage_after})" if self.quantize == "codebook" else
-                      f"plain quantization, {self.quantize} ({self.storage_after})")
-        else:
-            method = f"{self.method}, k={self.n_clusters}, j={self.rank}, layout={self.layout}, U {self.storage_after}"
+        method = (format_class(self.quantize) if self.method == PLAIN else method_format(self.method)) \
+            .summary_method(self)
         rows = [
             ("model", self.source),
             ("output", self.output),
@@ -122,7 +122,7 @@ class CompressionReport:
             *([("embedding parameters", f"{self.embedding_params_before:,} -> {self.embedding_params_after:,} "
                                         f"({self.embedding_compression:.1%} fewer" +
                                         (f"; cluster ids {self.cluster_id_bytes:,} bytes)" if self.cluster_id_bytes
-                                         else ")"))] if self.method != "quantize" else []),
+                                         else ")"))] if self.method != PLAIN else []),
             ("model file", f"{self.file_bytes_before / mib:.1f} MiB -> {self.file_bytes_after / mib:.1f} MiB"),
             ("relative error", f"{self.relative_error:.4f}  (||E - E'||^2 / ||E||^2)" if self.relative_error is not None
              else f"undefined: {self.relative_error_reason}"),
@@ -133,7 +133,7 @@ class CompressionReport:
         ]
         if self.choice:
             rows.append(("chosen", self.choice["reason"]))
-        if self.heads and self.method == "quantize":
+        if self.heads and self.method == PLAIN:
             rows.append(("LM head", f"reads the table the {self.storage_after} decode to (still tied: the files store "
                                     "it once, encoded); ONNX Runtime folds that decode when a session starts, so "
                                     f"session memory holds the decoded {self.n_rows} x {self.dim} {self.dtype} table "
@@ -170,8 +170,6 @@ class CompressionReport:
 
     @property
     def storage_after(self) -> str:
-        from projclust_onnx.storage.registry import u_label
-
         return self.storage or u_label(self.quantize, self.block_size, self.dtype)
 
 

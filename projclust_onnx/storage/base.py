@@ -1,10 +1,13 @@
-"""StorageFormat: one way of storing an (n, m) matrix of float values, as one registered class.
+"""StorageFormat: one way of encoding an (n, m) matrix of float values, as one registered class.
 
-A format knows its bytes for (n, m), how to encode and decode a matrix, how its lookup
+A format knows its bytes for (n, m), how to fit (encode) and decode a matrix, how its lookup
 looks in an existing graph (so the finder can read a table ONNX Runtime's quantizers
-stored), how to emit a row lookup, and what a tied head can multiply it with. Budget,
-chooser, finder, CLI choices and report all read the registry (storage.registry), so a
-new format is one new module with one class, registered there, plus its tests.
+stored), how to emit a row lookup, what a tied head can multiply it with, and what the report
+and `inspect` say of it. Budget, chooser, finder, config, CLI choices and report all read the
+registry (storage.registry), so a new format is one new module with one class, registered
+there, plus its tests. A format that names `methods` is a `--method` of its own: the whole
+table is stored in it, sized to the budget (factors: storage/factorization.py, written as k
+branches by the factor passes instead of one emitted lookup).
 
 Emitting goes through the passes' Builder (`b.op`, `b.const`, `b.cast`, `b.graph`), passed
 in: this layer knows graph operators but not the passes.
@@ -19,6 +22,7 @@ import numpy as np
 
 LOOKUP_FORMS = ("contrib", "standard")  # ONNX Runtime's contrib operators, or opset-13 operators only
 CONTRIB_DOMAIN = "com.microsoft"
+PLAIN = "quantize"  # the report's method for a table stored whole in a format (no factors)
 
 
 class StorageFormat(ABC):
@@ -34,6 +38,12 @@ class StorageFormat(ABC):
         plain_blocks: the block sizes (None: unblocked) at which the chooser tries this format on a whole
             table, in the order they are tried; empty: never stored plainly.
         head_op: the operator a tied head multiplies U with in this storage (None: a head cannot read it).
+        methods: the `--method` values that store the whole table in this format, sized to the budget
+            (empty: the format is only tried by the chooser, or stores U).
+        branches: whether its rows come from k branches U @ V (the factor passes write it, tied heads
+            rewritten with the same factors) rather than from one lookup emitted by emit_lookup.
+        help: what `--help` says of its methods.
+        plural: how messages name its instances ("codebooks").
     """
 
     name: ClassVar[str]
@@ -44,6 +54,13 @@ class StorageFormat(ABC):
     plain_blocks: ClassVar[tuple[int | None, ...]] = ()
     head_op: ClassVar[str | None] = None
     sized: ClassVar[bool] = False  # instances are sized to a byte budget (for_budget), not picked from plain_blocks
+    methods: ClassVar[tuple[str, ...]] = ()
+    branches: ClassVar[bool] = False
+    help: ClassVar[str] = ""
+
+    @classmethod
+    def plural(cls) -> str:
+        return f"{cls.methods[0] if cls.methods else cls.name} storages"
 
     def __init__(self, block_size: int | None = None) -> None:
         if self.blocked and block_size is None:
@@ -108,9 +125,10 @@ class StorageFormat(ABC):
         return cls(getattr(stored, "block_size", None))
 
     @classmethod
-    def recognise(cls, lookup, readers: list) -> tuple[Any, list, str] | None:
+    def recognise(cls, lookup, readers: list) -> tuple[Any, list, StorageFormat] | str | None:
         """If the graph node `lookup` (with the nodes reading its output) reads a table stored in this format:
-        (embeddings value, nodes a rewrite replaces, label); else None."""
+        (embeddings value, nodes a rewrite replaces, the format instance it is stored in); a reason where it
+        is this format's lookup in a form the rewrite does not take; else None."""
         return None
 
     @classmethod
@@ -121,3 +139,55 @@ class StorageFormat(ABC):
     @abstractmethod
     def emit_lookup(self, b, stored: Any, ids, form: str, name: str):
         """Rows `ids` (1-D) of `stored`, decoded, as graph nodes added through builder `b`: a (T, m) value."""
+
+    # What a method of its own plans, fits and reports (formats with `methods`; defaults for plain storage).
+
+    @classmethod
+    def method_storages(cls, n: int, d: int, budget_bytes: float, tied: bool = False, **options) -> list:
+        """The instances `--method` tries on an (n, d) table within budget_bytes: the sized ones for_budget
+        gives, else its plain block sizes whose rows fit; `tied`: a tied head reads the decoded table."""
+        if cls.sized:
+            return cls.for_budget(n, d, budget_bytes, tied=tied, **options)
+        found = [cls(block) for block in cls.plain_blocks]
+        return [fmt for fmt in found if fmt.fits_row(d) and fmt.nbytes(n, d) <= budget_bytes]
+
+    @classmethod
+    def fixed_clusters(cls, method: str) -> tuple[int | None, str]:
+        """(the number of clusters `method` needs, None: any; why, for a message that refuses another)."""
+        return 1, "its storage is sized to the budget"
+
+    @classmethod
+    def smallest_phrase(cls) -> str:
+        """What takes smallest_bytes, as a message says it ("... take for the n x d table")."""
+        return f"the smallest of the {cls.plural()}"
+
+    @classmethod
+    def smallest_bytes(cls, n: int, d: int) -> int:
+        """The fewest bytes any instance takes for an (n, d) table (what a too small budget is told)."""
+        found = [cls(block) for block in cls.plain_blocks]
+        return min((fmt.nbytes(n, d) for fmt in found if fmt.fits_row(d)), default=n * d)
+
+    @classmethod
+    def fit_bytes(cls, n: int, d: int) -> int:
+        """Memory its fit of an (n, d) table needs at most: a float64 copy and the stored form."""
+        return 3 * n * d * 8
+
+    def report_fields(self, stored: Any, n: int, d: int) -> dict:
+        """The report's fields for a table stored in this format (CompressionReport's names)."""
+        return {"method": PLAIN, "n_clusters": None, "rank": None, "cluster_id_bytes": 0,
+                "embedding_params_after": getattr(stored, "n_params", n * d), "quantize": self.name,
+                "block_size": self.block_size, "storage": self.label}
+
+    def lookup_form(self, form: str, tied: bool) -> str | None:
+        """How the report names the lookup written (`form` asked)."""
+        return "standard (tied head)" if tied else form
+
+    @classmethod
+    def summary_method(cls, report) -> str:
+        """The summary's method row for a report of a table stored in this format."""
+        return f"plain quantization, {report.quantize} ({report.storage_after})"
+
+    @classmethod
+    def candidate_label(cls, candidate, storage_label: str) -> str:
+        """How the chooser's list names a candidate in this format."""
+        return f"plain {storage_label}"

@@ -70,7 +70,7 @@ class BlockStorage(StorageFormat):
                 attrs.get("quantize_axis") is None or attrs["quantize_axis"].as_int() != 1 or \
                 len(lookup.inputs[0].const_value.shape) != 2:
             return "not a 2-D table gathered along axis 0 and quantized along axis 1"
-        return lookup.outputs[0], [lookup], f"{cls.name} block {attrs['block_size'].as_int()}"
+        return lookup.outputs[0], [lookup], cls(attrs["block_size"].as_int())
 
     @classmethod
     def read(cls, nodes) -> BlockQuantized:
@@ -141,6 +141,10 @@ class BlockInt2(BlockStorage):
     factors = False
     head_op = None
     plain_blocks = (128, 64, 32)
+
+
+# The block format of each bit width (the storage of a quantized U, read from its bits).
+BLOCK_FORMATS: dict[int, type[BlockStorage]] = {cls.bits: cls for cls in (BlockInt8, BlockInt4, BlockInt2)}
 
 
 def bits_of(node) -> int:

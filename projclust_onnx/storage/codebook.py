@@ -198,6 +198,36 @@ class CodebookStorage(StorageFormat):
     flat_ids = True  # rows come out (T, d)
     bits: ClassVar[int] = 8
     sized = True  # the chooser picks the instances for its budget (for_budget)
+    methods = ("codebook",)
+    help = ("codebook: product quantization of the table (one-byte codes into codebooks, on a learned and "
+            "refined rotation), sized to --compression or --target-ratio")
+
+    @classmethod
+    def plural(cls) -> str:
+        return "codebooks"
+
+    @classmethod
+    def smallest_phrase(cls) -> str:
+        return "one sub-vector of codes and its codebook"
+
+    @classmethod
+    def smallest_bytes(cls, n: int, d: int) -> int:
+        return codebook_bytes(n, d, 1, 8)
+
+    @classmethod
+    def fit_bytes(cls, n: int, d: int) -> int:
+        return codebook_fit_bytes(n, d)
+
+    def lookup_form(self, form: str, tied: bool) -> str | None:
+        return "standard (tied head)" if tied else "standard (codebooks)"
+
+    @classmethod
+    def summary_method(cls, report) -> str:
+        return f"codebooks ({report.storage_after})"
+
+    @classmethod
+    def candidate_label(cls, candidate, storage_label: str) -> str:
+        return storage_label
 
     def __init__(self, m: int, bits: int = 8, rank: int | None = None, *, leading: int = 0, weight_power: float = 0.5,
                  rounds: int = ROTATION_ROUNDS, seed: int = 0, device: str = "auto", verbose: bool = False) -> None:
@@ -241,12 +271,15 @@ class CodebookStorage(StorageFormat):
         return codebook_bytes(n, m, self.m, self.bits, self.rank, self.leading)
 
     @classmethod
-    def for_budget(cls, n: int, d: int, budget_bytes: float, leading: int = 0, **options) -> list[CodebookStorage]:
+    def for_budget(cls, n: int, d: int, budget_bytes: float, leading: int = 0, tied: bool = False,
+                   **options) -> list[CodebookStorage]:
         """For each rotation tried, the largest m (up to half the rotated dimensions: a sub-vector of one value is
         what int8 quantization stores, at less cost) that fits budget_bytes at 8 bits. Rotations: onto all d
         directions, and onto 2/3 of them (at high ratios dropping the weakest third can cost less than the
         sub-vectors its bytes buy); no rotation only where a full one would take over 1/8 of the budget.
-        `leading` directions as float16 scalars (rotations only)."""
+        `leading` directions as float16 scalars (rotations only); `tied` (a tied head reads the decoded
+        table): TIED_HEAD_LEADING of them."""
+        leading = TIED_HEAD_LEADING if tied else leading
         found = []
         for rank in dict.fromkeys((None, d, d * 2 // 3)):
             if rank is None and ((d * d + 2 * d) * 8 <= budget_bytes or leading):

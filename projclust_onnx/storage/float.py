@@ -41,7 +41,7 @@ class FloatStorage(StorageFormat):
     def recognise(cls, lookup, readers):
         table = lookup.inputs[0].const_value
         if lookup.op_type == "Gather" and len(table.shape) == 2 and table.dtype.name in FLOAT_TYPES:
-            return lookup.outputs[0], [lookup], "float"
+            return lookup.outputs[0], [lookup], cls()
         return None
 
     @classmethod

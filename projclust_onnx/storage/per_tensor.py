@@ -42,7 +42,7 @@ class PerTensorInt8(StorageFormat):
         scalars = len(readers) == 1 and all(v is None or (v.const_value is not None and v.const_value.size == 1)
                                             for v in readers[0].inputs[1:])
         if scalars and readers[0].op_type == "DequantizeLinear":
-            return readers[0].outputs[0], [lookup, readers[0]], "int8 per-tensor"
+            return readers[0].outputs[0], [lookup, readers[0]], cls()
         return None
 
     @classmethod
