@@ -196,27 +196,48 @@ def _bar(config, progress: bool):
         bar.close()
 
 
+def prior_of(config, n_rows: int, tokenizer):
+    """The broad prior (core/prior.py) the config asks for, or None (no prior asked, no tokenizer, or none
+    to be had)."""
+    if getattr(config, "calibration_prior", "none") != "wordfreq" or tokenizer is None:
+        return None
+    from projclust_onnx.core.prior import word_prior
+
+    return word_prior(tokenizer, n_rows)
+
+
 def calibration_weights(config, n_rows: int, tokenizer, progress: bool = False) -> tuple[np.ndarray | None, int]:
-    """count + smoothing per row from the config's calibration text (None without any), and tokens counted.
+    """count + smoothing per row from the config's calibration text, blended with the broad prior (a share
+    of the text's tokens, PRIOR_SHARE), or the prior alone (PRIOR_TOKENS) without text; None without either.
+    Also the tokens counted in the text.
 
     What the chooser scores candidates by: how often inputs land on each row."""
+    from projclust_onnx.core.prior import PRIOR_SHARE, PRIOR_TOKENS
+
+    prior = prior_of(config, n_rows, tokenizer)
     if not config.uses_calibration:
-        return None, 0
+        if prior is None:
+            return None, 0
+        return token_weights(prior.weights * PRIOR_TOKENS, config.calibration_smoothing), 0
     counts = calibration_counts(config, n_rows, tokenizer, progress)
-    return token_weights(counts, config.calibration_smoothing), int(counts.sum())
+    n_tokens = int(counts.sum())
+    blended = counts if prior is None else counts + PRIOR_SHARE * max(n_tokens, 1) * prior.weights
+    return token_weights(blended, config.calibration_smoothing), n_tokens
 
 
 def sample_weights(config, n_rows: int, tokenizer, progress: bool = False) -> tuple[np.ndarray | None, int, int]:
-    """Row weights a ProjClustConfig asks for: calibration counts (+ smoothing), then special tokens.
+    """Row weights a ProjClustConfig asks for: calibration counts (+ smoothing) and the prior, then special tokens.
 
     Returns (weights or None when unweighted, tokens counted, special tokens weighted).
     """
-    if not config.uses_calibration and (config.special_token_weight == 0 or tokenizer is None):
+    if tokenizer is None and not config.uses_calibration:
         return None, 0, 0
     weights, n_tokens = calibration_weights(config, n_rows, tokenizer, progress)
-    weights = np.ones(n_rows) if weights is None else weights
-    special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < n_rows}) if tokenizer is not None else []
-    if not special and not config.uses_calibration:
+    if weights is None and config.special_token_weight == 0:
         return None, 0, 0
+    special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < n_rows}) if tokenizer is not None else []
+    if weights is None and not special:
+        return None, 0, 0
+    weights = np.ones(n_rows) if weights is None else weights
     n_special = len(special) if config.special_token_weight > 0 else 0
     return with_special_tokens(weights, special, config.special_token_weight), n_tokens, n_special

@@ -150,7 +150,8 @@ class ProjClustCompressor:
         # Read before any rewrite: a rewrite detaches the lookups' inputs.
         tables = {key: files[0].match.dense().astype(np.float32) for key, files in plan.groups().items()}
         with staged_directory(plan.save_dir, overwrite) as stage, oserrors_name(stage):
-            results, choice, n_tokens, n_special = self._fit_tables(plan, config, tables, factorization, phases)
+            results, choice, n_tokens, n_special, prior = self._fit_tables(plan, config, tables, factorization,
+                                                                           phases)
             parities, files_report = [], []
             for file in plan.files:
                 parity, entry = self._rewrite_file(plan, config, file, results[file.table_key], stage, phases)
@@ -160,6 +161,7 @@ class ProjClustCompressor:
             first = results[plan.first.table_key]
             report = self._summarise(plan, config, first, tables[plan.first.table_key], parities, files_report,
                                      n_tokens, n_special, choice, phases, factorization)
+            report.calibration_prior = prior
             report.fidelity = self._fidelity(plan, config, stage, phases)
             saved_config = config if config.target_ratio is not None or \
                 config.method in registry.whole_table_methods() else \
@@ -173,13 +175,14 @@ class ProjClustCompressor:
         return report
 
     def _fit_tables(self, plan, config: ProjClustConfig, tables: dict, factorization, phases):
-        """One fit (or choice) per distinct table: (results by table key, the choice, tokens, special tokens)."""
+        """One fit (or choice) per distinct table: (results by table key, the choice, tokens, special tokens, what
+        the prior was, None without one)."""
         n, d = plan.shape
         if factorization is not None:
-            return {key: factorization for key in plan.groups()}, None, 0, 0
+            return {key: factorization for key in plan.groups()}, None, 0, 0, None
         results, choice = {}, None
-        with phases("weights", "weighting rows (tokenizer, calibration text)"):
-            weights, metric, n_tokens, n_special = self._weights(config, n, phases.verbose)
+        with phases("weights", "weighting rows (tokenizer, calibration text, word-frequency prior)"):
+            weights, metric, n_tokens, n_special, prior = self._weights(config, n, phases.verbose)
         groups = plan.groups()
         entry = registry.method_format(config.method)
         for key, table32 in tables.items():
@@ -203,7 +206,7 @@ class ProjClustCompressor:
                     results[key] = fit_factorization(table32, config, group.rank, weights, phases.verbose,
                                                      dtype=group.match.dtype.numpy(), quantize=group.quantize,
                                                      tied=plan.tied)
-        return results, choice, n_tokens, n_special
+        return results, choice, n_tokens, n_special, prior
 
     def _rewrite_file(self, plan, config: ProjClustConfig, file, result, stage: Path, phases):
         """Rewrite one file with `result`, check it against its dense reference, save it into the stage:
@@ -277,13 +280,15 @@ class ProjClustCompressor:
     def _weights(self, config: ProjClustConfig, n: int, progress: bool = False):
         """(sample weights for the fit, calibration weights for the chooser's score, tokens, special tokens);
         `progress` shows a bar while the calibration text is tokenized."""
-        from projclust_onnx.core.calibration import calibration_weights, sample_weights
+        from projclust_onnx.core.calibration import calibration_weights, prior_of, sample_weights
 
-        wants_tokenizer = config.uses_calibration or config.special_token_weight > 0
+        wants_tokenizer = config.uses_calibration or config.special_token_weight > 0 or \
+            config.calibration_prior != "none"
         tokenizer = self._tokenizer(required=config.uses_calibration) if wants_tokenizer else None
         weights, n_tokens, n_special = sample_weights(config, n, tokenizer, progress)
         metric, _ = calibration_weights(config, n, tokenizer)
-        return weights, metric, n_tokens, n_special
+        prior = prior_of(config, n, tokenizer)
+        return weights, metric, n_tokens, n_special, prior.describe() if prior is not None else None
 
     @staticmethod
     def _choose(plan, config: ProjClustConfig, table32: np.ndarray, weights, metric, phases, budget=None,

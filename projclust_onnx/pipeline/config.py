@@ -25,6 +25,7 @@ from projclust_onnx.storage import registry
 
 CONFIG_NAME = "projclust_config.json"
 DEFAULT_CLUSTERS = 5
+PRIORS = ("wordfreq", "none")  # the row-weight priors (core/prior.py), and none
 HEAD_CHOICES = ("factorize", "keep")
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy accept alike
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -141,6 +142,9 @@ class CalibrationConfig:
         special_token_weight: each of the tokenizer's special tokens ([CLS], [SEP], ...)
             weighs this many times the rest of the table together, so the rows that
             occur in every input are fit (nearly) exactly; 0 weighs them like any row.
+        calibration_prior: "wordfreq" (default): broad word frequencies in the languages the tokenizer
+            covers weight the rows where no calibration text is given, and are blended into a given
+            text's counts (core/prior.py); "none": rows unweighted without text, the text's counts alone.
     """
 
     calibration_text: list[str] = field(default_factory=list)
@@ -148,8 +152,10 @@ class CalibrationConfig:
     calibration_column: str = "text"
     calibration_smoothing: float = 1.0
     special_token_weight: float = 30.0
+    calibration_prior: str = "wordfreq"
 
     def __post_init__(self) -> None:
+        self.calibration_prior = arg.choice("calibration_prior", self.calibration_prior, PRIORS)
         self.special_token_weight = arg.number("special_token_weight", self.special_token_weight, 0.0,
                                                MAX_SPECIAL_TOKEN_WEIGHT)
         self.calibration_smoothing = arg.number("calibration_smoothing", self.calibration_smoothing, 0.0, MAX_SMOOTHING)
@@ -231,7 +237,7 @@ SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in data
 FLAT_ORDER = ("method", "n_clusters", "compression", "rank", "quantize", "block_size", "lookup_form", "target_ratio",
               "head", "max_initializer_bytes", "layout", "init", "n_init", "anneal_steps", "max_iter", "tol", "z",
               "seed", "device", "ids_input", "calibration_text", "calibration_dataset", "calibration_column",
-              "calibration_smoothing", "special_token_weight")
+              "calibration_smoothing", "special_token_weight", "calibration_prior")
 
 
 @dataclass(init=False)

@@ -52,6 +52,7 @@ class CompressionReport:
     storage: str | None = None  # the table's (or U's) storage label, e.g. "int4 block 32", "codebook 79 x 8-bit"
     lookup_form: str | None = None
     calibration_tokens: int = 0
+    calibration_prior: str | None = None  # the broad prior that weighted the rows (core/prior.py), if any
     special_tokens: int = 0
     choice: dict | None = None
     untied_head: str | None = None
@@ -128,7 +129,10 @@ class CompressionReport:
              else f"undefined: {self.relative_error_reason}"),
             ("parity (max abs diff)", f"{self.parity_max_abs_diff:.2e} <= {self.parity_tolerance:g}"),
             *([("output fidelity", _fidelity_text(self.fidelity))] if self.fidelity is not None else []),
-            ("calibration tokens", f"{self.calibration_tokens:,}" if self.calibration_tokens else "none (unweighted)"),
+            ("calibration tokens", f"{self.calibration_tokens:,}" if self.calibration_tokens else
+             "none" + ("" if self.calibration_prior else " (unweighted)")),
+            *([("prior", self.calibration_prior + (" (blended into the text's counts)" if self.calibration_tokens
+                                                    else ""))] if self.calibration_prior else []),
             ("special tokens", f"{self.special_tokens} fitted (nearly) exactly" if self.special_tokens else "none"),
         ]
         if self.choice:
