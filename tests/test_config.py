@@ -196,7 +196,7 @@ OLD_FLAT = {"method": "projclust", "n_clusters": 3, "compression": 0.7, "rank": 
             "max_iter": 3, "tol": 0.0, "z": 1.5, "seed": 7, "device": "cpu", "ids_input": "ids",
             "calibration_text": ["a.txt", "b.txt"], "calibration_dataset": "glue:sst2@train",
             "calibration_column": "sentence", "calibration_smoothing": 0.5, "special_token_weight": 0.0,
-            "calibration_prior": "none"}
+            "calibration_prior": "none", "check_lengths": [64, 128]}
 NESTED = {
     "budget": BudgetConfig(compression=0.7),
     "clustering": ClusteringConfig(n_clusters=3, init="random", n_init=2, anneal_steps=0, max_iter=3, tol=0.0, z=1.5,
@@ -205,7 +205,7 @@ NESTED = {
                                      calibration_column="sentence", calibration_smoothing=0.5,
                                      special_token_weight=0.0, calibration_prior="none"),
     "graph": GraphConfig(layout="onehot", lookup_form="standard", head="keep", ids_input="ids",
-                         max_initializer_bytes=4096),
+                         max_initializer_bytes=4096, check_lengths=[64, 128]),
     "storage": StorageConfig(quantize="int8", block_size=64),
 }
 
@@ -322,7 +322,7 @@ def test_command_line_flags_fill_the_config():
              "onehot", "--device", "cpu", "--seed", "7", "--calibration-text", "a.txt", "b.txt",
              "--calibration-dataset", "glue:sst2@train", "--calibration-column", "sentence",
              "--calibration-smoothing", "0.5", "--special-token-weight", "0", "--n-init", "2", "--ids-input", "ids",
-             "--calibration-prior", "none"]
+             "--calibration-prior", "none", "--check-lengths", "64", "128"]
     # Every setting but those without a flag (init, anneal_steps, max_iter, tol, z: left at their defaults).
     expected = {**OLD_FLAT, "init": "kmeans", "anneal_steps": 8, "max_iter": 30, "tol": 1e-4, "z": 2.0}
     assert _config(parser.parse_args(["compress", *flags])) == ProjClustConfig(**expected)

@@ -87,6 +87,10 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-initializer-bytes", type=int, default=None, metavar="BYTES",
                         help="split every initializer larger than BYTES into row blocks after the rewrite, e.g. "
                              "268435456 for WebGPU's 256 MiB buffers (default: no limit)")
+    parser.add_argument("--check-lengths", dest="check_lengths", type=int, nargs="+", default=None, metavar="N",
+                        help="sequence lengths the numeric check runs at, for a model that accepts only some "
+                             "(windowed attention: multiples of the window) (default: 1, 17 and 64, within the "
+                             "model's positions)")
     parser.add_argument("--target-ratio", type=float, default=None, metavar="R",
                         help="choose the method, k, j and bits (plain quantization, codebooks, SVD, projective "
                              "clustering) with the lowest calibration-weighted error in table bytes / R; overrides "

@@ -147,6 +147,7 @@ class ProjClustCompressor:
             companions = companion_files(self.source_dir, skip={REPORT_NAME, MANIFEST_NAME},
                                          model_dirs=(MODEL_SUBDIR,) if self._root else ())
             measure_quantized_steps(plan, config)
+            probe_inputs(plan, config)
         # Read before any rewrite: a rewrite detaches the lookups' inputs.
         tables = {key: files[0].match.dense().astype(np.float32) for key, files in plan.groups().items()}
         with staged_directory(plan.save_dir, overwrite) as stage, oserrors_name(stage):
@@ -226,7 +227,7 @@ class ProjClustCompressor:
         with phases("parity", f"checking the rewritten model under ONNX Runtime{where}"):
             parity = check_parity(model, reference, ids_input=config.ids_input, n_rows=plan.shape[0],
                                   dtype=file.match.dtype, seed=config.seed, workdir=stage,
-                                  max_positions=plan.max_positions,
+                                  max_positions=plan.max_positions, lengths=config.check_lengths, image=plan.image,
                                   cosine_bound=file.cosine_bound or QUANTIZED_COSINE)
             del reference
         with phases("save", f"writing {plan.save_dir / name}", announce=file is plan.first):
@@ -401,6 +402,23 @@ def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sam
     return storage.encode(table, sample_weight)
 
 
+def probe_inputs(plan, config: ProjClustConfig) -> None:
+    """parity.probe_image_inputs for every file: image inputs the check cannot feed are refused before the fit."""
+    from projclust_onnx.pipeline.parity import probe_image_inputs
+
+    for file in plan.files:
+        images = [v for v in file.model.graph.inputs if v.shape is not None and len(v.shape) == 4 and
+                  v.type is not None and v.type.dtype.is_floating_point()]
+        if not images:  # a text model's inputs are the check's own: no session loaded for nothing
+            continue
+        try:
+            probe_image_inputs(file.onnx_path, ids_input=config.ids_input, n_rows=plan.shape[0],
+                               max_positions=plan.max_positions, lengths=config.check_lengths, image=plan.image,
+                               seed=config.seed)
+        except ValueError as err:
+            raise type(err)(f"{file.onnx_path.name}: {err}" if len(plan.files) > 1 else str(err)) from None
+
+
 def measure_quantized_steps(plan, config: ProjClustConfig) -> None:
     """For each file that quantizes its activations, the numeric check's cheap part before the fit: how far
     its outputs step under rounding-sized noise and under a rewrite with cheap factors (one SVD, rows dealt
@@ -414,7 +432,8 @@ def measure_quantized_steps(plan, config: ProjClustConfig) -> None:
         if not quantized_activations(file.model):
             continue
         table = file.match.dense().astype(np.float32)
-        kwargs = dict(ids_input=config.ids_input, seed=config.seed, max_positions=plan.max_positions)
+        kwargs = dict(ids_input=config.ids_input, seed=config.seed, max_positions=plan.max_positions,
+                      lengths=config.check_lengths, image=plan.image)
         try:
             noise = reference_step(file.model, table, heads=bool(file.heads), analysis=file.analysis, **kwargs)
             cheap = cheap_factorization(table, config, file, tied=plan.tied)

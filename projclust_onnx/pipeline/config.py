@@ -25,6 +25,7 @@ from projclust_onnx.storage import registry
 
 CONFIG_NAME = "projclust_config.json"
 DEFAULT_CLUSTERS = 5
+MAX_CHECK_LENGTH = 1 << 16  # the numeric check's sequences: longer ones take minutes and gigabytes
 PRIORS = ("wordfreq", "none")  # the row-weight priors (core/prior.py), and none
 HEAD_CHOICES = ("factorize", "keep")
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy accept alike
@@ -182,6 +183,9 @@ class GraphConfig:
         max_initializer_bytes: split every initializer larger than this into row blocks (or column
             blocks of a MatMul weight) after the rewrite: WebGPU holds at most 256 MiB (268435456) in
             one buffer. None (default): no limit.
+        check_lengths: the sequence lengths the numeric check runs the models at (default None: 1, 17 and
+            64, within the model's positions); a model that accepts only some lengths (windowed attention,
+            Longformer's or Nystromformer's) needs lengths it accepts.
     """
 
     layout: str = "grouped"
@@ -189,6 +193,7 @@ class GraphConfig:
     head: str = "factorize"
     ids_input: str = "input_ids"
     max_initializer_bytes: int | None = None
+    check_lengths: list[int] | None = None
 
     def __post_init__(self) -> None:
         from projclust_onnx.passes.builder import LOOKUP_FORMS
@@ -202,6 +207,12 @@ class GraphConfig:
         self.ids_input = arg.text("ids_input", self.ids_input)
         if self.max_initializer_bytes is not None:
             self.max_initializer_bytes = arg.whole("max_initializer_bytes", self.max_initializer_bytes, 1024)
+        if self.check_lengths is not None:
+            if isinstance(self.check_lengths, (str, bytes)) or not isinstance(self.check_lengths, (list, tuple)) \
+                    or not self.check_lengths:
+                raise SettingTypeError("check_lengths", f"{{}}={literal(repr(self.check_lengths))} must be a "
+                                       "non-empty list of sequence lengths, e.g. [64, 128]")
+            self.check_lengths = [arg.whole("check_lengths", n, 1, MAX_CHECK_LENGTH) for n in self.check_lengths]
 
 
 @dataclass
@@ -237,7 +248,7 @@ SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in data
 FLAT_ORDER = ("method", "n_clusters", "compression", "rank", "quantize", "block_size", "lookup_form", "target_ratio",
               "head", "max_initializer_bytes", "layout", "init", "n_init", "anneal_steps", "max_iter", "tol", "z",
               "seed", "device", "ids_input", "calibration_text", "calibration_dataset", "calibration_column",
-              "calibration_smoothing", "special_token_weight", "calibration_prior")
+              "calibration_smoothing", "special_token_weight", "calibration_prior", "check_lengths")
 
 
 @dataclass(init=False)

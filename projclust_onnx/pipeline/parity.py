@@ -43,6 +43,11 @@ PROBE_NOISE = 1e-7  # relative to the table's largest value: a float32 rewrite's
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_target_positions", "n_ctx")
 
 
+RUN_HINT = ("if the model holds fewer positions, put its config.json (max_position_embeddings) beside it; if it "
+            "accepts only some sequence lengths (windowed attention), give them with check_lengths "
+            "(--check-lengths); an image input's size comes from config.json (vision_config.image_size)")
+
+
 class ParityError(ValueError):
     """The rewritten model does not reproduce the dense reconstruction."""
 
@@ -59,12 +64,15 @@ class ParityResult:
                 "shapes": [list(s) for s in self.shapes], "min_cosine": self.min_cosine}
 
 
-def check_shapes(max_positions: int | None) -> tuple[tuple[int, int, int], ...]:
-    """SHAPES with sequence + cache within the model's `max_positions` (a whisper decoder may hold 64)."""
+def check_shapes(max_positions: int | None, lengths=None) -> tuple[tuple[int, int, int], ...]:
+    """SHAPES (or, with `lengths`, one shape a length: SHAPES' batches and caches in turn) with sequence + cache
+    within the model's `max_positions` (a whisper decoder may hold 64)."""
+    shapes = SHAPES if not lengths else tuple((SHAPES[i % len(SHAPES)][0], int(n), SHAPES[i % len(SHAPES)][2])
+                                              for i, n in enumerate(lengths))
     if max_positions is None:
-        return SHAPES
+        return shapes
     out = []
-    for batch, seq, past in SHAPES:
+    for batch, seq, past in shapes:
         past = min(past, max_positions - 1)
         out.append((batch, max(1, min(seq, max_positions - past)), past))
     return tuple(out)
@@ -81,6 +89,24 @@ def max_positions_of(model_dir: Path) -> int | None:
     configs = [config, *(v for v in config.values() if isinstance(v, dict))]  # text_config, decoder, ...
     limits = [c[k] for c in configs for k in _POSITION_KEYS if isinstance(c.get(k), int) and c[k] > 0]
     return min(limits) if limits else None
+
+
+def image_dims_of(model_dir: Path) -> dict[str, int]:
+    """The image size an image input takes, from config.json (its vision_config or its own keys): channels,
+    height and width; empty where the config states none."""
+    import json
+
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    for part in (config.get("vision_config"), config):
+        if not isinstance(part, dict) or "image_size" not in part:
+            continue
+        size = part["image_size"]
+        height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        return {"channels": int(part.get("num_channels", 3)), "height": int(height), "width": int(width)}
+    return {}
 
 
 def quantized_activations(model: ir.Model) -> list[ir.Node]:
@@ -123,20 +149,26 @@ def check_feedable(model: ir.Model, ids_input: str) -> None:
                               "by the parity check, which feeds integer, float and bool tensors")
 
 
-def _dim(dim, batch: int, seq: int, past: int) -> int:
+def _dim(dim, batch: int, seq: int, past: int, image: dict | None = None) -> int:
     """A symbolic dimension's value: batch, past (cached) and sequence lengths, or their sum
-    ('past_sequence_length + sequence_length'); encoder lengths differ from decoder lengths."""
+    ('past_sequence_length + sequence_length'); encoder lengths differ from decoder lengths; an image's
+    channels, height and width from `image` (image_dims_of), else 3 and 224."""
     if isinstance(dim, int):
         return dim
     if dim is None:
         return seq
     if "+" in dim:
-        return sum(_dim(part.strip(), batch, seq, past) for part in dim.split("+"))
+        return sum(_dim(part.strip(), batch, seq, past, image) for part in dim.split("+"))
     if dim.strip().isdigit():
         return int(dim)
     name = dim.lower()
     if "batch" in name:
         return batch
+    image = image or {}
+    if "channel" in name:
+        return image.get("channels", 3)
+    if "height" in name or "width" in name:
+        return image.get("height" if "height" in name else "width", 224)
     if "past" in name:
         return past
     if "encoder" in name:
@@ -145,16 +177,17 @@ def _dim(dim, batch: int, seq: int, past: int) -> int:
 
 
 def random_feeds(session_inputs, ids_input: str, n_rows: int, batch: int, seq: int,
-                 rng: np.random.Generator, past: int = 0) -> dict[str, np.ndarray]:
+                 rng: np.random.Generator, past: int = 0, image: dict | None = None) -> dict[str, np.ndarray]:
     """Inputs for one run of a session whose inputs are `session_inputs` (NodeArg list): random ids
     (0 and n-1 included), masks of ones, positions counted from the cache's length, a random
-    float KV cache and encoder states, use_cache_branch = (past > 0), other integers zero."""
+    float KV cache, encoder states and images (of `image`'s size), use_cache_branch = (past > 0), other
+    integers zero."""
     feeds = {}
     for spec in session_inputs:
         if not any(f"({kind}" in spec.type for kind in _FEEDABLE):
             raise ParityError(f"input {spec.name!r} of type {spec.type} is not supported by the parity check; "
                               "it feeds integer, float and bool tensors")
-        shape = tuple(_dim(d, batch, seq, past) for d in spec.shape)
+        shape = tuple(_dim(d, batch, seq, past, image) for d in spec.shape)
         if "bool" in spec.type:
             feeds[spec.name] = np.full(shape, past > 0, np.bool_)
         elif "float16" in spec.type:
@@ -183,13 +216,14 @@ def check_parity(rewritten: ir.Model, reference: ir.Model, *, ids_input: str, n_
                  dtype: ir.DataType, providers: list[str] | None = None, seed: int = 0,
                  workdir: Path | None = None, max_positions: int | None = None,
                  against: str = "the dense reconstruction", cosine_bound: float = QUANTIZED_COSINE,
-                 frontier: bool = True) -> ParityResult:
+                 frontier: bool = True, lengths=None, image: dict | None = None) -> ParityResult:
     """Run both models on the same random inputs; raise ParityError past the dtype's bound, taken
     relative to each output's largest magnitude when that is above 1.
 
     Where the reference quantizes activations, the float values before its first quantizing
     nodes get that bound and the outputs QUANTIZED_COSINE (see ACTIVATION_QUANTIZERS).
-    Sequence and cache lengths stay within `max_positions`. The two models are written under
+    Sequence and cache lengths stay within `max_positions`; `lengths`: the sequence lengths to run at (a
+    model's window constraints), `image`: the size of image inputs. The two models are written under
     `workdir` (the output's staging directory, so the output's file system is the only one
     that needs room), else under TMPDIR.
     """
@@ -198,7 +232,7 @@ def check_parity(rewritten: ir.Model, reference: ir.Model, *, ids_input: str, n_
     tolerance = TOLERANCE.get(dtype, 1e-4)
     providers = providers or ["CPUExecutionProvider"]
     rng = np.random.default_rng(seed)
-    shapes = check_shapes(max_positions)
+    shapes = check_shapes(max_positions, lengths)
     quantized = bool(quantized_activations(reference))
     names = {v.name for node in rewritten.graph for v in node.outputs}
     frontier = [name for name in float_frontier(reference) if name in names] if quantized and frontier else []
@@ -213,14 +247,13 @@ def check_parity(rewritten: ir.Model, reference: ir.Model, *, ids_input: str, n_
         sessions = [ort.InferenceSession(str(p), session_options(), providers=providers) for p in paths]
         n_outputs = len(sessions[0].get_outputs()) - len(frontier)
         for batch, seq, past in shapes:
-            feeds = random_feeds(sessions[0].get_inputs(), ids_input, n_rows, batch, seq, rng, past)
+            feeds = random_feeds(sessions[0].get_inputs(), ids_input, n_rows, batch, seq, rng, past, image)
             where = f"at batch={batch}, sequence={seq}, cached={past}; nothing was written"
             try:
                 got, want = (s.run(None, feeds) for s in sessions)
             except Exception as err:  # onnxruntime's own exception types
-                raise ParityError(f"ONNX Runtime could not run the check's inputs {where} ({first_line(err)}); if "
-                                  "the model holds fewer positions, put its config.json (max_position_embeddings) "
-                                  "beside it") from None
+                raise ParityError(f"ONNX Runtime could not run the check's inputs {where} ({first_line(err)}); "
+                                  f"{RUN_HINT}") from None
             for i, (name, a, b) in enumerate(zip((o.name for o in sessions[0].get_outputs()), got, want)):
                 if not a.size or a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer):
                     if not np.array_equal(a, b):
@@ -246,8 +279,34 @@ def check_parity(rewritten: ir.Model, reference: ir.Model, *, ids_input: str, n_
     return ParityResult(worst, tolerance, shapes, min_cosine)
 
 
+def probe_image_inputs(path: Path, *, ids_input: str, n_rows: int, max_positions: int | None = None, lengths=None,
+                       image: dict | None = None, seed: int = 0) -> None:
+    """For a model with image inputs (4-D floats: CLIP, vision-text models), run it once at each of the check's
+    shapes before any fit, so that inputs it cannot take are refused there (ParityError) and not after minutes
+    of fitting; a text model is not loaded here (its inputs are the check's own)."""
+    import onnxruntime as ort
+
+    session = None
+    try:
+        session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    except Exception:  # a model ONNX Runtime cannot load is refused by the plan's own checks, with their words
+        return
+    if not any(len(spec.shape) == 4 and "float" in spec.type for spec in session.get_inputs()):
+        return
+    rng = np.random.default_rng(seed)
+    for batch, seq, past in check_shapes(max_positions, lengths):
+        feeds = random_feeds(session.get_inputs(), ids_input, n_rows, batch, seq, rng, past, image)
+        try:
+            session.run(None, feeds)
+        except Exception as err:  # onnxruntime's own exception types
+            raise ParityError(f"ONNX Runtime could not run {Path(path).name} on the check's inputs at batch={batch}, "
+                              f"sequence={seq}, cached={past}, before any fit ({first_line(err)}); {RUN_HINT}") \
+                from None
+
+
 def reference_step(model: ir.Model, table: np.ndarray, *, ids_input: str, heads: bool, seed: int = 0,
-                   max_positions: int | None = None, workdir: Path | None = None, analysis=None) -> float:
+                   max_positions: int | None = None, workdir: Path | None = None, analysis=None, lengths=None,
+                   image: dict | None = None) -> float:
     """1 - the smallest output cosine between `model` reading `table` and reading `table` plus rounding-sized
     noise (PROBE_NOISE): how far a model that quantizes its activations steps on its own. `analysis`: the
     model's WordTableAnalysis, bound to each copy instead of searching it again."""
@@ -263,7 +322,7 @@ def reference_step(model: ir.Model, table: np.ndarray, *, ids_input: str, heads:
         models.append(copy)
     result = check_parity(models[1], models[0], ids_input=ids_input, n_rows=table32.shape[0],
                           dtype=ir.DataType.FLOAT, seed=seed, workdir=workdir, max_positions=max_positions,
-                          cosine_bound=-1.0, frontier=False)
+                          cosine_bound=-1.0, frontier=False, lengths=lengths, image=image)
     return 1.0 - result.min_cosine
 
 

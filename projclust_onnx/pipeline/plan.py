@@ -26,7 +26,7 @@ from projclust_onnx.core.budget import index_map_bytes
 from projclust_onnx.pipeline.config import ProjClustConfig
 from projclust_onnx.pipeline.model_files import load_model, model_bytes
 from projclust_onnx.pipeline.output_dir import check_output_dir, check_room
-from projclust_onnx.pipeline.parity import max_positions_of
+from projclust_onnx.pipeline.parity import image_dims_of, max_positions_of
 from projclust_onnx.storage import registry
 from projclust_onnx.storage.registry import name_for_bits
 
@@ -78,6 +78,7 @@ class CompressionPlan:
     files: list[FilePlan]
     skipped: list[tuple[str, str, int]] = field(default_factory=list)  # (file, why, bytes): copied as they are
     max_positions: int | None = None  # the model's position limit: the parity check's sequences stay within it
+    image: dict = field(default_factory=dict)  # an image input's channels, height and width (config.json)
 
     # The rank (None when the chooser picks it: target_ratio) and how U is stored (the config's choice, else
     # as the input table was stored) are per file: an int8 variant beside a float model keeps int8 bytes.
@@ -244,7 +245,7 @@ def plan_compression(onnx_paths: Path | list[Path], source_dir: Path, save_dir: 
 
         rank = first.rank
         check_fit_memory(n, d, 8 if rank is None else config.n_clusters, rank or d - 1)
-    plan = CompressionPlan(save_dir, files, skipped, max_positions_of(source_dir))
+    plan = CompressionPlan(save_dir, files, skipped, max_positions_of(source_dir), image_dims_of(source_dir))
     # Room for every file the output will hold (at most the input's size: each model file shrinks,
     # companions are copied) plus the parity check's two models of the largest file, written in the stage.
     check_room(save_dir.parent, _directory_bytes(source_dir, paths) + 2 * max(f.input_bytes for f in files))
