@@ -82,7 +82,10 @@ def _build(tokenizer, n_rows: int) -> Prior | None:
         logger.warning("wordfreq is not installed: without calibration text the rows are unweighted; "
                        "pip install wordfreq for the broad word-frequency prior")
         return None
-    lists = {lang: wordfreq.get_frequency_list(lang) for lang in wordfreq.available_languages()}
+    # Each list read past wordfreq's cache (which would keep every language's whole list, about 1 GB, for the
+    # process), cut to the buckets that hold its top WORDS words at once.
+    read = getattr(wordfreq.get_frequency_list, "__wrapped__", wordfreq.get_frequency_list)
+    lists = {lang: _head(read(lang), WORDS) for lang in wordfreq.available_languages()}
     probes = {lang: _top_words(buckets, PROBE) for lang, buckets in lists.items()}
     coverage = {lang: _coverage(tokenizer, words, freqs) for lang, (words, freqs) in probes.items() if words}
     raw = {lang: c ** COVERAGE_POWER for lang, c in coverage.items() if c > 0}
@@ -105,6 +108,16 @@ def _build(tokenizer, n_rows: int) -> Prior | None:
             _add(counts, tokenizer, [w[:1].upper() + w[1:] for w in words], freqs * share * CASED_SHARE)
     _add(counts, tokenizer, list(PUNCTUATION), np.array(list(PUNCTUATION.values())))
     return Prior(counts / counts.sum(), sorted(shares.items(), key=lambda item: -item[1]))
+
+
+def _head(buckets, limit: int) -> list[list[str]]:
+    """The first buckets of a frequency list, up to the one where `limit` words _top_words keeps are reached."""
+    total = 0
+    for i, bucket in enumerate(buckets):
+        total += sum(1 for word in bucket if len(word) >= 2 and not _DIGIT.search(word))
+        if total >= limit:
+            return [list(b) for b in buckets[:i + 1]]
+    return [list(b) for b in buckets]
 
 
 def _top_words(buckets, limit: int) -> tuple[list[str], np.ndarray]:
