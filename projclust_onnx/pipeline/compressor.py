@@ -279,8 +279,9 @@ class ProjClustCompressor:
         return f" ({self.relative(file.onnx_path)})" if len(plan.files) > 1 else ""
 
     def _weights(self, config: ProjClustConfig, n: int, progress: bool = False):
-        """(sample weights for the fit, calibration weights for the chooser's score, tokens, special tokens);
-        `progress` shows a bar while the calibration text is tokenized."""
+        """(sample weights for the fit, calibration weights for the chooser's score, tokens, special tokens, the
+        word-frequency prior's description or None); `progress` shows a bar while the calibration text is
+        tokenized."""
         from projclust_onnx.core.calibration import calibration_weights, prior_of, sample_weights
 
         wants_tokenizer = config.uses_calibration or config.special_token_weight > 0 or \
