@@ -29,9 +29,10 @@ QUANTIZE: tuple[str, ...] = tuple(dict.fromkeys(cls.name for cls in FORMATS if c
 def get(name: str, block_size: int | None = None) -> StorageFormat:
     """The format called `name`; where a name has a blocked and an unblocked format (int8), block_size
     picks: None for the unblocked one. Formats without blocks ignore block_size."""
-    named = [cls for cls in FORMATS if cls.name == name and not cls.sized]
+    plain = [cls for cls in FORMATS if not cls.sized and not cls.branches]  # named storages of an (n, m) matrix
+    named = [cls for cls in plain if cls.name == name]
     if not named:
-        raise ValueError(f"storage {name!r} is not one of {sorted({cls.name for cls in FORMATS})}")
+        raise ValueError(f"storage {name!r} is not one of {sorted({cls.name for cls in plain})}")
     if len(named) > 1:
         named = [cls for cls in named if cls.blocked == (block_size is not None)] or named
     cls = named[0]
