@@ -129,7 +129,9 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--special-token-weight", type=float, default=30.0,
                         help="weight of each special token ([CLS], [SEP], ...) as a multiple of the rest of the "
                              "table, so they are fit (nearly) exactly; 0 turns it off (default: 30)")
-    parser.add_argument("--calibration-prior", choices=["wordfreq", "none"], default=None,
+    from projclust_onnx.pipeline.config import PRIORS  # numpy and the registry only: --help stays fast
+
+    parser.add_argument("--calibration-prior", choices=list(PRIORS), default=None,
                         help="row weights where no calibration text is given, blended into a given text's counts: "
                              "wordfreq (broad word frequencies in the languages the tokenizer covers) or none "
                              "(default: wordfreq)")

@@ -87,11 +87,13 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        if not self.storage:
-            storage = get(self.quantize, self.block_size)
+        storage = self.storage
+        if not storage:  # named by its format: float U by its --quantize name, the others by their label
+            fmt = get(self.quantize, self.block_size)
+            storage = fmt.name if fmt.bits is None else fmt.label
         plain = self.method == PLAIN
         label = (registry.format_class(self.quantize) if plain else registry.method_format(self.method)) \
-            .candidate_label(self, self.storage or (storage.name if storage.bits is None else storage.label))
+            .candidate_label(self, storage)
         if plain:
             return label + " (not built: cannot win)" if self.pruned else label
         if self.pruned and self.bound == "sample":

@@ -110,22 +110,27 @@ def _build(tokenizer, n_rows: int) -> Prior | None:
     return Prior(counts / counts.sum(), sorted(shares.items(), key=lambda item: -item[1]))
 
 
+def _kept(word: str) -> bool:
+    """Whether the prior reads a word: two characters or more, no digits (wordfreq writes every digit as 0)."""
+    return len(word) >= 2 and not _DIGIT.search(word)
+
+
 def _head(buckets, limit: int) -> list[list[str]]:
     """The first buckets of a frequency list, up to the one where `limit` words _top_words keeps are reached."""
     total = 0
     for i, bucket in enumerate(buckets):
-        total += sum(1 for word in bucket if len(word) >= 2 and not _DIGIT.search(word))
+        total += sum(1 for word in bucket if _kept(word))
         if total >= limit:
             return [list(b) for b in buckets[:i + 1]]
     return [list(b) for b in buckets]
 
 
 def _top_words(buckets, limit: int) -> tuple[list[str], np.ndarray]:
-    """The `limit` most frequent words of wordfreq's list (bucket i holds words of frequency 10^(-i/100)), of
-    two characters or more and without digits (wordfreq writes every digit as 0)."""
+    """The `limit` most frequent words of wordfreq's list that the prior reads (_kept); bucket i holds words of
+    frequency 10^(-i/100)."""
     words, freqs = [], []
     for i, bucket in enumerate(buckets):
-        kept = [word for word in bucket if len(word) >= 2 and not _DIGIT.search(word)]
+        kept = [word for word in bucket if _kept(word)]
         words += kept
         freqs += [10 ** (-i / 100)] * len(kept)
         if len(words) >= limit:

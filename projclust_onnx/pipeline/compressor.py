@@ -405,12 +405,10 @@ def fit_factorization(table: np.ndarray, config: ProjClustConfig, rank: int, sam
 
 def probe_inputs(plan, config: ProjClustConfig) -> None:
     """parity.probe_image_inputs for every file: image inputs the check cannot feed are refused before the fit."""
-    from projclust_onnx.pipeline.parity import probe_image_inputs
+    from projclust_onnx.pipeline.parity import image_inputs, probe_image_inputs
 
     for file in plan.files:
-        images = [v for v in file.model.graph.inputs if v.shape is not None and len(v.shape) == 4 and
-                  v.type is not None and v.type.dtype.is_floating_point()]
-        if not images:  # a text model's inputs are the check's own: no session loaded for nothing
+        if not image_inputs(file.model):  # a text model's inputs are the check's own: no session loaded for nothing
             continue
         try:
             probe_image_inputs(file.onnx_path, ids_input=config.ids_input, n_rows=plan.shape[0],

@@ -279,19 +279,22 @@ def check_parity(rewritten: ir.Model, reference: ir.Model, *, ids_input: str, n_
     return ParityResult(worst, tolerance, shapes, min_cosine)
 
 
+def image_inputs(model: ir.Model) -> list[ir.Value]:
+    """The model's image inputs (4-D floats: CLIP's pixel_values), whose size the check takes from config.json."""
+    return [v for v in model.graph.inputs if v.shape is not None and len(v.shape) == 4 and v.type is not None
+            and v.type.dtype.is_floating_point()]
+
+
 def probe_image_inputs(path: Path, *, ids_input: str, n_rows: int, max_positions: int | None = None, lengths=None,
                        image: dict | None = None, seed: int = 0) -> None:
-    """For a model with image inputs (4-D floats: CLIP, vision-text models), run it once at each of the check's
-    shapes before any fit, so that inputs it cannot take are refused there (ParityError) and not after minutes
-    of fitting; a text model is not loaded here (its inputs are the check's own)."""
+    """Run a model with image inputs (image_inputs) once at each of the check's shapes before any fit, so that
+    inputs it cannot take are refused there (ParityError) and not after minutes of fitting. Callers load no
+    text model here: its inputs are the check's own."""
     import onnxruntime as ort
 
-    session = None
     try:
         session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     except Exception:  # a model ONNX Runtime cannot load is refused by the plan's own checks, with their words
-        return
-    if not any(len(spec.shape) == 4 and "float" in spec.type for spec in session.get_inputs()):
         return
     rng = np.random.default_rng(seed)
     for batch, seq, past in check_shapes(max_positions, lengths):
